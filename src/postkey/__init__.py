@@ -1,0 +1,89 @@
+"""postkey: send an HTTP request now, get its response later by key, from anywhere.
+
+The module-level functions use a default `Client`, created on first use; `postkey.mychat` has
+the MyChat Server scripting names.
+"""
+
+from __future__ import annotations
+
+from ._api import (
+    cache_clear,
+    cache_count,
+    cache_delete,
+    cache_exists,
+    cache_get,
+    cache_set,
+    cache_wait,
+    cancel,
+    close,
+    exists,
+    get,
+    get_async,
+    post_async,
+    request_async,
+    status,
+    submit_many,
+    wait,
+    wait_many,
+)
+from ._client import AsyncClient, Client, default_client
+from ._errors import (
+    ClientClosed,
+    InvalidBody,
+    InvalidHeader,
+    InvalidKey,
+    InvalidMethod,
+    InvalidRequest,
+    InvalidTimeout,
+    InvalidURL,
+    InvalidValue,
+    KeyConflict,
+    PostkeyError,
+    QueueFull,
+)
+from ._result import ErrorKind, Result, State, Timings
+from ._settings import Settings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "ClientClosed",
+    "ErrorKind",
+    "InvalidBody",
+    "InvalidHeader",
+    "InvalidKey",
+    "InvalidMethod",
+    "InvalidRequest",
+    "InvalidTimeout",
+    "InvalidURL",
+    "InvalidValue",
+    "KeyConflict",
+    "PostkeyError",
+    "QueueFull",
+    "Result",
+    "Settings",
+    "State",
+    "Timings",
+    "__version__",
+    "cache_clear",
+    "cache_count",
+    "cache_delete",
+    "cache_exists",
+    "cache_get",
+    "cache_set",
+    "cache_wait",
+    "cancel",
+    "close",
+    "default_client",
+    "exists",
+    "get",
+    "get_async",
+    "post_async",
+    "request_async",
+    "status",
+    "submit_many",
+    "wait",
+    "wait_many",
+]

@@ -1,0 +1,422 @@
+"""Clients: `Client` (blocking waits) and `AsyncClient` (awaitable waits) over one engine core."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
+
+from ._callbacks import CallbackRunner
+from ._engine import Engine
+from ._errors import ClientClosed, InvalidRequest, QueueFull
+from ._headers import HeadersInput
+from ._job import Job
+from ._keys import check_key, mychat_key, new_key
+from ._memory_store import CacheValue, MemoryStore
+from ._request import Body, Request, build_request
+from ._result import Result, State
+from ._settings import Settings
+from ._transport import Transport
+
+KeyFormat = Literal["hex", "mychat"]
+OnDone = Callable[[Result], Any]
+
+_open_clients: weakref.WeakSet[_ClientCore] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_clients() -> None:
+    for client in list(_open_clients):
+        client._shutdown(client.settings.exit_grace_ms)
+
+
+class _ClientCore:
+    """Everything both clients share: submission, lookups, the cache, close. Never blocks long."""
+
+    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+        base = settings if settings is not None else Settings()
+        self.settings = base.replace(**overrides) if overrides else base
+        self._store = MemoryStore(self.settings)
+        self._callbacks = CallbackRunner()
+        # The engine gets a sink that does not point back at the client, so a client that is
+        # dropped without close() can be collected (and its finalizer can stop the engine).
+        sink = _ResultSink(self._store, self._callbacks)
+        self._engine = Engine(self.settings, Transport(self.settings), sink)
+        self._closed = False
+        _open_clients.add(self)
+        # A client dropped without close() still lets its requests finish (up to exit_grace_ms).
+        weakref.finalize(self, self._engine.close, self.settings.exit_grace_ms, False)
+
+    # -- submitting ------------------------------------------------------------------------------
+
+    def request_async(
+        self,
+        method: str,
+        url: str,
+        body: Body = None,
+        headers: HeadersInput = None,
+        timeout_ms: int | None = None,
+        *,
+        key: str | None = None,
+        key_format: KeyFormat = "hex",
+        follow_redirects: bool | None = None,
+        ttl_ms: int | None = None,
+        on_done: OnDone | None = None,
+    ) -> str:
+        """Submit a request and return its key at once; the response lands in the store later.
+
+        ``key`` makes the submit idempotent: the same key with the same request returns the key
+        and sends nothing again. ``key_format="mychat"`` issues a MyChat-form key.
+        ``on_done(result)`` runs on postkey's callback thread when the request ends.
+
+        Raises:
+            InvalidRequest: (and subclasses) a malformed method, URL, header, body or timeout.
+            InvalidKey: a malformed ``key``.
+            KeyConflict: ``key`` already names a different request.
+            QueueFull: the queue is full (after ``queue_wait_ms``).
+            ClientClosed: the client is closed.
+        """
+        request = self._build(method, url, body, headers, timeout_ms, follow_redirects)
+        return self._submit(request, key, key_format, ttl_ms, on_done)
+
+    def post_async(
+        self,
+        url: str,
+        body: Body = None,
+        headers: HeadersInput = None,
+        timeout_ms: int | None = None,
+        **options: Any,
+    ) -> str:
+        """`request_async` with method POST (MyChat's ``HTTPSendPostMessageAsync``)."""
+        return self.request_async("POST", url, body, headers, timeout_ms, **options)
+
+    def get_async(
+        self, url: str, headers: HeadersInput = None, timeout_ms: int | None = None, **options: Any
+    ) -> str:
+        """`request_async` with method GET and no body."""
+        return self.request_async("GET", url, None, headers, timeout_ms, **options)
+
+    def submit_many(self, requests: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Validate every request, then submit them all; return their keys in order.
+
+        Each item is a mapping of `request_async` arguments (``method`` defaults to GET).
+
+        Raises:
+            InvalidRequest: an item is malformed (its index is in the message); nothing was sent.
+            QueueFull: the queue filled up part way; ``exc.keys`` lists the keys submitted.
+        """
+        prepared = []
+        for index, item in enumerate(requests):
+            spec = dict(item)
+            try:
+                request = self._build(
+                    spec.pop("method", "GET"),
+                    spec.pop("url", None),
+                    spec.pop("body", None),
+                    spec.pop("headers", None),
+                    spec.pop("timeout_ms", None),
+                    spec.pop("follow_redirects", None),
+                )
+            except InvalidRequest as exc:
+                raise type(exc)(f"request #{index}: {exc}") from None
+            unknown = set(spec) - {"key", "key_format", "ttl_ms", "on_done"}
+            if unknown:
+                raise InvalidRequest(f"request #{index}: unknown field(s) {sorted(unknown)}")
+            prepared.append((request, spec))
+        keys: list[str] = []
+        for request, spec in prepared:
+            try:
+                keys.append(
+                    self._submit(
+                        request,
+                        spec.get("key"),
+                        spec.get("key_format", "hex"),
+                        spec.get("ttl_ms"),
+                        spec.get("on_done"),
+                    )
+                )
+            except QueueFull as exc:
+                exc.keys = keys  # type: ignore[attr-defined]
+                raise
+        return keys
+
+    def _build(
+        self,
+        method: str,
+        url: str,
+        body: Body,
+        headers: HeadersInput,
+        timeout_ms: int | None,
+        follow_redirects: bool | None,
+    ) -> Request:
+        s = self.settings
+        return build_request(
+            method,
+            url,
+            body,
+            headers,
+            s.default_timeout_ms if timeout_ms is None else timeout_ms,
+            max_timeout_ms=s.max_timeout_ms,
+            max_body_bytes=s.max_request_bytes,
+            follow_redirects=s.follow_redirects if follow_redirects is None else follow_redirects,
+        )
+
+    def _submit(
+        self,
+        request: Request,
+        key: str | None,
+        key_format: KeyFormat,
+        ttl_ms: int | None,
+        on_done: OnDone | None,
+    ) -> str:
+        if self._closed:
+            raise ClientClosed("the client is closed")
+        if ttl_ms is not None and (type(ttl_ms) is not int or ttl_ms < 1):
+            raise InvalidRequest(f"ttl_ms must be a positive int, got {ttl_ms!r}")
+        if key is None:
+            if key_format == "hex":
+                key = new_key()
+            elif key_format == "mychat":
+                key = mychat_key(request.method)
+            else:
+                raise InvalidRequest(f"key_format must be 'hex' or 'mychat', not {key_format!r}")
+            job = Job(key, request, on_done=on_done, ttl_ms=ttl_ms)
+            self._store.register(job, caller_key=False)
+        else:
+            job = Job(check_key(key), request, on_done=on_done, ttl_ms=ttl_ms)
+            job.fingerprint = request.fingerprint()
+            if not self._store.register(job, caller_key=True):
+                return key
+        try:
+            self._engine.submit(job)
+        except BaseException:
+            self._store.forget(job)
+            raise
+        return key
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def exists(self, key: str) -> bool:
+        """True if ``key`` has a terminal result (done or failed) to read (MyChat's MemCacheExists)."""
+        return self._store.lookup(key).state.terminal
+
+    def status(self, key: str) -> State:
+        """The state of ``key``: unknown, pending, running, done, failed or expired."""
+        return self._store.lookup(key).state
+
+    def get(self, key: str) -> Result:
+        """What is known of ``key`` now, as a Result (check ``.state``); never blocks."""
+        return self._store.lookup(key)
+
+    def cancel(self, key: str, timeout: float = 5.0) -> bool:
+        """End a pending or running request as failed / cancelled.
+
+        Returns True if this call cancelled it, False if the key was not pending or running (or
+        finished first). Waits up to ``timeout`` seconds for the engine to record it.
+        """
+        job = self._store.job(key)
+        if job is None:
+            return False
+        self._engine.cancel(job)
+        final = self._store.wait(key, timeout)
+        return final.state is State.FAILED and final.error_kind == "cancelled"
+
+    # -- the general cache -----------------------------------------------------------------------
+
+    def cache_set(self, key: str, value: CacheValue, ttl_ms: int | None = None) -> None:
+        """Store ``value`` (str or bytes) under ``key`` for ``ttl_ms`` (default: result TTL).
+
+        Raises:
+            InvalidKey: a malformed key.
+            InvalidValue: a value that is not str / bytes, or a bad TTL.
+            KeyConflict: ``key`` names a request.
+        """
+        self._store.cache_set(check_key(key), value, ttl_ms)
+
+    def cache_get(self, key: str, default: Any = None) -> Any:
+        """The value under ``key`` (a Result for request keys), or ``default``."""
+        return self._store.cache_get(key, default)
+
+    def cache_exists(self, key: str) -> bool:
+        """True if ``key`` holds a live value or result."""
+        return self._store.cache.exists(key)
+
+    def cache_delete(self, key: str) -> bool:
+        """Remove ``key``'s value or result; True if there was one."""
+        return self._store.cache.delete(key)
+
+    def cache_count(self) -> int:
+        """Number of live entries (values and results)."""
+        return self._store.cache.count()
+
+    def cache_clear(self) -> None:
+        """Remove every value and result (pending requests are not affected)."""
+        self._store.cache.clear()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once `close` was called."""
+        return self._closed
+
+    def _shutdown(self, drain_ms: int) -> None:
+        self._closed = True
+        self._engine.close(drain_ms)
+        self._callbacks.close(timeout=max(drain_ms / 1000.0, 1.0))
+        _open_clients.discard(self)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<{type(self).__name__} {state} queued={self._engine.queued}"
+            f" in_flight={self._engine.in_flight} cached={self._store.cache.count()}>"
+        )
+
+
+class Client(_ClientCore):
+    """A postkey client with its own engine and memory store; waits block the calling thread.
+
+    Raises (on construction):
+        InvalidValue: a bad setting.
+    """
+
+    def wait(self, key: str, timeout: float | None = None) -> Result:
+        """Block until ``key`` ends (done or failed) or ``timeout`` seconds pass.
+
+        Returns the terminal Result, or the current one (pending / running) on timeout; an
+        unknown or expired key returns at once. Woken by the store, never by polling.
+        """
+        return self._store.wait(key, timeout)
+
+    def wait_many(self, keys: Iterable[str], timeout: float | None = None) -> list[Result]:
+        """`wait` for every key under one overall ``timeout``; Results in the keys' order."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out = []
+        for key in keys:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            out.append(self._store.wait(key, left))
+        return out
+
+    def cache_wait(self, key: str, timeout: float | None = None, default: Any = None) -> Any:
+        """Block until ``key`` holds a value (or result) or ``timeout`` seconds pass."""
+        return self._store.cache.wait(key, timeout, default)
+
+    def close(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Stop accepting; with ``drain``, let queued and in-flight requests finish for up to
+        ``timeout`` seconds (default: until each has met its own deadline); end the rest as
+        failed / cancelled. Every key issued has its terminal result when this returns."""
+        if timeout is not None:
+            drain_ms = int(timeout * 1000) if drain else 0
+        else:
+            drain_ms = self.settings.max_timeout_ms if drain else 0
+        self._shutdown(drain_ms)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient(_ClientCore):
+    """A postkey client for asyncio code: submitting never blocks, waits are awaitable.
+
+    Raises (on construction):
+        InvalidValue: a bad setting.
+    """
+
+    async def wait(self, key: str, timeout: float | None = None) -> Result:
+        """Await the end of ``key`` (see `Client.wait`); woken by the store via the event loop."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
+
+        def wake(result: Result) -> None:
+            loop.call_soon_threadsafe(_resolve, future, result)
+
+        found, unwatch = self._store.watch(key, wake)
+        if found is not None:
+            return found
+        assert unwatch is not None
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            return self._store.lookup(key)
+        finally:
+            unwatch()
+
+    async def wait_many(self, keys: Iterable[str], timeout: float | None = None) -> list[Result]:
+        """Await every key concurrently under one ``timeout``; Results in the keys' order."""
+        return list(await asyncio.gather(*(self.wait(k, timeout) for k in keys)))
+
+    async def cache_wait(self, key: str, timeout: float | None = None, default: Any = None) -> Any:
+        """Await a value under ``key`` for up to ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def wake(value: object) -> None:
+            loop.call_soon_threadsafe(_resolve, future, value)
+
+        cache = self._store.cache
+        found = cache.add_waiter(key, wake)
+        if found is not cache.MISSING:
+            cache.remove_waiter(key, wake)
+            return found
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            return default
+        finally:
+            cache.remove_waiter(key, wake)
+
+    async def aclose(self, drain: bool = True, timeout: float | None = None) -> None:
+        """`Client.close` without blocking the event loop."""
+        drain_ms = (
+            (self.settings.max_timeout_ms if timeout is None else int(timeout * 1000))
+            if drain
+            else 0
+        )
+        await asyncio.get_running_loop().run_in_executor(None, self._shutdown, drain_ms)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class _ResultSink:
+    """Stores each terminal result and schedules its ``on_done`` callback."""
+
+    __slots__ = ("_callbacks", "_store")
+
+    def __init__(self, store: MemoryStore, callbacks: CallbackRunner) -> None:
+        self._store = store
+        self._callbacks = callbacks
+
+    def __call__(self, job: Job, result: Result) -> None:
+        self._store.finish(job, result)
+        if job.on_done is not None:
+            self._callbacks.call(job.on_done, result)
+
+
+def _resolve(future: asyncio.Future[Any], value: object) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+_default_lock = threading.Lock()
+_default: list[Client] = []
+
+
+def default_client() -> Client:
+    """The client the module-level functions use, created on first use with default settings."""
+    if not _default or _default[0].closed:
+        with _default_lock:
+            if not _default or _default[0].closed:
+                _default[:] = [Client()]
+    return _default[0]

@@ -1,0 +1,67 @@
+"""Every exception postkey raises, under one root.
+
+    PostkeyError
+    ├── InvalidRequest (also ValueError): the request was refused before a key was issued
+    │   ├── InvalidMethod
+    │   ├── InvalidURL
+    │   ├── InvalidHeader
+    │   ├── InvalidBody
+    │   └── InvalidTimeout
+    ├── InvalidKey (also ValueError): a key with characters or a length postkey does not accept
+    ├── InvalidValue (also ValueError): a cache value, TTL or setting out of range
+    ├── KeyConflict (also ValueError): the key is taken by a different request or by a result
+    ├── QueueFull: the engine's submission queue is at its bound
+    └── ClientClosed: the client (or its engine) was closed
+
+A failed *remote* request is never an exception: it is a `Result` with state ``failed``.
+"""
+
+from __future__ import annotations
+
+
+class PostkeyError(Exception):
+    """Root of every exception postkey raises."""
+
+
+class InvalidRequest(PostkeyError, ValueError):
+    """The request was refused before a key was issued; nothing was sent."""
+
+
+class InvalidMethod(InvalidRequest):
+    """The HTTP method is not a token postkey sends."""
+
+
+class InvalidURL(InvalidRequest):
+    """The URL is malformed, too long or uses a scheme other than http / https."""
+
+
+class InvalidHeader(InvalidRequest):
+    """A header name or value is malformed, forbidden, or the header block is too large."""
+
+
+class InvalidBody(InvalidRequest):
+    """The body has an unsupported type or is larger than the configured cap."""
+
+
+class InvalidTimeout(InvalidRequest):
+    """The timeout is not a positive integer number of milliseconds within the maximum."""
+
+
+class InvalidKey(PostkeyError, ValueError):
+    """A caller-supplied key is empty, too long or has characters outside the key alphabet."""
+
+
+class InvalidValue(PostkeyError, ValueError):
+    """A cache value, TTL or setting is of the wrong type or out of range."""
+
+
+class KeyConflict(PostkeyError, ValueError):
+    """The key already names a different request, or a cache write would overwrite a request."""
+
+
+class QueueFull(PostkeyError):
+    """The submission queue is full; nothing was accepted and no key was issued."""
+
+
+class ClientClosed(PostkeyError):
+    """The client was closed; it accepts no more submissions."""

@@ -1,0 +1,58 @@
+"""A job: one accepted request on its way through the engine, under its key."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._result import State
+
+if TYPE_CHECKING:
+    from ._request import Request
+    from ._result import Result
+
+
+class Job:
+    """The engine's record of an accepted request; it lives until its Result is stored."""
+
+    __slots__ = (
+        "body_parts",
+        "curl",
+        "deadline",
+        "done",
+        "fingerprint",
+        "head_lines",
+        "key",
+        "on_done",
+        "request",
+        "state",
+        "submitted_at",
+        "ttl_ms",
+    )
+
+    def __init__(
+        self,
+        key: str,
+        request: Request,
+        *,
+        on_done: Callable[[Result], Any] | None = None,
+        ttl_ms: int | None = None,
+        fingerprint: str | None = None,
+    ) -> None:
+        self.key = key
+        self.request = request
+        self.on_done = on_done
+        self.ttl_ms = ttl_ms
+        self.fingerprint = fingerprint
+        self.state = State.PENDING
+        self.done = False
+        self.submitted_at = time.time()
+        # The deadline counts from submission: time spent queued is part of timeout_ms.
+        self.deadline = time.monotonic() + request.timeout_ms / 1000.0
+        self.curl: Any = None
+        self.body_parts: list[bytes] = []
+        self.head_lines: list[bytes] = []
+
+    def __repr__(self) -> str:
+        return f"<Job key={self.key} state={self.state.value} {self.request.method} {self.request.url}>"

@@ -1,0 +1,189 @@
+"""The validated request: everything is checked here, before a key is issued."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import math
+import re
+from functools import lru_cache
+from urllib.parse import urlsplit
+
+from ._errors import InvalidBody, InvalidMethod, InvalidTimeout, InvalidURL
+from ._headers import HeaderPairs, HeadersInput, parse_headers
+
+MAX_URL_LENGTH = 8192
+SCHEMES = frozenset({"http", "https"})
+_METHOD_RE = re.compile(r"[A-Z][A-Z0-9_-]{0,31}")
+# CONNECT asks for a tunnel, not a request; TRACE reflects credentials back (cross-site tracing).
+_REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
+_URL_BAD_CHAR_RE = re.compile(r"[\x00-\x20\x7f-\U0010ffff\\]")
+
+Body = str | bytes | bytearray | memoryview | None
+
+
+class Request:
+    """One HTTP request, already validated. Build it with `build_request`."""
+
+    __slots__ = ("body", "follow_redirects", "headers", "method", "timeout_ms", "url")
+
+    def __init__(
+        self,
+        method: str,
+        url: str,
+        body: bytes,
+        headers: HeaderPairs,
+        timeout_ms: int,
+        follow_redirects: bool,
+    ) -> None:
+        self.method = method
+        self.url = url
+        self.body = body
+        self.headers = headers
+        self.timeout_ms = timeout_ms
+        self.follow_redirects = follow_redirects
+
+    def fingerprint(self) -> str:
+        """A digest of what goes on the wire (method, URL, headers, body); the timeout is left out."""
+        h = hashlib.blake2b(digest_size=16)
+        for part in (self.method, self.url, repr(self.headers)):
+            h.update(part.encode())
+            h.update(b"\0")
+        h.update(self.body)
+        return h.hexdigest()
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.url} body={len(self.body)}B timeout_ms={self.timeout_ms}>"
+
+
+def build_request(
+    method: str,
+    url: str,
+    body: Body,
+    headers: HeadersInput,
+    timeout_ms: int,
+    *,
+    max_timeout_ms: int,
+    max_body_bytes: int,
+    follow_redirects: bool = False,
+) -> Request:
+    """Validate every part of a request and return it.
+
+    Raises:
+        InvalidMethod, InvalidURL, InvalidHeader, InvalidBody, InvalidTimeout: what is wrong, said
+            in the message. Nothing is sent and no key is issued.
+    """
+    return Request(
+        check_method(method),
+        check_url(url),
+        check_body(body, max_body_bytes),
+        parse_headers(headers),
+        check_timeout(timeout_ms, max_timeout_ms),
+        bool(follow_redirects),
+    )
+
+
+def check_method(method: object) -> str:
+    """Return the method if it is an upper-case token such as GET or POST.
+
+    Raises:
+        InvalidMethod: not a str, not an upper-case token, or CONNECT / TRACE.
+    """
+    if not isinstance(method, str) or _METHOD_RE.fullmatch(method) is None:
+        raise InvalidMethod(f"method {method!r} is not an upper-case HTTP method token like 'POST'")
+    if method in _REFUSED_METHODS:
+        raise InvalidMethod(f"method {method} is not supported")
+    return method
+
+
+def check_url(url: object) -> str:
+    """Return the URL if it is an absolute http(s) URL postkey can send.
+
+    Raises:
+        InvalidURL: not a str, too long, raw spaces / control / non-ASCII characters or a
+            backslash, a scheme other than http / https, no host, or a bad port.
+    """
+    if not isinstance(url, str):
+        raise InvalidURL(f"URL must be a str, not {type(url).__name__}")
+    return _check_url_text(url)
+
+
+@lru_cache(maxsize=4096)
+def _check_url_text(url: str) -> str:
+    if not url:
+        raise InvalidURL("URL is empty")
+    if len(url) > MAX_URL_LENGTH:
+        raise InvalidURL(f"URL is {len(url)} characters long; the maximum is {MAX_URL_LENGTH}")
+    bad = _URL_BAD_CHAR_RE.search(url)
+    if bad is not None:
+        raise InvalidURL(
+            f"URL contains {bad.group()!r} at position {bad.start()}: spaces, control characters,"
+            " backslashes and non-ASCII must be percent-encoded (use punycode for host names)"
+        )
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidURL(f"malformed URL {url!r}: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        shown = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
+        raise InvalidURL(f"URL {url!r} has {shown}; only http and https are supported")
+    host = parts.hostname
+    if not host:
+        raise InvalidURL(f"URL {url!r} has no host")
+    if port == 0:
+        raise InvalidURL(f"URL {url!r} has port 0")
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            raise InvalidURL(f"URL {url!r} has a malformed IPv6 address") from None
+    elif _HOSTNAME_RE.fullmatch(host) is None:
+        raise InvalidURL(f"URL {url!r} has a malformed host {host!r}")
+    return url
+
+
+def check_body(body: object, max_bytes: int) -> bytes:
+    """Return the body as bytes (a str is encoded as UTF-8; None is empty).
+
+    Raises:
+        InvalidBody: another type, or more than ``max_bytes`` bytes.
+    """
+    if body is None:
+        data = b""
+    elif isinstance(body, bytes):
+        data = body
+    elif isinstance(body, str):
+        try:
+            data = body.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidBody(f"body text cannot be encoded as UTF-8: {exc.reason}") from None
+    elif isinstance(body, bytearray | memoryview):
+        data = bytes(body)
+    else:
+        raise InvalidBody(f"body must be str or bytes, not {type(body).__name__}")
+    if len(data) > max_bytes:
+        raise InvalidBody(f"body is {len(data)} bytes; the maximum is {max_bytes}")
+    return data
+
+
+def check_timeout(timeout_ms: object, max_timeout_ms: int) -> int:
+    """Return the timeout if it is an int in [1, max_timeout_ms].
+
+    Raises:
+        InvalidTimeout: a bool, float (NaN and inf included), str or other type, or out of range.
+    """
+    if type(timeout_ms) is not int:
+        if isinstance(timeout_ms, float) and not math.isfinite(timeout_ms):
+            raise InvalidTimeout(f"timeout_ms must be a finite integer, got {timeout_ms!r}")
+        raise InvalidTimeout(
+            f"timeout_ms must be an int number of milliseconds, not {type(timeout_ms).__name__}"
+            f" ({timeout_ms!r})"
+        )
+    if not 1 <= timeout_ms <= max_timeout_ms:
+        raise InvalidTimeout(
+            f"timeout_ms is {timeout_ms}; it must be between 1 and {max_timeout_ms} milliseconds"
+        )
+    return timeout_ms

@@ -1,0 +1,219 @@
+"""The result of a request: state, status, headers, exact body bytes, timings, error."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from enum import StrEnum
+from typing import Any, NamedTuple
+
+from ._headers import parse_response_head
+
+
+class State(StrEnum):
+    """Where a key is in its life. Compares equal to its lower-case name."""
+
+    UNKNOWN = "unknown"  # never seen here, or gone long ago
+    PENDING = "pending"  # accepted, waiting in the queue
+    RUNNING = "running"  # on the wire
+    DONE = "done"  # an HTTP response arrived, whatever its status code
+    FAILED = "failed"  # no response: see Result.error_kind
+    EXPIRED = "expired"  # there was a result; its TTL passed
+
+    @property
+    def terminal(self) -> bool:
+        """True for done and failed: the key will not change any more."""
+        return self is State.DONE or self is State.FAILED
+
+
+class ErrorKind(StrEnum):
+    """Why a request failed (state ``failed``)."""
+
+    DNS = "dns"
+    CONNECT = "connect"
+    TLS = "tls"
+    TIMEOUT = "timeout"
+    TOO_LARGE = "too_large"
+    TOO_MANY_REDIRECTS = "too_many_redirects"
+    NETWORK = "network"  # the connection broke mid-exchange (reset, closed early)
+    PROTOCOL = "protocol"  # the server answered something that is not valid HTTP
+    CANCELLED = "cancelled"
+    BLOCKED = "blocked"
+    INTERNAL = "internal"
+
+
+class Timings(NamedTuple):
+    """libcurl's timings in milliseconds, each counted from the start of the transfer."""
+
+    dns_ms: float
+    connect_ms: float
+    tls_ms: float
+    first_byte_ms: float
+    total_ms: float
+
+
+_CHARSET_RE = re.compile(r"charset\s*=\s*\"?([A-Za-z0-9_.:-]+)", re.IGNORECASE)
+
+
+class Result:
+    """What postkey knows about a key: a finished response, a failure, or a non-terminal state.
+
+    ``status``, ``headers`` and ``body`` are set only when ``state`` is ``done``; ``error_kind``
+    and ``error`` only when it is ``failed``.
+    """
+
+    __slots__ = (
+        "_head",
+        "_raw_head",
+        "attempts",
+        "body",
+        "error",
+        "error_kind",
+        "fingerprint",
+        "finished_at",
+        "key",
+        "state",
+        "status",
+        "submitted_at",
+        "timings",
+    )
+
+    def __init__(
+        self,
+        key: str,
+        state: State,
+        *,
+        status: int | None = None,
+        raw_head: bytes = b"",
+        body: bytes = b"",
+        error_kind: ErrorKind | None = None,
+        error: str | None = None,
+        timings: Timings | None = None,
+        submitted_at: float | None = None,
+        finished_at: float | None = None,
+        attempts: int = 0,
+        fingerprint: str | None = None,
+    ) -> None:
+        self.key = key
+        self.state = state
+        self.status = status
+        self._raw_head = raw_head
+        self._head: tuple[str, int, str, list[tuple[str, str]]] | None = None
+        self.body = body
+        self.error_kind = error_kind
+        self.error = error
+        self.timings = timings
+        self.submitted_at = submitted_at
+        self.finished_at = finished_at
+        self.attempts = attempts
+        self.fingerprint = fingerprint
+
+    def cache_size(self) -> int:
+        """Approximate bytes this result holds in a memory cache (for the cache's byte bound)."""
+        return len(self.body) + len(self._raw_head) + 300
+
+    # The header block is kept as raw bytes and parsed on first use: most results are stored
+    # and never looked at, and a list of tuples costs several times the bytes it holds.
+    def _parsed_head(self) -> tuple[str, int, str, list[tuple[str, str]]]:
+        if self._head is None:
+            self._head = parse_response_head(self._raw_head.splitlines(keepends=True))
+        return self._head
+
+    @property
+    def ok(self) -> bool:
+        """True if a response arrived with a 2xx status."""
+        return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def reason(self) -> str:
+        """The reason phrase of the status line ('' for HTTP/2 and for non-responses)."""
+        return self._parsed_head()[2] if self._raw_head else ""
+
+    @property
+    def http_version(self) -> str:
+        """'1.1', '2', ... ('' when there was no response)."""
+        return self._parsed_head()[0] if self._raw_head else ""
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """Response headers in order, duplicates kept (empty when there was no response)."""
+        return list(self._parsed_head()[3]) if self._raw_head else []
+
+    @property
+    def raw_head(self) -> bytes:
+        """The final response's status line and header lines, as received."""
+        return self._raw_head
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """The first value of header ``name`` (case-insensitive), or ``default``."""
+        lname = name.lower()
+        for hname, value in self.headers:
+            if hname.lower() == lname:
+                return value
+        return default
+
+    @property
+    def charset(self) -> str:
+        """The charset named in Content-Type, else 'utf-8'."""
+        m = _CHARSET_RE.search(self.header("content-type") or "")
+        if m is not None:
+            try:
+                "".encode(m.group(1))
+            except LookupError:
+                return "utf-8"
+            return m.group(1).lower()
+        return "utf-8"
+
+    @property
+    def text(self) -> str:
+        """The body decoded with `charset`; undecodable bytes become U+FFFD."""
+        return self.body.decode(self.charset, "replace")
+
+    def json(self) -> Any:
+        """The body parsed as JSON.
+
+        Raises:
+            ValueError: the body is not valid JSON.
+        """
+        return json.loads(self.body)
+
+    @property
+    def elapsed_ms(self) -> float | None:
+        """Time from submission to the end, in milliseconds (None while not terminal)."""
+        if self.finished_at is None or self.submitted_at is None:
+            return None
+        return (self.finished_at - self.submitted_at) * 1000.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; the body is text when it is valid UTF-8, else base64 (`body_b64`)."""
+        out: dict[str, Any] = {"key": self.key, "state": self.state.value}
+        if self.state is State.DONE:
+            out["status"] = self.status
+            out["reason"] = self.reason
+            out["http_version"] = self.http_version
+            out["headers"] = [list(pair) for pair in self.headers]
+            try:
+                out["body"] = self.body.decode("utf-8")
+            except UnicodeDecodeError:
+                out["body_b64"] = base64.b64encode(self.body).decode("ascii")
+        if self.state is State.FAILED:
+            out["error_kind"] = self.error_kind.value if self.error_kind else None
+            out["error"] = self.error
+        if self.timings is not None:
+            out["timings"] = self.timings._asdict()
+        out["submitted_at"] = self.submitted_at
+        out["finished_at"] = self.finished_at
+        out["elapsed_ms"] = self.elapsed_ms
+        out["attempts"] = self.attempts
+        return out
+
+    def __repr__(self) -> str:
+        parts = [f"<Result key={self.key} state={self.state.value}"]
+        if self.status is not None:
+            parts.append(f" status={self.status}")
+        if self.error_kind is not None:
+            parts.append(f" error={self.error_kind.value}")
+        if self.elapsed_ms is not None:
+            parts.append(f" elapsed_ms={self.elapsed_ms:.0f}")
+        return "".join(parts) + ">"

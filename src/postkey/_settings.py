@@ -1,0 +1,117 @@
+"""Settings: one frozen dataclass of documented defaults; `from_env` reads POSTKEY_* variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ._errors import InvalidValue
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """How a client behaves. Every field has a default; `Client(**fields)` overrides any of them.
+
+    Raises (on construction):
+        InvalidValue: a field of the wrong type or out of range.
+    """
+
+    #: Timeout used when a request gives none, in ms.
+    default_timeout_ms: int = 30_000
+    #: The largest timeout a request may ask for, in ms (1 hour).
+    max_timeout_ms: int = 3_600_000
+    #: Submissions waiting for a transfer slot; past this, submit raises QueueFull.
+    max_queue: int = 100_000
+    #: How long a submit may wait for room in a full queue before raising QueueFull, in ms.
+    queue_wait_ms: int = 0
+    #: Transfers on the wire at once, all hosts together.
+    max_in_flight: int = 256
+    #: Connections to one host (scheme + name + port) at once; more transfers wait in libcurl.
+    max_per_host: int = 64
+    #: Response body cap; a larger body ends the request as failed / too_large.
+    max_response_bytes: int = 10 * MiB
+    #: Request body cap, checked on submit.
+    max_request_bytes: int = 16 * MiB
+    #: How long a result stays readable, in ms (1 hour).
+    result_ttl_ms: int = 3_600_000
+    #: How long an expired key is still reported as `expired` rather than `unknown`, in ms.
+    tombstone_ttl_ms: int = 3_600_000
+    #: Entries the memory cache holds before evicting the least recently used.
+    cache_max_entries: int = 1_000_000
+    #: Bytes (approximate, values plus overhead) the memory cache holds before evicting.
+    cache_max_bytes: int = 1024 * MiB
+    #: Follow redirects when a request does not say.
+    follow_redirects: bool = False
+    #: Hops followed at most when following redirects.
+    max_redirects: int = 5
+    #: Ask for gzip / deflate / br / zstd and decode the body (the cap applies to decoded bytes).
+    decompress: bool = False
+    #: Verify TLS certificates and host names. Turning this off is for tests only.
+    verify_tls: bool = True
+    #: A CA bundle (PEM) to verify against instead of the system's.
+    ca_file: str | None = None
+    #: Proxy URL. Proxy environment variables are ignored unless a proxy is set here.
+    proxy: str | None = None
+    #: The User-Agent header sent unless the request sets one.
+    user_agent: str = "postkey/0.1"
+    #: At interpreter exit, how long open clients let in-flight requests finish, in ms; the rest
+    #: end as failed / cancelled.
+    exit_grace_ms: int = 2_000
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int":
+                if type(value) is not int:
+                    raise InvalidValue(f"{f.name} must be an int, not {type(value).__name__}")
+                lowest = 0 if f.name in ("queue_wait_ms", "max_redirects", "exit_grace_ms") else 1
+                if value < lowest:
+                    raise InvalidValue(f"{f.name} must be >= {lowest}, got {value}")
+            elif f.type == "bool" and not isinstance(value, bool):
+                raise InvalidValue(f"{f.name} must be a bool, not {type(value).__name__}")
+        if self.default_timeout_ms > self.max_timeout_ms:
+            raise InvalidValue("default_timeout_ms must not exceed max_timeout_ms")
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed.
+
+        Raises:
+            InvalidValue: an unknown field name, or a value out of range.
+        """
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise InvalidValue(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``POSTKEY_<FIELD>`` variables (e.g. ``POSTKEY_MAX_IN_FLIGHT=512``).
+
+        Raises:
+            InvalidValue: a variable that does not parse as its field's type.
+        """
+        env = os.environ if environ is None else environ
+        changes: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"POSTKEY_{f.name.upper()}")
+            if raw is None:
+                continue
+            if f.type == "int":
+                try:
+                    changes[f.name] = int(raw)
+                except ValueError:
+                    raise InvalidValue(f"POSTKEY_{f.name.upper()}={raw!r} is not an integer")
+            elif f.type == "bool":
+                if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise InvalidValue(f"POSTKEY_{f.name.upper()}={raw!r} is not a boolean")
+                changes[f.name] = raw.lower() in ("1", "true", "yes")
+            elif "None" in str(f.type):
+                changes[f.name] = raw or None
+            else:
+                changes[f.name] = raw
+        return cls(**changes)

@@ -1,0 +1,153 @@
+"""The transport: how one request becomes a configured libcurl handle, and a handle a Result."""
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+import pycurl
+
+from ._headers import HeaderPairs
+from ._result import ErrorKind, Result, State, Timings
+
+if TYPE_CHECKING:
+    from ._job import Job
+    from ._settings import Settings
+
+_ERROR_KINDS: dict[int, ErrorKind] = {
+    pycurl.E_COULDNT_RESOLVE_HOST: ErrorKind.DNS,
+    pycurl.E_COULDNT_RESOLVE_PROXY: ErrorKind.DNS,
+    pycurl.E_COULDNT_CONNECT: ErrorKind.CONNECT,
+    pycurl.E_OPERATION_TIMEDOUT: ErrorKind.TIMEOUT,
+    pycurl.E_SSL_CONNECT_ERROR: ErrorKind.TLS,
+    pycurl.E_PEER_FAILED_VERIFICATION: ErrorKind.TLS,
+    pycurl.E_SSL_CACERT_BADFILE: ErrorKind.TLS,
+    pycurl.E_SSL_CERTPROBLEM: ErrorKind.TLS,
+    pycurl.E_SSL_CIPHER: ErrorKind.TLS,
+    pycurl.E_SSL_ISSUER_ERROR: ErrorKind.TLS,
+    pycurl.E_SSL_PINNEDPUBKEYNOTMATCH: ErrorKind.TLS,
+    pycurl.E_USE_SSL_FAILED: ErrorKind.TLS,
+    pycurl.E_FILESIZE_EXCEEDED: ErrorKind.TOO_LARGE,
+    pycurl.E_TOO_MANY_REDIRECTS: ErrorKind.TOO_MANY_REDIRECTS,
+    pycurl.E_GOT_NOTHING: ErrorKind.NETWORK,
+    pycurl.E_RECV_ERROR: ErrorKind.NETWORK,
+    pycurl.E_SEND_ERROR: ErrorKind.NETWORK,
+    pycurl.E_PARTIAL_FILE: ErrorKind.NETWORK,
+    8: ErrorKind.PROTOCOL,  # CURLE_WEIRD_SERVER_REPLY (pycurl names it only for FTP)
+    pycurl.E_HTTP2: ErrorKind.PROTOCOL,
+    pycurl.E_BAD_CONTENT_ENCODING: ErrorKind.PROTOCOL,
+    pycurl.E_UNSUPPORTED_PROTOCOL: ErrorKind.PROTOCOL,
+}
+_HTTP = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
+
+
+@lru_cache(maxsize=1024)
+def _curl_header_lines(pairs: HeaderPairs, has_body: bool) -> list[str]:
+    lines = [f"{name}: {value}" if value else f"{name};" for name, value in pairs]
+    # No "Expect: 100-continue" round trip before large bodies.
+    lines.append("Expect:")
+    # libcurl would label every body form-urlencoded; send no Content-Type unless given one.
+    if has_body and not any(name.lower() == "content-type" for name, _ in pairs):
+        lines.append("Content-Type:")
+    return lines
+
+
+class Transport:
+    """Turns jobs into libcurl easy handles and finished handles into Results."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def new_handle(self) -> pycurl.Curl:
+        """A fresh easy handle (options are set per request in `prepare`)."""
+        return pycurl.Curl()
+
+    def prepare(self, curl: pycurl.Curl, job: Job, timeout_ms: int) -> None:
+        """Reset ``curl`` and configure it for ``job`` with ``timeout_ms`` left on its deadline."""
+        s = self._settings
+        req = job.request
+        curl.reset()
+        setopt = curl.setopt
+        setopt(pycurl.URL, req.url)
+        setopt(pycurl.NOSIGNAL, 1)
+        setopt(pycurl.PROTOCOLS, _HTTP)
+        setopt(pycurl.TIMEOUT_MS, timeout_ms)
+        setopt(pycurl.CONNECTTIMEOUT_MS, timeout_ms)
+        setopt(pycurl.MAXFILESIZE_LARGE, s.max_response_bytes)
+        setopt(pycurl.PIPEWAIT, 1)
+        # An empty proxy string makes libcurl ignore http_proxy / https_proxy / no_proxy.
+        setopt(pycurl.PROXY, s.proxy or "")
+        setopt(pycurl.USERAGENT, s.user_agent)
+        if not s.verify_tls:
+            setopt(pycurl.SSL_VERIFYPEER, 0)
+            setopt(pycurl.SSL_VERIFYHOST, 0)
+        if s.ca_file:
+            setopt(pycurl.CAINFO, s.ca_file)
+        if s.decompress:
+            setopt(pycurl.ACCEPT_ENCODING, "")
+        if req.follow_redirects:
+            setopt(pycurl.FOLLOWLOCATION, 1)
+            setopt(pycurl.MAXREDIRS, s.max_redirects)
+            setopt(pycurl.REDIR_PROTOCOLS, _HTTP)
+        method = req.method
+        body = req.body
+        if method == "POST" or body:
+            setopt(pycurl.POSTFIELDSIZE_LARGE, len(body))
+            setopt(pycurl.POSTFIELDS, body)
+            if method != "POST":
+                setopt(pycurl.CUSTOMREQUEST, method)
+        elif method == "HEAD":
+            setopt(pycurl.NOBODY, 1)
+        elif method != "GET":
+            setopt(pycurl.CUSTOMREQUEST, method)
+        setopt(pycurl.HTTPHEADER, _curl_header_lines(req.headers, bool(body) or method == "POST"))
+        job.body_parts = []
+        job.head_lines = []
+        setopt(pycurl.WRITEFUNCTION, job.body_parts.append)
+        setopt(pycurl.HEADERFUNCTION, job.head_lines.append)
+
+    def result(self, curl: pycurl.Curl, job: Job, errno: int, message: str) -> Result:
+        """Build the terminal Result of a finished transfer (``errno`` 0 means a response)."""
+        info = curl.getinfo
+        timings = Timings(
+            info(pycurl.NAMELOOKUP_TIME) * 1000.0,
+            info(pycurl.CONNECT_TIME) * 1000.0,
+            info(pycurl.APPCONNECT_TIME) * 1000.0,
+            info(pycurl.STARTTRANSFER_TIME) * 1000.0,
+            info(pycurl.TOTAL_TIME) * 1000.0,
+        )
+        if errno == 0:
+            return Result(
+                job.key,
+                State.DONE,
+                status=info(pycurl.RESPONSE_CODE),
+                raw_head=_final_head(job.head_lines),
+                body=b"".join(job.body_parts),
+                timings=timings,
+                submitted_at=job.submitted_at,
+                finished_at=time.time(),
+                attempts=1,
+            )
+        kind = _ERROR_KINDS.get(errno, ErrorKind.INTERNAL)
+        if kind is ErrorKind.TOO_LARGE:
+            message = f"response body exceeds {self._settings.max_response_bytes} bytes"
+        return Result(
+            job.key,
+            State.FAILED,
+            error_kind=kind,
+            error=message or f"libcurl error {errno}",
+            timings=timings,
+            submitted_at=job.submitted_at,
+            finished_at=time.time(),
+            attempts=1,
+        )
+
+
+def _final_head(lines: list[bytes]) -> bytes:
+    """The last response block (after any 1xx or redirect responses), without the blank line."""
+    start = 0
+    for i, line in enumerate(lines):
+        if line.startswith(b"HTTP/"):
+            start = i
+    return b"".join(lines[start:]).rstrip(b"\r\n")
