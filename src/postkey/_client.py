@@ -201,7 +201,7 @@ class _ClientCore:
     # -- reading ---------------------------------------------------------------------------------
 
     def exists(self, key: str) -> bool:
-        """True if ``key`` has a terminal result (done or failed) to read (MyChat's MemCacheExists)."""
+        """True if ``key`` has a terminal result (done or failed) to read."""
         return self._store.lookup(key).state.terminal
 
     def status(self, key: str) -> State:

@@ -15,7 +15,7 @@ MAX_HEADER_COUNT = 100
 MAX_HEADER_BYTES = 32 * 1024
 
 _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# RFC 9110 field-value: visible ASCII, SP, HTAB and obs-text (0x80-0xFF); no CR, LF, NUL or controls.
+# RFC 9110 field-value: visible ASCII, SP, HTAB, obs-text (0x80-0xFF); no CR, LF, NUL, controls.
 _BAD_VALUE_RE = re.compile(r"[^\t\x20-\x7e\x80-\xff]")
 # Framing and hop-by-hop headers are the transport's business; a caller who could set them could
 # desynchronise a connection that other requests reuse.

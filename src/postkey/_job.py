@@ -55,4 +55,5 @@ class Job:
         self.head_lines: list[bytes] = []
 
     def __repr__(self) -> str:
-        return f"<Job key={self.key} state={self.state.value} {self.request.method} {self.request.url}>"
+        req = self.request
+        return f"<Job key={self.key} state={self.state.value} {req.method} {req.url}>"

@@ -12,7 +12,7 @@ from ._errors import InvalidKey
 MAX_KEY_LENGTH = 250
 # Letters, digits and "_ - . : ~ { }": safe in Redis, in URL paths and in JSON without escaping,
 # and wide enough for the MyChat form, which uses braces.
-_KEY_RE = re.compile(r"[A-Za-z0-9_.:~{}-]{1,%d}" % MAX_KEY_LENGTH)
+_KEY_RE = re.compile(rf"[A-Za-z0-9_.:~{{}}-]{{1,{MAX_KEY_LENGTH}}}")
 _MYCHAT_KEY_RE = re.compile(
     r"(http[a-z]+_async)\{([0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12})\}"
     r"(\d{17})"
@@ -20,7 +20,7 @@ _MYCHAT_KEY_RE = re.compile(
 
 
 def new_key() -> str:
-    """Return a fresh default key: 128 random bits from the OS CSPRNG as 32 lower-case hex digits."""
+    """A fresh default key: 128 random bits from the OS CSPRNG as 32 lower-case hex digits."""
     return os.urandom(16).hex()
 
 

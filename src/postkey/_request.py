@@ -45,7 +45,7 @@ class Request:
         self.follow_redirects = follow_redirects
 
     def fingerprint(self) -> str:
-        """A digest of what goes on the wire (method, URL, headers, body); the timeout is left out."""
+        """A digest of what goes on the wire (method, URL, headers, body); not the timeout."""
         h = hashlib.blake2b(digest_size=16)
         for part in (self.method, self.url, repr(self.headers)):
             h.update(part.encode())
@@ -54,7 +54,8 @@ class Request:
         return h.hexdigest()
 
     def __repr__(self) -> str:
-        return f"<Request {self.method} {self.url} body={len(self.body)}B timeout_ms={self.timeout_ms}>"
+        size = len(self.body)
+        return f"<Request {self.method} {self.url} body={size}B timeout_ms={self.timeout_ms}>"
 
 
 def build_request(

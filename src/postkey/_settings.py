@@ -105,7 +105,9 @@ class Settings:
                 try:
                     changes[f.name] = int(raw)
                 except ValueError:
-                    raise InvalidValue(f"POSTKEY_{f.name.upper()}={raw!r} is not an integer")
+                    raise InvalidValue(
+                        f"POSTKEY_{f.name.upper()}={raw!r} is not an integer"
+                    ) from None
             elif f.type == "bool":
                 if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
                     raise InvalidValue(f"POSTKEY_{f.name.upper()}={raw!r} is not a boolean")
