@@ -1,0 +1,54 @@
+"""Fixtures: real servers on 127.0.0.1 (echo, hostile) and clients that are always closed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from postkey import Client
+from postkey._echo import EchoServer
+
+from .servers import HostileServer
+
+
+@pytest.fixture(scope="session")
+def echo() -> Iterator[str]:
+    """Base URL of an in-process echo server."""
+    with EchoServer() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def echo_process() -> Iterator[str]:
+    """Base URL of an echo server in its own process (for load: it does not share our GIL)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "postkey._echo"], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def hostile_server() -> Iterator[HostileServer]:
+    server = HostileServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def hostile(hostile_server: HostileServer) -> str:
+    hostile_server.reset_counts()
+    return hostile_server.url
+
+
+@pytest.fixture
+def client() -> Iterator[Client]:
+    c = Client()
+    yield c
+    c.close(drain=False)

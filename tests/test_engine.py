@@ -1,0 +1,128 @@
+"""The engine under load and at the edges: every key ends exactly once; queue bound; close."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+import postkey
+from postkey import Client, QueueFull, State
+
+
+def test_20000_submissions_from_8_threads_each_get_exactly_one_result(echo_process: str) -> None:
+    results: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def on_done(result: postkey.Result) -> None:
+        with lock:
+            results[result.key] += 1
+
+    keys: list[str] = []
+    with Client(max_in_flight=128, max_per_host=128) as client:
+
+        def submit(n: int) -> None:
+            mine = [
+                client.post_async(echo_process + f"/t{n}", b"x", None, 60000, on_done=on_done)
+                for _ in range(2500)
+            ]
+            with lock:
+                keys.extend(mine)
+
+        threads = [threading.Thread(target=submit, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(set(keys)) == 20000
+        finals = client.wait_many(keys, 120)
+        states = Counter(r.state for r in finals)
+        assert states == {State.DONE: 20000}, states
+        assert all(r.status == 200 for r in finals)
+    # close() drained the callback thread: every key reported exactly once
+    assert len(results) == 20000 and set(results.values()) == {1}
+
+
+def test_a_full_queue_raises_and_issues_no_key(hostile: str) -> None:
+    with Client(max_in_flight=1, max_queue=2) as c:
+        c.get_async(hostile + "/silent", timeout_ms=2000)  # in flight
+        time.sleep(0.1)
+        queued = [c.get_async(hostile + "/hold", timeout_ms=5000) for _ in range(2)]
+        with pytest.raises(QueueFull, match="max_queue=2"):
+            c.get_async(hostile + "/hold", timeout_ms=5000)
+        assert all(c.status(k) == State.PENDING for k in queued)
+        assert c.cache_count() == 0
+
+
+def test_submit_can_wait_for_room(hostile: str) -> None:
+    with Client(max_in_flight=1, max_queue=1, queue_wait_ms=5000) as c:
+        first = c.get_async(hostile + "/hold", timeout_ms=5000)
+        time.sleep(0.05)
+        c.get_async(hostile + "/hold", timeout_ms=5000)
+        started = time.monotonic()
+        third = c.get_async(hostile + "/hold", timeout_ms=5000)  # waits for the first to end
+        assert time.monotonic() - started > 0.1
+        assert c.wait(first, 5).status == 200
+        assert c.wait(third, 5).status == 200
+
+
+def test_close_with_work_in_flight_leaves_no_key_without_a_result(hostile: str) -> None:
+    c = Client(max_in_flight=4)
+    keys = [c.get_async(hostile + "/silent", timeout_ms=60000) for _ in range(50)]
+    c.close(drain=False)
+    finals = [c.get(k) for k in keys]
+    assert {(r.state, r.error_kind) for r in finals} == {(State.FAILED, "cancelled")}
+    with pytest.raises(postkey.ClientClosed):
+        c.get_async(hostile + "/hold", timeout_ms=1000)
+
+
+def test_close_drains_by_default(hostile: str) -> None:
+    c = Client()
+    keys = [c.get_async(hostile + "/hold", timeout_ms=5000) for _ in range(10)]
+    c.close()
+    assert all(c.get(k).status == 200 for k in keys)
+
+
+def test_close_with_a_drain_timeout_cancels_the_rest(hostile: str) -> None:
+    c = Client()
+    fast = c.get_async(hostile + "/hold", timeout_ms=5000)
+    slow = c.get_async(hostile + "/silent", timeout_ms=60000)
+    started = time.monotonic()
+    c.close(timeout=1.0)
+    assert time.monotonic() - started < 3
+    assert c.get(fast).status == 200
+    assert c.get(slow).error_kind == "cancelled"
+
+
+def test_cancel_pending_and_running(hostile: str) -> None:
+    with Client(max_in_flight=1) as c:
+        running = c.get_async(hostile + "/silent", timeout_ms=60000)
+        pending = c.get_async(hostile + "/hold", timeout_ms=60000)
+        time.sleep(0.1)
+        assert c.status(running) == State.RUNNING and c.status(pending) == State.PENDING
+        assert c.cancel(pending)
+        assert c.cancel(running)
+        assert c.get(pending).error_kind == "cancelled"
+        assert c.get(running).error_kind == "cancelled"
+        assert not c.cancel(running)  # already terminal
+        assert not c.cancel("never-issued")
+        # the engine keeps working after cancellations
+        assert c.wait(c.get_async(hostile + "/hold", timeout_ms=5000), 5).status == 200
+
+
+def test_interpreter_exit_lets_requests_finish(tmp_path: object, hostile: str) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import postkey\n"
+        f"postkey.get_async({hostile + '/hold'!r}, timeout_ms=5000,"
+        " on_done=lambda r: print('done', r.status, flush=True))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "done 200"
