@@ -1,0 +1,200 @@
+"""MemCache: TTL, tombstones, LRU and byte bounds, and waits that are woken, not polled."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+import postkey
+from postkey import Client, State
+from postkey._cache import MemCache
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(clock: FakeClock, **kw: int) -> MemCache:
+    opts = {"max_entries": 100, "max_bytes": 10**9, "default_ttl_ms": 1000, "tombstone_ttl_ms": 5000}
+    opts.update(kw)
+    return MemCache(clock=clock, **opts)
+
+
+def test_entries_expire_after_their_ttl_and_leave_a_tombstone() -> None:
+    clock = FakeClock()
+    cache = make(clock)
+    cache.set("a", "1")
+    cache.set("b", "2", ttl_ms=3000)
+    clock.now += 0.999
+    assert cache.get("a") == "1"
+    clock.now += 0.002
+    assert cache.get("a") is None and cache.exists("b")
+    assert cache.tombstone("a") == "" and cache.tombstone("b") is None
+    assert cache.count() == 1
+    clock.now += 2.0
+    assert cache.count() == 0
+    clock.now += 5.0
+    assert cache.tombstone("a") is None  # the tombstone has its own TTL
+    assert cache.expirations == 2
+
+
+def test_least_recently_used_is_evicted_by_count() -> None:
+    cache = make(FakeClock(), max_entries=3)
+    for key in "abc":
+        cache.set(key, key)
+    cache.get("a")  # a is now the most recently used
+    cache.set("d", "d")
+    assert not cache.exists("b")
+    assert all(cache.exists(k) for k in "acd")
+    assert cache.evictions == 1
+    assert cache.tombstone("b") == ""
+
+
+def test_byte_bound_evicts_until_it_fits() -> None:
+    cache = make(FakeClock(), max_bytes=10_000)
+    for i in range(10):
+        cache.set(f"k{i}", "x" * 2000)
+    assert cache.bytes_used <= 10_000
+    assert cache.count() == 4
+    assert not cache.exists("k0") and cache.exists("k9")
+    cache.set("big", "x" * 20_000)  # alone larger than the bound: not kept
+    assert not cache.exists("big")
+    assert cache.bytes_used <= 10_000
+
+
+def test_delete_and_clear() -> None:
+    cache = make(FakeClock())
+    cache.set("a", b"bytes")
+    assert cache.delete("a") and not cache.delete("a")
+    assert cache.tombstone("a") is None  # deleted on purpose: unknown, not expired
+    cache.set("b", "v")
+    cache.clear()
+    assert cache.count() == 0 and cache.bytes_used == 0
+
+
+def test_replacing_and_deleting_many_keys_keeps_memory_bounded() -> None:
+    cache = make(FakeClock(), max_entries=10)
+    for i in range(20_000):
+        cache.set(f"k{i % 50}", str(i))
+    queued = sum(len(q) for q in cache._by_ttl.values())
+    assert queued <= 2 * 10 + 1024 + 1
+
+
+def test_wait_is_woken_by_set_without_polling() -> None:
+    cache = make(FakeClock())
+    got: list[object] = []
+    cpu: list[float] = []
+
+    def waiter() -> None:
+        started = time.thread_time()
+        got.append(cache.wait("late", timeout=10))
+        cpu.append(time.thread_time() - started)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.5)
+    set_at = time.monotonic()
+    cache.set("late", "value")
+    thread.join(5)
+    woke_after = time.monotonic() - set_at
+    assert got == ["value"]
+    assert woke_after < 0.2
+    # A polling loop would have burnt CPU for half a second; a blocked thread burns none.
+    assert cpu[0] < 0.02
+
+
+def test_wait_times_out_with_the_default() -> None:
+    cache = make(FakeClock())
+    started = time.monotonic()
+    assert cache.wait("never", timeout=0.2, default="d") == "d"
+    assert 0.15 < time.monotonic() - started < 1.0
+    assert cache._waiters == {}  # the waiter was unregistered
+
+
+def test_client_cache_api_and_request_keys_are_protected(client: Client, echo: str) -> None:
+    client.cache_set("greeting", "hello", ttl_ms=60000)
+    assert client.cache_get("greeting") == "hello"
+    assert client.cache_exists("greeting")
+    with pytest.raises(postkey.InvalidValue):
+        client.cache_set("n", 5)  # type: ignore[arg-type]
+    for ttl in (0, -1, 1.5, True, 10**12):
+        with pytest.raises(postkey.InvalidValue):
+            client.cache_set("t", "v", ttl_ms=ttl)  # type: ignore[arg-type]
+    with pytest.raises(postkey.InvalidKey):
+        client.cache_set("bad key", "v")
+    key = client.get_async(echo, timeout_ms=5000)
+    with pytest.raises(postkey.KeyConflict):
+        client.cache_set(key, "overwrite")  # pending request
+    client.wait(key, 10)
+    with pytest.raises(postkey.KeyConflict):
+        client.cache_set(key, "overwrite")  # its result
+    assert isinstance(client.cache_get(key), postkey.Result)
+    assert client.cache_count() == 2
+    assert client.cache_delete(key)
+    assert client.status(key) == State.UNKNOWN
+    assert client.cache_wait("greeting", 1) == "hello"
+    client.cache_clear()
+    assert client.cache_count() == 0
+
+
+def test_results_expire_to_the_expired_state(echo: str) -> None:
+    with Client(result_ttl_ms=200) as c:
+        key = c.get_async(echo, timeout_ms=5000)
+        assert c.wait(key, 5).state == State.DONE
+        time.sleep(0.3)
+        assert c.status(key) == State.EXPIRED
+        assert not c.exists(key)
+        assert c.wait(key, 5).state == State.EXPIRED
+        short = c.get_async(echo, timeout_ms=5000, ttl_ms=100_000)
+        c.wait(short, 5)
+        time.sleep(0.3)
+        assert c.status(short) == State.DONE  # per-request TTL
+
+
+def test_an_expired_caller_key_is_still_idempotent(echo: str) -> None:
+    with Client(result_ttl_ms=100) as c:
+        c.wait(c.post_async(echo, "a", None, 5000, key="idem"), 5)
+        time.sleep(0.2)
+        assert c.status("idem") == State.EXPIRED
+        assert c.post_async(echo, "a", None, 5000, key="idem") == "idem"
+        assert c.status("idem") == State.EXPIRED  # nothing sent again
+        with pytest.raises(postkey.KeyConflict):
+            c.post_async(echo, "b", None, 5000, key="idem")
+
+
+def test_a_cached_1_kb_result_costs_about_1_6_kb() -> None:
+    import tracemalloc
+
+    from postkey._result import Timings
+
+    head = (
+        b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Wed, 25 Nov 2026 20:00:00 GMT\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1024\r\nConnection: keep-alive"
+    )
+    cache = make(FakeClock(), max_entries=10**6)
+    n = 5000
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(n):
+        key = f"{i:032x}"
+        result = postkey.Result(
+            key,
+            State.DONE,
+            status=200,
+            raw_head=bytes(head),
+            body=bytes(1024),
+            timings=Timings(0.1 * i, 0.2, 0.3, 0.4, 0.5),
+            submitted_at=1.0 * i,
+            finished_at=2.0 * i,
+            attempts=1,
+        )
+        cache.set(key, result)
+    per_entry = (tracemalloc.get_traced_memory()[0] - before) / n
+    tracemalloc.stop()
+    assert per_entry <= 1.6 * 1024, per_entry
