@@ -21,7 +21,12 @@ class FakeClock:
 
 
 def make(clock: FakeClock, **kw: int) -> MemCache:
-    opts = {"max_entries": 100, "max_bytes": 10**9, "default_ttl_ms": 1000, "tombstone_ttl_ms": 5000}
+    opts = {
+        "max_entries": 100,
+        "max_bytes": 10**9,
+        "default_ttl_ms": 1000,
+        "tombstone_ttl_ms": 5000,
+    }
     opts.update(kw)
     return MemCache(clock=clock, **opts)
 

@@ -90,7 +90,9 @@ def test_result_fields(client: Client, echo: str) -> None:
 
 def test_text_uses_the_charset_of_content_type() -> None:
     raw = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=iso-8859-1"
-    result = postkey.Result("k", State.DONE, status=200, raw_head=raw, body="café".encode("latin-1"))
+    result = postkey.Result(
+        "k", State.DONE, status=200, raw_head=raw, body="café".encode("latin-1")
+    )
     assert result.charset == "iso-8859-1"
     assert result.text == "café"
     broken = postkey.Result("k", State.DONE, status=200, raw_head=b"HTTP/1.1 200 OK", body=b"\xff")

@@ -63,7 +63,7 @@ _NAN = math.nan
 
 
 def _opt(value: float) -> float | None:
-    return None if value != value else value  # NaN marks "not set"
+    return None if math.isnan(value) else value  # NaN marks "not set"
 
 
 _CHARSET_RE = re.compile(r"charset\s*=\s*\"?([A-Za-z0-9_.:-]+)", re.IGNORECASE)
@@ -141,7 +141,7 @@ class Result:
     def timings(self) -> Timings | None:
         """libcurl's timings (ms, float32 precision), when a transfer was attempted."""
         values = _TIMES.unpack(self._times)[2:]
-        if values[0] != values[0]:
+        if math.isnan(values[0]):
             return None
         return Timings(*(round(v, 3) for v in values))
 
@@ -213,8 +213,10 @@ class Result:
     @property
     def elapsed_ms(self) -> float | None:
         """Time from submission to the end, in milliseconds (None while not terminal)."""
+        submitted: float
+        finished: float
         submitted, finished = _TIMES.unpack(self._times)[:2]
-        if finished != finished or submitted != submitted:
+        if math.isnan(finished) or math.isnan(submitted):
             return None
         return (finished - submitted) * 1000.0
 

@@ -1,0 +1,78 @@
+"""AsyncClient: the same verbs, with awaitable waits woken through the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import postkey
+from postkey import AsyncClient, State
+
+
+def test_async_wait_and_wait_many(echo: str) -> None:
+    async def main() -> None:
+        async with AsyncClient() as client:
+            key = client.post_async(echo, "hello", None, 5000)
+            result = await client.wait(key, 10)
+            assert result.state == State.DONE and result.json()["data"] == "hello"
+            keys = [client.get_async(echo + f"/{i}", timeout_ms=5000) for i in range(50)]
+            results = await client.wait_many(keys, 10)
+            assert [r.key for r in results] == keys
+            assert all(r.status == 200 for r in results)
+            assert (await client.wait("never-issued", 1)).state == State.UNKNOWN
+
+    asyncio.run(main())
+
+
+def test_async_wait_times_out_with_the_current_state(hostile: str) -> None:
+    async def main() -> None:
+        async with AsyncClient() as client:
+            key = client.get_async(hostile + "/silent", timeout_ms=5000)
+            started = time.monotonic()
+            result = await client.wait(key, 0.2)
+            assert result.state == State.RUNNING
+            assert time.monotonic() - started < 1.0
+            assert client.cancel(key)
+
+    asyncio.run(main())
+
+
+def test_async_wait_does_not_block_the_loop(hostile: str) -> None:
+    async def main() -> None:
+        async with AsyncClient() as client:
+            key = client.get_async(hostile + "/hold", timeout_ms=5000)
+            ticks = 0
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await asyncio.sleep(0.01)
+
+            task = asyncio.create_task(ticker())
+            result = await client.wait(key, 5)
+            task.cancel()
+            assert result.status == 200
+            assert ticks >= 10  # the loop ran while we waited ~300 ms
+
+    asyncio.run(main())
+
+
+def test_async_cache_wait(echo: str) -> None:
+    async def main() -> None:
+        async with AsyncClient() as client:
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.1, client.cache_set, "soon", "here")
+            assert await client.cache_wait("soon", 5) == "here"
+            assert await client.cache_wait("never", 0.1, default="none") == "none"
+
+    asyncio.run(main())
+
+
+def test_async_client_shares_the_core_verbs() -> None:
+    sync_verbs = {"request_async", "post_async", "get_async", "submit_many", "exists", "status"}
+    sync_verbs |= {"get", "cancel", "cache_set", "cache_get", "cache_delete", "cache_count"}
+    for verb in sync_verbs:
+        assert getattr(postkey.AsyncClient, verb) is getattr(postkey.Client, verb)
+    for verb in ("wait", "wait_many", "cache_wait"):
+        assert asyncio.iscoroutinefunction(getattr(postkey.AsyncClient, verb))
