@@ -63,6 +63,7 @@ class MemCache:
         self._tombstones: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._waiters: dict[str, list[Callable[[object], None]]] = {}
         self._bytes = 0
+        self._next_full_sweep = 0.0
         self.evictions = 0
         self.expirations = 0
 
@@ -105,30 +106,41 @@ class MemCache:
 
     # -- writes ----------------------------------------------------------------------------------
 
-    def set(self, key: str, value: object, ttl_ms: int | None = None) -> None:
+    def set(
+        self, key: str, value: object, ttl_ms: int | None = None, size: int | None = None
+    ) -> None:
         """Store ``value`` under ``key`` for ``ttl_ms`` (default TTL if None), waking its waiters.
+
+        ``size`` is the value's cost in bytes if the caller knows it (else `value_size`).
 
         An existing value is replaced. If the cache is over its bounds afterwards, the least
         recently used entries are evicted (possibly this one, if it alone exceeds the byte bound).
         """
         ttl = self._default_ttl if ttl_ms is None else ttl_ms / 1000.0
-        size = value_size(value) + len(key) + ENTRY_OVERHEAD
+        size = (value_size(value) if size is None else size) + len(key) + ENTRY_OVERHEAD
         with self._lock:
             now = self._clock()
             entry = _Entry(key, value, now + ttl, size)
-            old = self._entries.pop(key, None)
+            entries = self._entries
+            old = entries.pop(key, None)
             if old is not None:
                 self._drop(old)
-            self._entries[key] = entry
+            entries[key] = entry
             self._bytes += size
             queue = self._by_ttl.get(ttl)
             if queue is None:
                 queue = self._by_ttl[ttl] = deque()
             queue.append(entry)
-            self._tombstones.pop(key, None)
-            self._sweep(now)
-            self._evict()
-            waiters = self._waiters.pop(key, None)
+            if self._tombstones:
+                self._tombstones.pop(key, None)
+            # Writes pay for expiry: this TTL's queue now, every queue at most once a second.
+            if queue[0].expires_at <= now or len(queue) > 2 * len(self._entries) + 1024:
+                self._sweep_queue(ttl, queue)
+            if now >= self._next_full_sweep:
+                self._sweep(now)
+            if len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
+                self._evict()
+            waiters = self._waiters.pop(key, None) if self._waiters else None
         if waiters:
             for wake in waiters:
                 wake(value)
@@ -222,23 +234,28 @@ class MemCache:
             self._tombstones.popitem(last=False)
 
     def _sweep(self, now: float) -> None:
+        self._next_full_sweep = now + 1.0
         for ttl, queue in list(self._by_ttl.items()):
-            while queue and queue[0].expires_at <= now:
-                entry = queue.popleft()
-                if self._entries.get(entry.key) is entry:
-                    self._expire(entry)
-            if not queue:
-                del self._by_ttl[ttl]
-            elif len(queue) > 2 * len(self._entries) + 1024:
-                # Replaced and deleted entries leave shells behind; rebuild when they dominate.
-                live = self._entries
-                self._by_ttl[ttl] = deque(e for e in queue if live.get(e.key) is e)
+            self._sweep_queue(ttl, queue)
         tombs = self._tombstones
         while tombs:
             key, (until, _fp) = next(iter(tombs.items()))
             if until > now:
                 break
             del tombs[key]
+
+    def _sweep_queue(self, ttl: float, queue: deque[_Entry]) -> None:
+        now = self._clock()
+        while queue and queue[0].expires_at <= now:
+            entry = queue.popleft()
+            if self._entries.get(entry.key) is entry:
+                self._expire(entry)
+        if not queue:
+            del self._by_ttl[ttl]
+        elif len(queue) > 2 * len(self._entries) + 1024:
+            # Replaced and deleted entries leave shells behind; rebuild when they dominate.
+            live = self._entries
+            self._by_ttl[ttl] = deque(e for e in queue if live.get(e.key) is e)
 
     def _evict(self) -> None:
         while self._entries and (

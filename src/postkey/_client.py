@@ -294,13 +294,11 @@ class Client(_ClientCore):
         return self._store.wait(key, timeout)
 
     def wait_many(self, keys: Iterable[str], timeout: float | None = None) -> list[Result]:
-        """`wait` for every key under one overall ``timeout``; Results in the keys' order."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        out = []
-        for key in keys:
-            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            out.append(self._store.wait(key, left))
-        return out
+        """`wait` for every key under one overall ``timeout``; Results in the keys' order.
+
+        The calling thread sleeps once and is woken when the last key ends.
+        """
+        return self._store.wait_many(list(keys), timeout)
 
     def cache_wait(self, key: str, timeout: float | None = None, default: Any = None) -> Any:
         """Block until ``key`` holds a value (or result) or ``timeout`` seconds pass."""

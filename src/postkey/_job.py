@@ -17,12 +17,10 @@ class Job:
     """The engine's record of an accepted request; it lives until its Result is stored."""
 
     __slots__ = (
-        "body_parts",
         "curl",
         "deadline",
         "done",
         "fingerprint",
-        "head_lines",
         "key",
         "on_done",
         "request",
@@ -51,8 +49,6 @@ class Job:
         # The deadline counts from submission: time spent queued is part of timeout_ms.
         self.deadline = time.monotonic() + request.timeout_ms / 1000.0
         self.curl: Any = None
-        self.body_parts: list[bytes] = []
-        self.head_lines: list[bytes] = []
 
     def __repr__(self) -> str:
         req = self.request

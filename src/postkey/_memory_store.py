@@ -79,7 +79,7 @@ class MemoryStore:
     def finish(self, job: Job, result: Result) -> None:
         """Store ``job``'s terminal result and wake its waiters (called once per job)."""
         result.fingerprint = job.fingerprint
-        self.cache.set(job.key, result, job.ttl_ms)
+        self.cache.set(job.key, result, job.ttl_ms, result.cache_size())
         # Readers look in _jobs before the cache, so the key is never seen as unknown in between.
         if self._jobs.get(job.key) is job:
             del self._jobs[job.key]
@@ -129,6 +129,39 @@ class MemoryStore:
             value = self.cache.wait(key, left, MemCache.MISSING)
             if isinstance(value, Result):
                 return value
+
+    def wait_many(self, keys: list[str], timeout: float | None) -> list[Result]:
+        """`wait` for all ``keys`` at once: one sleep, woken when the last one ends."""
+        jobs = self._jobs
+        outstanding = [k for k in keys if k in jobs]  # pending or running
+        if outstanding:
+            gate = threading.Lock()
+            gate.acquire()
+            count_lock = threading.Lock()
+            left = [len(outstanding)]
+
+            def one_done(value: object) -> None:
+                with count_lock:
+                    left[0] -= 1
+                    if left[0] == 0:
+                        gate.release()
+
+            registered = []
+            for key in outstanding:
+                found = self.cache.add_waiter(key, one_done)
+                if found is MemCache.MISSING:
+                    registered.append(key)
+                else:
+                    one_done(found)
+            gate.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
+            for key in registered:
+                self.cache.remove_waiter(key, one_done)
+        get = self.cache.get
+        results = [get(k) for k in keys]
+        return [
+            r if isinstance(r, Result) else self.lookup(k)
+            for k, r in zip(keys, results, strict=True)
+        ]
 
     # -- the general cache -----------------------------------------------------------------------
 

@@ -1,0 +1,44 @@
+"""Two postkey micro-figures: submits per second from one thread, and wait wake-up latency."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+sys.path.insert(0, __file__.rsplit("/", 2)[0])
+import postkey  # noqa: E402
+from workload import BODY, HEADERS, URL  # noqa: E402
+
+SUBMITS = 200_000
+SAMPLES = 2000
+
+# Submits: the time of the submit loop alone (the engine sends in the background meanwhile).
+client = postkey.Client(max_queue=SUBMITS, max_in_flight=256, max_per_host=256)
+started = time.perf_counter()
+for _ in range(SUBMITS):
+    client.post_async(URL, BODY, HEADERS, 60000)
+submit_s = time.perf_counter() - started
+client.close()
+
+# Wake-up: from the moment the engine stores a result (Result.finished_at) to the moment the
+# waiting thread runs again, one request at a time.
+client = postkey.Client()
+lags = []
+for _ in range(SAMPLES):
+    result = client.wait(client.post_async(URL, BODY, HEADERS, 5000))
+    woke = time.time()
+    assert result.status == 200 and result.finished_at is not None
+    lags.append((woke - result.finished_at) * 1000.0)
+client.close()
+lags.sort()
+print(
+    json.dumps(
+        {
+            "client": "postkey-micro",
+            "submits_per_s": SUBMITS / submit_s,
+            "wake_p50_ms": lags[len(lags) // 2],
+            "wake_p99_ms": lags[int(len(lags) * 0.99)],
+        }
+    )
+)
