@@ -8,7 +8,6 @@ are carried out on the engine thread too, so a job's result has a single writer.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import select
 import threading
@@ -234,7 +233,7 @@ class Engine:
             job = queue.popleft()
             if job.done:
                 continue  # cancelled while queued
-            left_ms = math.ceil((job.deadline - now) * 1000.0)
+            left_ms = int((job.deadline - now) * 1000.0) + 1
             if left_ms <= 0:
                 self._fail(job, ErrorKind.TIMEOUT, "deadline passed while queued; nothing was sent")
                 continue

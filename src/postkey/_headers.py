@@ -48,8 +48,15 @@ def parse_headers(headers: HeadersInput) -> HeaderPairs:
     """
     if headers is None:
         return ()
-    if isinstance(headers, str):
+    if type(headers) is str:
         return _parse_header_text(headers)
+    if type(headers) is dict:
+        # The same headers are usually sent again and again: validate each distinct set once.
+        items = tuple(headers.items())
+        try:
+            return _check_items(items)
+        except TypeError:  # an unhashable value; _check_pairs says what is wrong
+            pass
     if isinstance(headers, bytes | bytearray):
         raise InvalidHeader("headers must be a str, a mapping or (name, value) pairs, not bytes")
     items = headers.items() if isinstance(headers, Mapping) else headers
@@ -76,6 +83,11 @@ def _parse_header_text(text: str) -> HeaderPairs:
             raise InvalidHeader(f"header line {line!r} has no colon (expected 'Name: value')")
         pairs.append((name, value))
     return _check_pairs(pairs)
+
+
+@lru_cache(maxsize=1024)
+def _check_items(items: tuple[tuple[str, str], ...]) -> HeaderPairs:
+    return _check_pairs(list(items))
 
 
 def _check_pairs(pairs: list[tuple[str, str]]) -> HeaderPairs:

@@ -17,6 +17,7 @@ SCHEMES = frozenset({"http", "https"})
 _METHOD_RE = re.compile(r"[A-Z][A-Z0-9_-]{0,31}")
 # CONNECT asks for a tunnel, not a request; TRACE reflects credentials back (cross-site tracing).
 _REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
+_COMMON_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
 _URL_BAD_CHAR_RE = re.compile(r"[\x00-\x20\x7f-\U0010ffff\\]")
 
@@ -91,6 +92,8 @@ def check_method(method: object) -> str:
     Raises:
         InvalidMethod: not a str, not an upper-case token, or CONNECT / TRACE.
     """
+    if method in _COMMON_METHODS:
+        return method  # type: ignore[return-value]
     if not isinstance(method, str) or _METHOD_RE.fullmatch(method) is None:
         raise InvalidMethod(f"method {method!r} is not an upper-case HTTP method token like 'POST'")
     if method in _REFUSED_METHODS:
@@ -152,10 +155,12 @@ def check_body(body: object, max_bytes: int) -> bytes:
     Raises:
         InvalidBody: another type, or more than ``max_bytes`` bytes.
     """
-    if body is None:
+    if type(body) is bytes:
+        data = body
+    elif body is None:
         data = b""
     elif isinstance(body, bytes):
-        data = body
+        data = bytes(body)
     elif isinstance(body, str):
         try:
             data = body.encode("utf-8")

@@ -100,7 +100,7 @@ class Result:
         body: bytes = b"",
         error_kind: ErrorKind | None = None,
         error: str | None = None,
-        timings: Timings | None = None,
+        timings: Timings | tuple[float, float, float, float, float] | None = None,
         submitted_at: float | None = None,
         finished_at: float | None = None,
         attempts: int = 0,

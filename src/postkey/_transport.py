@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pycurl
 
 from ._headers import HeaderPairs
-from ._result import ErrorKind, Result, State, Timings
+from ._result import ErrorKind, Result, State
 
 if TYPE_CHECKING:
     from ._job import Job
@@ -134,7 +134,8 @@ class Transport:
     def result(self, curl: pycurl.Curl, job: Job, errno: int, message: str) -> Result:
         """Build the terminal Result of a finished transfer (``errno`` 0 means a response)."""
         info = curl.getinfo
-        timings = Timings(
+        # A plain tuple: Result packs it; building the NamedTuple here would be wasted work.
+        timings = (
             info(pycurl.NAMELOOKUP_TIME) * 1000.0,
             info(pycurl.CONNECT_TIME) * 1000.0,
             info(pycurl.APPCONNECT_TIME) * 1000.0,
