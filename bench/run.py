@@ -35,7 +35,9 @@ CLIENTS = {
 
 
 def ensure_nginx() -> str:
-    path = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    path = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
     if path:
         return path
     print("nginx not found: installing it with apt-get", file=sys.stderr)
@@ -116,14 +118,20 @@ def cached_result_bytes() -> float:
     n = 20_000
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    for i in range(n):
+    for _ in range(n):
         key = os.urandom(16).hex()
         cache.set(
             key,
             postkey.Result(
-                key, postkey.State.DONE, status=200, raw_head=bytes(head), body=os.urandom(1024),
-                timings=Timings(0.1, 0.2, 0.3, 0.4, 0.5), submitted_at=time.time(),
-                finished_at=time.time(), attempts=1,
+                key,
+                postkey.State.DONE,
+                status=200,
+                raw_head=bytes(head),
+                body=os.urandom(1024),
+                timings=Timings(0.1, 0.2, 0.3, 0.4, 0.5),
+                submitted_at=time.time(),
+                finished_at=time.time(),
+                attempts=1,
             ),
         )
     per = (tracemalloc.get_traced_memory()[0] - before) / n
@@ -177,8 +185,10 @@ def main() -> None:
             for c in chosen:
                 row = run_client(CLIENTS[c][1], nginx.url)
                 runs[c].append(row)
-                print(f"run {i + 1} {c:17s} {row['rps']:>9,.0f} req/s  {row['rss_mb']:.0f} MB",
-                      file=sys.stderr)
+                print(
+                    f"run {i + 1} {c:17s} {row['rps']:>9,.0f} req/s  {row['rss_mb']:.0f} MB",
+                    file=sys.stderr,
+                )
             if "postkey" in chosen:
                 micro.append(run_client("postkey_micro.py", nginx.url))
     med = {c: median_row(r) for c, r in runs.items()}

@@ -24,8 +24,14 @@ def report(client: str, started: float, results: dict, **extra: object) -> None:
     good = sum(1 for status, body in results.values() if status == 200 and body == EXPECTED)
     print(
         json.dumps(
-            {"client": client, "requests": N, "ok": good, "elapsed_s": elapsed,
-             "rps": N / elapsed, **extra}
+            {
+                "client": client,
+                "requests": N,
+                "ok": good,
+                "elapsed_s": elapsed,
+                "rps": N / elapsed,
+                **extra,
+            }
         )
     )
     sys.exit(0 if good == N else 1)

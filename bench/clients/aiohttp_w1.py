@@ -10,7 +10,7 @@ import uuid
 import aiohttp
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
-from workload import BODY, CONCURRENCY, HEADERS, N, URL, report  # noqa: E402
+from workload import BODY, CONCURRENCY, HEADERS, URL, N, report
 
 
 async def main() -> None:

@@ -7,8 +7,8 @@ import sys
 import time
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
-import postkey  # noqa: E402
-from workload import BODY, HEADERS, URL  # noqa: E402
+import postkey
+from workload import BODY, HEADERS, URL
 
 SUBMITS = 200_000
 SAMPLES = 2000

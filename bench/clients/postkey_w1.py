@@ -6,8 +6,8 @@ import sys
 import time
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
-import postkey  # noqa: E402
-from workload import BODY, CONCURRENCY, HEADERS, N, URL, report  # noqa: E402
+import postkey
+from workload import BODY, CONCURRENCY, HEADERS, URL, N, report
 
 client = postkey.Client(max_in_flight=CONCURRENCY, max_per_host=CONCURRENCY, max_queue=N)
 started = time.perf_counter()

@@ -9,7 +9,7 @@ import uuid
 import pycurl
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
-from workload import BODY, CONCURRENCY, HEADERS, N, URL, report  # noqa: E402
+from workload import BODY, CONCURRENCY, HEADERS, URL, N, report
 
 header_lines = [f"{k}: {v}" for k, v in HEADERS.items()] + ["Expect:"]
 multi = pycurl.CurlMulti()

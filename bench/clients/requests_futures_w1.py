@@ -9,7 +9,7 @@ import uuid
 from requests_futures.sessions import FuturesSession
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
-from workload import BODY, CONCURRENCY, HEADERS, N, URL, report  # noqa: E402
+from workload import BODY, CONCURRENCY, HEADERS, URL, N, report
 
 session = FuturesSession(max_workers=CONCURRENCY)
 started = time.perf_counter()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal

@@ -48,21 +48,19 @@ def parse_headers(headers: HeadersInput) -> HeaderPairs:
     """
     if headers is None:
         return ()
-    if type(headers) is str:
+    if isinstance(headers, str):
         return _parse_header_text(headers)
     if type(headers) is dict:
         # The same headers are usually sent again and again: validate each distinct set once.
-        items = tuple(headers.items())
         try:
-            return _check_items(items)
+            return _check_items(tuple(headers.items()))
         except TypeError:  # an unhashable value; _check_pairs says what is wrong
             pass
     if isinstance(headers, bytes | bytearray):
         raise InvalidHeader("headers must be a str, a mapping or (name, value) pairs, not bytes")
-    items = headers.items() if isinstance(headers, Mapping) else headers
     pairs: list[tuple[str, str]] = []
     try:
-        for item in items:
+        for item in headers.items() if isinstance(headers, Mapping) else headers:
             name, value = item
             pairs.append((name, value))
     except (TypeError, ValueError):

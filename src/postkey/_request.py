@@ -93,7 +93,7 @@ def check_method(method: object) -> str:
         InvalidMethod: not a str, not an upper-case token, or CONNECT / TRACE.
     """
     if method in _COMMON_METHODS:
-        return method  # type: ignore[return-value]
+        return method
     if not isinstance(method, str) or _METHOD_RE.fullmatch(method) is None:
         raise InvalidMethod(f"method {method!r} is not an upper-case HTTP method token like 'POST'")
     if method in _REFUSED_METHODS:
