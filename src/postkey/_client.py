@@ -91,13 +91,18 @@ class _ClientCore:
         **options: Any,
     ) -> str:
         """`request_async` with method POST (MyChat's ``HTTPSendPostMessageAsync``)."""
-        return self.request_async("POST", url, body, headers, timeout_ms, **options)
+        if options:
+            return self.request_async("POST", url, body, headers, timeout_ms, **options)
+        # The common call, one layer shorter: submitting is the caller's hot path.
+        return self._submit(self._build("POST", url, body, headers, timeout_ms, None))
 
     def get_async(
         self, url: str, headers: HeadersInput = None, timeout_ms: int | None = None, **options: Any
     ) -> str:
         """`request_async` with method GET and no body."""
-        return self.request_async("GET", url, None, headers, timeout_ms, **options)
+        if options:
+            return self.request_async("GET", url, None, headers, timeout_ms, **options)
+        return self._submit(self._build("GET", url, None, headers, timeout_ms, None))
 
     def submit_many(self, requests: Iterable[Mapping[str, Any]]) -> list[str]:
         """Validate every request, then submit them all; return their keys in order.
@@ -167,10 +172,10 @@ class _ClientCore:
     def _submit(
         self,
         request: Request,
-        key: str | None,
-        key_format: KeyFormat,
-        ttl_ms: int | None,
-        on_done: OnDone | None,
+        key: str | None = None,
+        key_format: KeyFormat = "hex",
+        ttl_ms: int | None = None,
+        on_done: OnDone | None = None,
     ) -> str:
         if self._closed:
             raise ClientClosed("the client is closed")
