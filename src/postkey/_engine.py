@@ -13,7 +13,8 @@ import select
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pycurl
 
@@ -21,7 +22,7 @@ from ._errors import ClientClosed, QueueFull
 from ._job import Job
 from ._result import ErrorKind, Result, State
 from ._settings import Settings
-from ._transport import Transport
+from ._transport import Transport, target_of
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,22 @@ class Engine:
         self._transport = transport
         self._on_result = on_result
         self._max_in_flight = settings.max_in_flight
+        self._check_names = settings.policy.has_name_rules
         self._queue: deque[Job] = deque()
         self._cancels: deque[Job] = deque()
         self._room = threading.Condition(threading.Lock())
         self._room_waiters = 0
         self._running: set[pycurl.Curl] = set()
+        # With an injected resolver, jobs first wait for their host's addresses (on a pool, so
+        # a slow answer stalls nothing else); they count against the in-flight cap meanwhile.
+        self._resolver = settings.resolver
+        self._resolving: dict[Job, None] = {}
+        self._resolved: deque[tuple[Job, Sequence[str] | BaseException]] = deque()
+        self._pool = (
+            ThreadPoolExecutor(max_workers=8, thread_name_prefix="postkey-resolver")
+            if settings.resolver is not None
+            else None
+        )
         self._free: list[pycurl.Curl] = []
         self._asleep = False
         self._accepting = True
@@ -152,10 +164,12 @@ class Engine:
             while True:
                 if self._cancels:
                     self._apply_cancels()
+                if self._pool is not None:
+                    self._settle_resolutions()
                 self._admit()
                 self._perform()
                 self._reap()
-                if self._queue and len(self._running) < self._max_in_flight:
+                if self._queue and self._busy() < self._max_in_flight:
                     continue  # reaping made room: start more before sleeping
                 if self._drain_until is not None and self._drained_or_due():
                     break
@@ -185,12 +199,16 @@ class Engine:
         if self._drain_until is not None:
             left = max(self._drain_until - time.monotonic(), 0.0)
             timeout = left if timeout is None else min(timeout, left)
-        if len(self._running) < self._max_in_flight:
+        if self._resolving:
+            soonest = min(job.deadline for job in self._resolving)
+            left = max(soonest - time.monotonic(), 0.0)
+            timeout = left if timeout is None else min(timeout, left)
+        if self._busy() < self._max_in_flight:
             self._asleep = True
-            if self._queue or self._cancels:  # arrived after _admit looked
+            if self._queue or self._cancels or self._resolved:  # arrived after _admit looked
                 self._asleep = False
                 return
-        elif self._cancels:
+        elif self._cancels or self._resolved:
             return
         readers.append(self._wake_r)
         if max(readers + writers + errors) < _FD_SETSIZE:
@@ -222,20 +240,30 @@ class Engine:
     def _admit(self) -> None:
         queue = self._queue
         running = self._running
+        resolving = self._resolving
         cap = self._max_in_flight
-        if not queue or len(running) >= cap:
+        if not queue or len(running) + len(resolving) >= cap:
             return
         now = time.monotonic()
         prepare = self._transport.prepare
         add = self._multi.add_handle
         free = self._free
-        while queue and len(running) < cap:
+        check_names = self._check_names
+        while queue and len(running) + len(resolving) < cap:
             job = queue.popleft()
             if job.done:
                 continue  # cancelled while queued
             left_ms = int((job.deadline - now) * 1000.0) + 1
+            if check_names:
+                refusal = self._transport.refusal(job)
+                if refusal is not None:
+                    self._fail(job, ErrorKind.BLOCKED, f"blocked: {refusal}")
+                    continue
             if left_ms <= 0:
                 self._fail(job, ErrorKind.TIMEOUT, "deadline passed while queued; nothing was sent")
+                continue
+            if self._pool is not None and job.addresses is None:
+                self._resolve(job)
                 continue
             curl = free.pop() if free else self._transport.new_handle()
             try:
@@ -254,6 +282,41 @@ class Engine:
         if self._room_waiters:
             with self._room:
                 self._room.notify_all()
+
+    def _busy(self) -> int:
+        return len(self._running) + len(self._resolving)
+
+    def _resolve(self, job: Job) -> None:
+        assert self._pool is not None and self._resolver is not None
+        host = target_of(job.request.url)[0]
+        self._resolving[job] = None
+        future = self._pool.submit(self._resolver, host)
+
+        def landed(done: Future[Sequence[str]]) -> None:
+            error = done.exception()
+            self._resolved.append((job, error if error is not None else done.result()))
+            self._wake()
+
+        future.add_done_callback(landed)
+
+    def _settle_resolutions(self) -> None:
+        now = time.monotonic()
+        while self._resolved:
+            job, answer = self._resolved.popleft()
+            waiting = job in self._resolving
+            self._resolving.pop(job, None)
+            if not waiting or job.done:
+                continue  # timed out or cancelled meanwhile
+            if isinstance(answer, BaseException):
+                self._fail(job, ErrorKind.DNS, f"resolver failed: {answer}")
+            elif not answer:
+                self._fail(job, ErrorKind.DNS, "resolver returned no address")
+            else:
+                job.addresses = [str(a) for a in answer]
+                self._queue.appendleft(job)
+        for job in [j for j in self._resolving if j.deadline <= now]:
+            del self._resolving[job]
+            self._fail(job, ErrorKind.TIMEOUT, "name resolution did not finish within timeout_ms")
 
     def _reap(self) -> None:
         info_read = self._multi.info_read
@@ -300,6 +363,7 @@ class Engine:
             job = self._cancels.popleft()
             if job.done:
                 continue
+            self._resolving.pop(job, None)
             if job.curl is not None:
                 self._multi.remove_handle(job.curl)
                 self._running.discard(job.curl)
@@ -310,10 +374,15 @@ class Engine:
 
     def _drained_or_due(self) -> bool:
         assert self._drain_until is not None
-        idle = not self._queue and not self._running
+        idle = not self._queue and not self._running and not self._resolving
         return idle or time.monotonic() >= self._drain_until
 
     def _cancel_everything(self, message: str) -> None:
+        for job in list(self._resolving):
+            self._fail(job, ErrorKind.CANCELLED, message)
+        self._resolving.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
         while self._queue:
             job = self._queue.popleft()
             if not job.done:

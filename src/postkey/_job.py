@@ -17,6 +17,7 @@ class Job:
     """The engine's record of an accepted request; it lives until its Result is stored."""
 
     __slots__ = (
+        "addresses",
         "curl",
         "deadline",
         "done",
@@ -49,6 +50,8 @@ class Job:
         # The deadline counts from submission: time spent queued is part of timeout_ms.
         self.deadline = time.monotonic() + request.timeout_ms / 1000.0
         self.curl: Any = None
+        # Set when an injected resolver has answered for this job's host.
+        self.addresses: list[str] | None = None
 
     def __repr__(self) -> str:
         req = self.request

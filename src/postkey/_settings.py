@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 from ._errors import InvalidValue
+from ._policy import DestinationPolicy
+
+Resolver = Callable[[str], Sequence[str]]
+ALLOW_ALL = DestinationPolicy()  # frozen: one shared default is safe
 
 MiB = 1024 * 1024
 
@@ -62,6 +66,12 @@ class Settings:
     #: At interpreter exit, how long open clients let in-flight requests finish, in ms; the rest
     #: end as failed / cancelled.
     exit_grace_ms: int = 2_000
+    #: Which addresses requests may connect to (see DestinationPolicy). The library default
+    #: allows all, as curl does; network-facing modes use DestinationPolicy.public_only().
+    policy: DestinationPolicy = ALLOW_ALL
+    #: Resolve host names with this function (name -> addresses) instead of the system resolver.
+    #: It runs on a resolver thread, inside each request's deadline. For tests and custom DNS.
+    resolver: Resolver | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -74,6 +84,10 @@ class Settings:
                     raise InvalidValue(f"{f.name} must be >= {lowest}, got {value}")
             elif f.type == "bool" and not isinstance(value, bool):
                 raise InvalidValue(f"{f.name} must be a bool, not {type(value).__name__}")
+        if not isinstance(self.policy, DestinationPolicy):
+            raise InvalidValue("policy must be a DestinationPolicy")
+        if self.resolver is not None and not callable(self.resolver):
+            raise InvalidValue("resolver must be callable")
         if self.default_timeout_ms > self.max_timeout_ms:
             raise InvalidValue("default_timeout_ms must not exceed max_timeout_ms")
 
@@ -92,6 +106,9 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``POSTKEY_<FIELD>`` variables (e.g. ``POSTKEY_MAX_IN_FLIGHT=512``).
 
+        The policy comes from ``POSTKEY_POLICY`` (allow_all or public_only) and the comma-separated
+        rule lists ``POSTKEY_ALLOW`` and ``POSTKEY_DENY``.
+
         Raises:
             InvalidValue: a variable that does not parse as its field's type.
         """
@@ -99,7 +116,7 @@ class Settings:
         changes: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get(f"POSTKEY_{f.name.upper()}")
-            if raw is None:
+            if raw is None or f.name in ("policy", "resolver"):
                 continue
             if f.type == "int":
                 try:
@@ -116,4 +133,8 @@ class Settings:
                 changes[f.name] = raw or None
             else:
                 changes[f.name] = raw
+        mode = env.get("POSTKEY_POLICY", "allow_all")
+        allow = tuple(r for r in env.get("POSTKEY_ALLOW", "").split(",") if r.strip())
+        deny = tuple(r for r in env.get("POSTKEY_DENY", "").split(",") if r.strip())
+        changes["policy"] = DestinationPolicy(mode, allow, deny)  # type: ignore[arg-type]
         return cls(**changes)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import pycurl
 
@@ -13,6 +15,7 @@ from ._result import ErrorKind, Result, State
 
 if TYPE_CHECKING:
     from ._job import Job
+    from ._policy import DestinationPolicy
     from ._settings import Settings
 
 _ERROR_KINDS: dict[int, ErrorKind] = {
@@ -53,11 +56,47 @@ def _curl_header_lines(pairs: HeaderPairs, has_body: bool) -> list[str]:
     return lines
 
 
+@lru_cache(maxsize=4096)
+def target_of(url: str) -> tuple[str, int]:
+    """The host name and port a (validated) URL points at."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    return (parts.hostname or "").lower(), port
+
+
+class Guard:
+    """libcurl's open-socket hook for one handle: vets each address before a socket exists.
+
+    Refusing returns CURL_SOCKET_BAD, so no packet is ever sent to a refused address; the
+    reason is kept for the Result (libcurl itself only reports a connect failure).
+    """
+
+    __slots__ = ("host", "policy", "refusal")
+
+    def __init__(self, policy: DestinationPolicy) -> None:
+        self.policy = policy
+        self.host = ""
+        self.refusal: str | None = None
+
+    def open(self, purpose: int, address: Any) -> Any:
+        ip, port = address.addr[0], address.addr[1]
+        try:
+            refusal = self.policy.check_address(ip, port, self.host)
+        except ValueError:
+            refusal = f"unparsable address {ip!r}"
+        if refusal is not None:
+            self.refusal = refusal
+            return pycurl.SOCKET_BAD
+        return socket.socket(address.family, address.socktype, address.protocol)
+
+
 class Transport:
     """Turns jobs into libcurl easy handles and finished handles into Results."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self._policy = settings.policy
+        self._guarded = settings.policy.checks_addresses
 
     def new_handle(self) -> pycurl.Curl:
         """A fresh easy handle (configured on first use by `prepare`)."""
@@ -68,7 +107,13 @@ class Transport:
         # two setopt calls per request.
         curl.body_parts = []
         curl.head_lines = []
+        curl.guard = Guard(self._policy) if self._guarded else None
         return curl
+
+    def refusal(self, job: Job) -> str | None:
+        """Why the policy refuses ``job``'s host by name before any lookup (deny rules), or None."""
+        host, port = target_of(job.request.url)
+        return self._policy.check_host(host, port)
 
     def prepare(self, curl: pycurl.Curl, job: Job, timeout_ms: int) -> None:
         """Configure ``curl`` for ``job`` with ``timeout_ms`` left on its deadline.
@@ -99,6 +144,16 @@ class Transport:
             curl.header_lines = lines
         del curl.body_parts[:]
         del curl.head_lines[:]
+        guard = curl.guard
+        if guard is not None:
+            guard.host = target_of(req.url)[0]
+            guard.refusal = None
+        if job.addresses is not None:
+            # The injected resolver's answer, pinned: libcurl connects to these addresses and
+            # does no lookup of its own (the open-socket hook still vets each one).
+            host, port = target_of(req.url)
+            addresses = ",".join(f"[{a}]" if ":" in a else a for a in job.addresses)
+            setopt(pycurl.RESOLVE, [f"{host}:{port}:{addresses}"])
 
     def _configure(self, curl: pycurl.Curl, method: str, has_body: bool, follow: bool) -> None:
         s = self._settings
@@ -106,6 +161,8 @@ class Transport:
         setopt(pycurl.NOSIGNAL, 1)
         setopt(pycurl.WRITEFUNCTION, curl.body_parts.append)
         setopt(pycurl.HEADERFUNCTION, curl.head_lines.append)
+        if curl.guard is not None:
+            setopt(pycurl.OPENSOCKETFUNCTION, curl.guard.open)
         setopt(pycurl.PROTOCOLS, _HTTP)
         setopt(pycurl.MAXFILESIZE_LARGE, s.max_response_bytes)
         setopt(pycurl.PIPEWAIT, 1)
@@ -160,7 +217,10 @@ class Transport:
                 attempts=1,
             )
         kind = _ERROR_KINDS.get(errno, ErrorKind.INTERNAL)
-        if kind is ErrorKind.TOO_LARGE:
+        guard = curl.guard
+        if guard is not None and guard.refusal is not None:
+            kind, message = ErrorKind.BLOCKED, f"blocked: {guard.refusal}"
+        elif kind is ErrorKind.TOO_LARGE:
             message = f"response body exceeds {self._settings.max_response_bytes} bytes"
         return Result(
             job.key,
