@@ -6,17 +6,40 @@
 /huge            a 50 MiB body with Content-Length
 /huge-chunked    a 50 MiB body, chunked (no length known in advance)
 /hold            answers 200 after 300 ms (for caps and close tests)
+/drip800         headers, then one body byte every 800 ms
+/slow-reader     reads the request body at one byte per second
+/gzip-bomb       a small gzip body that inflates to 1 GiB of zeros
+/stacked         Content-Encoding: gzip, gzip, gzip
+/many-headers    1,000 header lines
+/huge-header     one 1 MiB header line
+/bad-status      an invalid status line
+/continue-flood  endless "100 Continue" interim responses
+/forever         a chunked body that never ends
+Any TLS handshake (https:// to this port) is never answered: the server waits for a request line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import socket
 import struct
 import threading
+import zlib
 
 HUGE = 50 * 1024 * 1024
 _CHUNK = b"x" * 65536
+
+
+def _gzip_bomb(size: int) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: gzip container
+    block = bytes(1024 * 1024)
+    parts = [packer.compress(block) for _ in range(size // len(block))]
+    return b"".join(parts) + packer.flush()
+
+
+GZIP_BOMB = _gzip_bomb(1024 * 1024 * 1024)  # ~1 MiB on the wire, 1 GiB inflated
+STACKED = gzip.compress(gzip.compress(gzip.compress(b"three layers")))
 
 
 class HostileServer:
@@ -74,6 +97,10 @@ class HostileServer:
                     name, _, value = line.partition(b":")
                     if name.strip().lower() == b"content-length":
                         length = int(value)
+                if path.startswith("/slow-reader"):
+                    for _ in range(length):
+                        await reader.readexactly(1)
+                        await asyncio.sleep(1.0)
                 if length:
                     await reader.readexactly(length)
                 self.requests += 1
@@ -88,6 +115,41 @@ class HostileServer:
     async def _answer(self, path: str, writer: asyncio.StreamWriter) -> bool:
         if path.startswith("/silent"):
             await asyncio.sleep(3600)
+        elif path.startswith("/drip800"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            for _ in range(1000):
+                writer.write(b"x")
+                await writer.drain()
+                await asyncio.sleep(0.8)
+        elif path.startswith("/gzip-bomb"):
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n"
+                % len(GZIP_BOMB)
+            )
+            writer.write(GZIP_BOMB)
+        elif path.startswith("/stacked"):
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip, gzip, gzip\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(STACKED) + STACKED
+            )
+        elif path.startswith("/many-headers"):
+            lines = b"".join(b"X-H%d: v\r\n" % i for i in range(1000))
+            writer.write(b"HTTP/1.1 200 OK\r\n" + lines + b"Content-Length: 2\r\n\r\nok")
+        elif path.startswith("/huge-header"):
+            writer.write(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (1024 * 1024) + b"\r\n\r\n")
+        elif path.startswith("/bad-status"):
+            writer.write(b"HTTP/1.1 abc Nope\r\nContent-Length: 0\r\n\r\n")
+        elif path.startswith("/continue-flood"):
+            while True:
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" * 100)
+                await writer.drain()
+                await asyncio.sleep(0.001)
+        elif path.startswith("/forever"):
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            chunk = b"%x\r\n" % len(_CHUNK) + _CHUNK + b"\r\n"
+            while True:
+                writer.write(chunk)
+                await writer.drain()
         elif path.startswith("/drip"):
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
             for _ in range(1000):

@@ -293,6 +293,8 @@ class Engine:
         future = self._pool.submit(self._resolver, host)
 
         def landed(done: Future[Sequence[str]]) -> None:
+            if done.cancelled():
+                return  # the engine is shutting down; the job was already ended
             error = done.exception()
             self._resolved.append((job, error if error is not None else done.result()))
             self._wake()

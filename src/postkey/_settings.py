@@ -39,6 +39,8 @@ class Settings:
     max_per_host: int = 64
     #: Response body cap; a larger body ends the request as failed / too_large.
     max_response_bytes: int = 10 * MiB
+    #: Response header lines accepted (libcurl also caps their total size at 300 KiB).
+    max_response_headers: int = 200
     #: Request body cap, checked on submit.
     max_request_bytes: int = 16 * MiB
     #: How long a result stays readable, in ms (1 hour).

@@ -32,6 +32,7 @@ _ERROR_KINDS: dict[int, ErrorKind] = {
     pycurl.E_SSL_PINNEDPUBKEYNOTMATCH: ErrorKind.TLS,
     pycurl.E_USE_SSL_FAILED: ErrorKind.TLS,
     pycurl.E_FILESIZE_EXCEEDED: ErrorKind.TOO_LARGE,
+    100: ErrorKind.TOO_LARGE,  # CURLE_TOO_LARGE: header or field over libcurl's built-in limit
     pycurl.E_TOO_MANY_REDIRECTS: ErrorKind.TOO_MANY_REDIRECTS,
     pycurl.E_GOT_NOTHING: ErrorKind.NETWORK,
     pycurl.E_RECV_ERROR: ErrorKind.NETWORK,
@@ -43,6 +44,7 @@ _ERROR_KINDS: dict[int, ErrorKind] = {
     pycurl.E_UNSUPPORTED_PROTOCOL: ErrorKind.PROTOCOL,
 }
 _HTTP = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
+E_TOO_LARGE = 100
 
 
 @lru_cache(maxsize=1024)
@@ -90,6 +92,57 @@ class Guard:
         return socket.socket(address.family, address.socktype, address.protocol)
 
 
+class DecodedMeter:
+    """The write callback when bodies are decoded: counts decoded bytes against the cap (a
+    compression bomb stops at the first chunk past it) and refuses more than two stacked
+    Content-Encodings. libcurl's own size cap only sees wire bytes."""
+
+    __slots__ = ("cap", "checked", "head_lines", "parts", "problem", "total")
+
+    def __init__(self, parts: list[bytes], head_lines: list[bytes], cap: int) -> None:
+        self.parts = parts
+        self.head_lines = head_lines
+        self.cap = cap
+        self.reset()
+
+    def reset(self) -> None:
+        self.total = 0
+        self.checked = False
+        self.problem: tuple[ErrorKind, str] | None = None
+
+    def write(self, chunk: bytes) -> int | None:
+        if not self.checked:
+            self.checked = True
+            codings = _content_codings(self.head_lines)
+            if len(codings) > MAX_STACKED_ENCODINGS:
+                self.problem = (
+                    ErrorKind.PROTOCOL,
+                    f"{len(codings)} stacked Content-Encodings ({', '.join(codings)});"
+                    f" at most {MAX_STACKED_ENCODINGS} are decoded",
+                )
+                return 0
+        self.total += len(chunk)
+        if self.total > self.cap:
+            self.problem = (ErrorKind.TOO_LARGE, f"decoded response body exceeds {self.cap} bytes")
+            return 0  # anything but len(chunk) makes libcurl abort the transfer
+        self.parts.append(chunk)
+        return None
+
+
+MAX_STACKED_ENCODINGS = 2
+
+
+def _content_codings(head_lines: list[bytes]) -> list[str]:
+    codings: list[str] = []
+    for line in head_lines:
+        if line.startswith(b"HTTP/"):
+            codings = []  # a new response block
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-encoding":
+            codings += [c.strip() for c in value.decode("latin-1").split(",") if c.strip()]
+    return codings
+
+
 class Transport:
     """Turns jobs into libcurl easy handles and finished handles into Results."""
 
@@ -97,6 +150,9 @@ class Transport:
         self._settings = settings
         self._policy = settings.policy
         self._guarded = settings.policy.checks_addresses
+        # Header lines of all response blocks (1xx, redirects) plus status lines and blank lines:
+        # a cheap upper bound first; the exact count is only needed past it.
+        self._max_head_lines = settings.max_response_headers + 2 * (settings.max_redirects + 2)
 
     def new_handle(self) -> pycurl.Curl:
         """A fresh easy handle (configured on first use by `prepare`)."""
@@ -108,6 +164,11 @@ class Transport:
         curl.body_parts = []
         curl.head_lines = []
         curl.guard = Guard(self._policy) if self._guarded else None
+        curl.meter = (
+            DecodedMeter(curl.body_parts, curl.head_lines, self._settings.max_response_bytes)
+            if self._settings.decompress
+            else None
+        )
         return curl
 
     def refusal(self, job: Job) -> str | None:
@@ -148,6 +209,8 @@ class Transport:
         if guard is not None:
             guard.host = target_of(req.url)[0]
             guard.refusal = None
+        if curl.meter is not None:
+            curl.meter.reset()
         if job.addresses is not None:
             # The injected resolver's answer, pinned: libcurl connects to these addresses and
             # does no lookup of its own (the open-socket hook still vets each one).
@@ -159,7 +222,8 @@ class Transport:
         s = self._settings
         setopt = curl.setopt
         setopt(pycurl.NOSIGNAL, 1)
-        setopt(pycurl.WRITEFUNCTION, curl.body_parts.append)
+        meter = curl.meter
+        setopt(pycurl.WRITEFUNCTION, meter.write if meter else curl.body_parts.append)
         setopt(pycurl.HEADERFUNCTION, curl.head_lines.append)
         if curl.guard is not None:
             setopt(pycurl.OPENSOCKETFUNCTION, curl.guard.open)
@@ -199,6 +263,11 @@ class Transport:
             info(pycurl.STARTTRANSFER_TIME) * 1000.0,
             info(pycurl.TOTAL_TIME) * 1000.0,
         )
+        if errno == 0 and len(curl.head_lines) > self._max_head_lines:
+            errno, message = E_TOO_LARGE, "too many response header lines"
+            kind_override = f"more than {self._settings.max_response_headers} response headers"
+        else:
+            kind_override = None
         if errno == 0:
             body = b"".join(curl.body_parts)
             raw_head = _final_head(curl.head_lines)
@@ -218,8 +287,18 @@ class Transport:
             )
         kind = _ERROR_KINDS.get(errno, ErrorKind.INTERNAL)
         guard = curl.guard
+        del curl.body_parts[:]
+        del curl.head_lines[:]
         if guard is not None and guard.refusal is not None:
             kind, message = ErrorKind.BLOCKED, f"blocked: {guard.refusal}"
+        elif curl.meter is not None and curl.meter.problem is not None:
+            kind, message = curl.meter.problem
+        elif kind_override is not None:
+            message = kind_override
+        elif errno == E_TOO_LARGE or "too large response headers" in message.lower():
+            # libcurl caps all response headers together (interim 1xx responses included)
+            kind = ErrorKind.TOO_LARGE
+            message = f"response headers exceed libcurl's 300 KiB limit {message}".rstrip()
         elif kind is ErrorKind.TOO_LARGE:
             message = f"response body exceeds {self._settings.max_response_bytes} bytes"
         return Result(
