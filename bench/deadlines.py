@@ -14,8 +14,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
-from postkey import Client  # noqa: E402
 from tests.servers import HostileServer  # noqa: E402
+
+from postkey import Client  # noqa: E402
 
 TIMEOUT_MS = 500
 RUNS, AT_ONCE = 200, 20

@@ -3,7 +3,7 @@
 Any method on any path answers 200 with JSON describing the request: ``method``, ``url``,
 ``args``, ``headers``, ``data`` (the body as text), ``json`` (the body parsed, or null),
 ``origin``. A few paths do more: ``/status/<code>``, ``/redirect/<n>``, ``/gzip``,
-``/bytes/<n>``, ``/delay/<ms>``.
+``/bytes/<n>``, ``/delay/<ms>``, ``/redirect-to?url=...&status=...``.
 """
 
 from __future__ import annotations
@@ -53,6 +53,11 @@ class _Handler(BaseHTTPRequestHandler):
             hops = int(arg)
             location = f"/redirect/{hops - 1}" if hops > 1 else "/anything"
             self._send(302, b"", "text/plain", {"Location": location})
+            return
+        elif head == "redirect-to":
+            query = parse_qs(parts.query)
+            code = int(query.get("status", ["302"])[0])
+            self._send(code, b"", "text/plain", {"Location": query.get("url", ["/"])[0]})
             return
         elif head == "bytes" and arg.isdigit():
             self._send(200, b"x" * int(arg), "application/octet-stream", {})

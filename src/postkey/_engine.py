@@ -22,7 +22,7 @@ from ._errors import ClientClosed, QueueFull
 from ._job import Job
 from ._result import ErrorKind, Result, State
 from ._settings import Settings
-from ._transport import Transport, target_of
+from ._transport import Transport, needs_lookup, target_of
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +262,7 @@ class Engine:
             if left_ms <= 0:
                 self._fail(job, ErrorKind.TIMEOUT, "deadline passed while queued; nothing was sent")
                 continue
-            if self._pool is not None and job.addresses is None:
+            if self._pool is not None and job.addresses is None and needs_lookup(job.request.url):
                 self._resolve(job)
                 continue
             curl = free.pop() if free else self._transport.new_handle()

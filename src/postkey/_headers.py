@@ -31,6 +31,9 @@ FORBIDDEN_HEADERS = frozenset(
         "trailer",
         "expect",
         "proxy-connection",
+        # libcurl drops Authorization and Cookie on a cross-origin redirect, but would pass this
+        # one on; proxy credentials belong in the proxy URL.
+        "proxy-authorization",
     }
 )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import time
 from functools import lru_cache
@@ -64,6 +65,17 @@ def target_of(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
     return (parts.hostname or "").lower(), port
+
+
+@lru_cache(maxsize=4096)
+def needs_lookup(url: str) -> bool:
+    """False when the URL's host is an IP address literal (nothing to resolve)."""
+    host = target_of(url)[0]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return True
+    return False
 
 
 class Guard:
