@@ -30,8 +30,10 @@ def slow_resolver(host: str) -> list[str]:
 def measure(client: Client, url: str, body: bytes | None = None) -> list[float]:
     overshoots: list[float] = []
     for _ in range(RUNS // AT_ONCE):
-        keys = [client.request_async("POST" if body else "GET", url, body, None, TIMEOUT_MS)
-                for _ in range(AT_ONCE)]
+        keys = [
+            client.request_async("POST" if body else "GET", url, body, None, TIMEOUT_MS)
+            for _ in range(AT_ONCE)
+        ]
         for result in client.wait_many(keys, 10):
             assert result.error_kind == "timeout", (url, result)
             assert result.elapsed_ms is not None

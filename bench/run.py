@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CLIENTS = {
     "postkey": ("postkey (public API, end to end)", "postkey_w1.py"),
+    "postkey-guard": ("postkey, public_only + allow 127.0.0.1", "postkey_w1.py"),
     "pycurl": ("bare pycurl CurlMulti loop", "pycurl_bare.py"),
     "aiohttp": ("aiohttp, 256 worker tasks", "aiohttp_w1.py"),
     "requests-futures": ("requests-futures, 256 threads", "requests_futures_w1.py"),
@@ -81,9 +82,11 @@ class Nginx:
         shutil.rmtree(self.prefix, ignore_errors=True)
 
 
-def run_client(script: str, url: str) -> dict[str, float]:
+def run_client(script: str, url: str, guard: bool = False) -> dict[str, float]:
     """Run one client process on CPU 0; its JSON line plus peak RSS (MB) from wait4."""
     env = {**os.environ, "W1_URL": url, "PYTHONPATH": str(ROOT / "src")}
+    if guard:
+        env["W1_GUARD"] = "1"
     proc = subprocess.Popen(
         ["taskset", "-c", "0", sys.executable, str(HERE / "clients" / script)],
         stdout=subprocess.PIPE,
@@ -180,10 +183,10 @@ def main() -> None:
     with Nginx() as nginx:
         for c in chosen:  # warm-up (file cache, nginx), not counted
             if c != "requests-futures":
-                run_client(CLIENTS[c][1], nginx.url)
+                run_client(CLIENTS[c][1], nginx.url, c == "postkey-guard")
         for i in range(args.runs):
             for c in chosen:
-                row = run_client(CLIENTS[c][1], nginx.url)
+                row = run_client(CLIENTS[c][1], nginx.url, c == "postkey-guard")
                 runs[c].append(row)
                 print(
                     f"run {i + 1} {c:17s} {row['rps']:>9,.0f} req/s  {row['rss_mb']:.0f} MB",
@@ -197,8 +200,8 @@ def main() -> None:
         f"Median of {args.runs} runs, in-process req/s (submit to last result checked).",
         "",
         "| client | req/s (median) | min-max | vs bare pycurl | vs aiohttp | vs requests-futures "
-        "| peak RSS MB |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| vs postkey | peak RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in chosen:
         m = med[c]
@@ -209,7 +212,7 @@ def main() -> None:
         lines.append(
             f"| {CLIENTS[c][0]} | {m['rps']:,.0f} | {m['min']:,.0f}-{m['max']:,.0f} | "
             f"{ratio('pycurl')} | {ratio('aiohttp')} | {ratio('requests-futures')} | "
-            f"{m['rss_mb']:.0f} |"
+            f"{ratio('postkey')} | {m['rss_mb']:.0f} |"
         )
     if micro:
         lines += [

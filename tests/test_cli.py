@@ -13,6 +13,10 @@ CLI = [sys.executable, "-m", "postkey.cli"]
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI; sending commands get --allow-private (the test servers are on loopback)."""
+    if args and args[0] in ("post", "request", "batch") and "--no-allow" not in args:
+        args = (*args, "--allow-private")
+    args = tuple(a for a in args if a != "--no-allow")
     return subprocess.run(
         [*CLI, *args], capture_output=True, text=True, timeout=60, input=stdin, check=False
     )
@@ -119,3 +123,23 @@ def test_demo_runs_the_seed_scenario() -> None:
     assert "[Key] httppost_async{" in out.stdout
     assert "50/50 responses read back by key" in out.stdout
     assert out.stdout.rstrip().endswith("Script done successfully.")
+
+
+def test_private_destinations_are_refused_by_default_and_say_why(echo: str) -> None:
+    out = run("post", echo, "-d", "x", "--wait", "--no-allow")
+    assert out.returncode == 1
+    line = out.stderr.strip()
+    assert line.startswith("postkey: failed: blocked: 127.0.0.1 is loopback")
+    assert "--allow-private" in line
+    port = echo.rsplit(":", 1)[1]
+    allowed = run("post", echo, "-d", "x", "--wait", "--no-allow", "--allow", f"127.0.0.1:{port}")
+    assert allowed.returncode == 0, allowed.stderr
+    denied = run("post", echo, "-d", "x", "--wait", "--deny", f"127.0.0.1:{port}")
+    assert denied.returncode == 1 and "denied by rule" in denied.stderr
+
+
+def test_without_wait_a_refusal_is_still_reported(echo: str) -> None:
+    out = run("post", echo, "-d", "x", "--no-allow")
+    assert out.returncode == 1
+    assert len(out.stdout.strip()) == 32  # the key was issued
+    assert "blocked" in out.stderr

@@ -79,7 +79,7 @@ NON_PUBLIC_LITERALS = [
 ]
 MALFORMED_HOSTS = [
     "%31%32%37.0.0.1",
-    "１２７.０.０.１",
+    "\uff11\uff12\uff17.\uff10.\uff10.\uff11",  # full-width digits
     "127.0.0.1%00",
     "127.0.0.1\\@evil",
     "exa mple.com",

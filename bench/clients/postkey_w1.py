@@ -9,7 +9,19 @@ sys.path.insert(0, __file__.rsplit("/", 2)[0])
 import postkey
 from workload import BODY, CONCURRENCY, HEADERS, URL, N, report
 
-client = postkey.Client(max_in_flight=CONCURRENCY, max_per_host=CONCURRENCY, max_queue=N)
+import os  # noqa: E402
+
+from postkey._policy import DestinationPolicy  # noqa: E402
+
+# W1_GUARD=1: the SSRF guard on (public_only with the target allow-listed), to measure its cost.
+policy = (
+    DestinationPolicy.public_only(allow=("127.0.0.1",))
+    if os.environ.get("W1_GUARD") == "1"
+    else DestinationPolicy.allow_all()
+)
+client = postkey.Client(
+    max_in_flight=CONCURRENCY, max_per_host=CONCURRENCY, max_queue=N, policy=policy
+)
 started = time.perf_counter()
 keys = [client.post_async(URL, BODY, HEADERS, 30000) for _ in range(N)]
 results = {r.key: (r.status, r.body) for r in client.wait_many(keys)}

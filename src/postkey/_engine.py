@@ -257,7 +257,7 @@ class Engine:
             if check_names:
                 refusal = self._transport.refusal(job)
                 if refusal is not None:
-                    self._fail(job, ErrorKind.BLOCKED, f"blocked: {refusal}")
+                    self._fail(job, ErrorKind.BLOCKED, refusal)
                     continue
             if left_ms <= 0:
                 self._fail(job, ErrorKind.TIMEOUT, "deadline passed while queued; nothing was sent")

@@ -302,7 +302,7 @@ class Transport:
         del curl.body_parts[:]
         del curl.head_lines[:]
         if guard is not None and guard.refusal is not None:
-            kind, message = ErrorKind.BLOCKED, f"blocked: {guard.refusal}"
+            kind, message = ErrorKind.BLOCKED, guard.refusal
         elif curl.meter is not None and curl.meter.problem is not None:
             kind, message = curl.meter.problem
         elif kind_override is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from ._batch import run_batch
 from ._client import Client
 from ._demo import run_demo
 from ._errors import PostkeyError
+from ._policy import DestinationPolicy
 from ._result import Result, State
 from ._settings import Settings
 
@@ -46,12 +48,45 @@ def _settings(**overrides: Any) -> Settings:
     return Settings.from_env().replace(**{k: v for k, v in overrides.items() if v is not None})
 
 
+def _policy_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option(
+            "--allow-private",
+            is_flag=True,
+            help="Allow every destination (loopback, private...). Default: public only.",
+        ),
+        click.option(
+            "--allow", "allow", multiple=True, help="Allow a CIDR, address or host[:port]."
+        ),
+        click.option("--deny", "deny", multiple=True, help="Deny a CIDR, address or host[:port]."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _guarded_settings(
+    allow_private: bool, allow: tuple[str, ...], deny: tuple[str, ...]
+) -> Settings:
+    """The CLI sends to public addresses only unless told otherwise (flags, or POSTKEY_POLICY)."""
+    settings = _settings()
+    env_policy = os.environ.get("POSTKEY_POLICY")
+    mode = "allow_all" if allow_private else (env_policy or "public_only")
+    policy = DestinationPolicy(
+        mode,  # type: ignore[arg-type]
+        settings.policy.allow + allow,
+        settings.policy.deny + deny,
+    )
+    return settings.replace(policy=policy)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="postkey")
 def cli() -> None:
     """Send an HTTP request now, get its response later by key.
 
-    Settings come from POSTKEY_* environment variables (see the README).
+    Settings come from POSTKEY_* environment variables (see the README). post, request and batch
+    send to public addresses only unless given --allow-private, --allow or POSTKEY_POLICY.
     """
 
 
@@ -80,6 +115,7 @@ def _request_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @cli.command()
 @click.argument("url")
 @_request_options
+@_policy_options
 def post(url: str, **options: Any) -> None:
     """POST to URL; print the key (or, with --wait, the result)."""
     _send("POST", url, **options)
@@ -89,6 +125,7 @@ def post(url: str, **options: Any) -> None:
 @click.argument("method")
 @click.argument("url")
 @_request_options
+@_policy_options
 def request(method: str, url: str, **options: Any) -> None:
     """Send METHOD to URL; print the key (or, with --wait, the result)."""
     _send(method.upper(), url, **options)
@@ -120,6 +157,9 @@ def _send(
     key: str | None,
     wait_: bool,
     fmt: str,
+    allow_private: bool,
+    allow: tuple[str, ...],
+    deny: tuple[str, ...],
 ) -> None:
     body = _read_data(data, json_data)
     header_lines = list(headers)
@@ -129,7 +169,7 @@ def _send(
             header_lines.append("Content-Type: application/json")
         if "accept" not in names:
             header_lines.append("Accept: application/json")
-    client = Client(_settings())
+    client = Client(_guarded_settings(allow_private, allow, deny))
     try:
         issued = client.request_async(
             method,
@@ -142,14 +182,24 @@ def _send(
         )
         if not wait_:
             click.echo(issued)
-            return
-        result = client.wait(issued)
     finally:
         # Without --wait the request still goes out before the process ends.
         client.close()
-    _print_result(result, fmt)
+    result = client.get(issued)
+    if wait_:
+        _print_result(result, fmt)
+    elif result.state is not State.DONE:
+        _print_failure(result)
     if result.state is not State.DONE:
         sys.exit(EXIT_FAILED)
+
+
+def _print_failure(result: Result) -> None:
+    kind = result.error_kind.value if result.error_kind else "?"
+    hint = ""
+    if kind == "blocked":
+        hint = " (use --allow-private, or --allow ADDRESS[:PORT] for one destination)"
+    click.echo(f"postkey: {result.state.value}: {kind}: {result.error}{hint}", err=True)
 
 
 def _print_result(result: Result, fmt: str) -> None:
@@ -157,8 +207,7 @@ def _print_result(result: Result, fmt: str) -> None:
         click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
         return
     if result.state is not State.DONE:
-        kind = result.error_kind.value if result.error_kind else "?"
-        click.echo(f"postkey: {result.state.value}: {kind}: {result.error}", err=True)
+        _print_failure(result)
         return
     version = result.http_version or "1.1"
     click.echo(f"HTTP/{version} {result.status} {result.reason}".rstrip())
@@ -177,14 +226,29 @@ def _print_result(result: Result, fmt: str) -> None:
 @click.option("-o", "--output", help="Results as JSONL (default: FILE.results.jsonl; - = stdout).")
 @click.option("--max-in-flight", type=int, help="Requests on the wire at once.")
 @click.option("--timeout-ms", type=int, help="Default timeout for lines that give none.")
-def batch(file: str, output: str | None, max_in_flight: int | None, timeout_ms: int | None) -> None:
+@_policy_options
+def batch(
+    file: str,
+    output: str | None,
+    max_in_flight: int | None,
+    timeout_ms: int | None,
+    allow_private: bool,
+    allow: tuple[str, ...],
+    deny: tuple[str, ...],
+) -> None:
     """Send every request in FILE (one JSON object per line) concurrently; write results as JSONL.
 
     A line: {"method": "POST", "url": "...", "body": "..." | "json": {...}, "headers": {...},
     "timeout_ms": 3000, "key": "..."}. Exit code 1 if any line was rejected or failed.
     """
     out = output or (f"{file}.results.jsonl" if file != "-" else "-")
-    settings = _settings(max_in_flight=max_in_flight, default_timeout_ms=timeout_ms)
+    settings = _guarded_settings(allow_private, allow, deny).replace(
+        **{
+            k: v
+            for k, v in {"max_in_flight": max_in_flight, "default_timeout_ms": timeout_ms}.items()
+            if v is not None
+        }
+    )
     ok = run_batch(file, out, settings)
     sys.exit(0 if ok else EXIT_FAILED)
 
