@@ -231,6 +231,17 @@ def main() -> None:
         ]
     table = "\n".join(lines)
     print(table)
+    extras = ""
+    if not args.no_write:
+        for script, title in (
+            ("deadlines.py", "Deadlines against slow servers"),
+            ("memory_bounds.py", "Memory under a capped response"),
+        ):
+            out = subprocess.run(
+                [sys.executable, str(HERE / script)], capture_output=True, text=True, check=True
+            ).stdout.strip()
+            print(out)
+            extras += f"\n## {title}\n\n`bench/{script}`:\n\n{out}\n"
     if not args.no_write:
         doc = ROOT / "docs" / "BENCHMARKS.md"
         doc.write_text(
@@ -240,7 +251,7 @@ def main() -> None:
             "nginx: 1 worker pinned to CPU 1, `keepalive_requests 1000000`, fixed 11-byte JSON"
             " answer. Clients: one process each, pinned to CPU 0; every response is stored"
             " under a key and checked (status 200, exact body).\n\n"
-            f"{table}\n\n"
+            f"{table}\n{extras}\n"
             "How the figures are taken: see `bench/run.py` and `bench/clients/`. Ratios from the"
             " same run are the numbers to read; absolute req/s on a shared 2-core VM move by"
             " +-10% between runs.\n"

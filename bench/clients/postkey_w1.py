@@ -6,12 +6,11 @@ import sys
 import time
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
+import os
+
 import postkey
+from postkey._policy import DestinationPolicy
 from workload import BODY, CONCURRENCY, HEADERS, URL, N, report
-
-import os  # noqa: E402
-
-from postkey._policy import DestinationPolicy  # noqa: E402
 
 # W1_GUARD=1: the SSRF guard on (public_only with the target allow-listed), to measure its cost.
 policy = (
