@@ -8,7 +8,8 @@
 /hold            answers 200 after 300 ms (for caps and close tests)
 /drip800         headers, then one body byte every 800 ms
 /slow-reader     reads the request body at one byte per second
-/gzip-bomb       a small gzip body that inflates to 1 GiB of zeros
+/gzip-bomb       a small gzip body that inflates to 256 MiB of zeros
+/br-bomb         the same with brotli
 /stacked         Content-Encoding: gzip, gzip, gzip
 /many-headers    1,000 header lines
 /huge-header     one 1 MiB header line
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+
+import brotli
 import socket
 import struct
 import threading
@@ -38,7 +41,18 @@ def _gzip_bomb(size: int) -> bytes:
     return b"".join(parts) + packer.flush()
 
 
-GZIP_BOMB = _gzip_bomb(1024 * 1024 * 1024)  # ~1 MiB on the wire, 1 GiB inflated
+BOMB_SIZE = 256 * 1024 * 1024
+GZIP_BOMB = _gzip_bomb(BOMB_SIZE)  # ~250 KiB on the wire, 256 MiB inflated
+
+
+def _brotli_bomb(size: int) -> bytes:
+    packer = brotli.Compressor(quality=5)
+    block = bytes(1024 * 1024)
+    parts = [packer.process(block) for _ in range(size // len(block))]
+    return b"".join(parts) + packer.finish()
+
+
+BROTLI_BOMB = _brotli_bomb(BOMB_SIZE)  # a few KiB on the wire
 STACKED = gzip.compress(gzip.compress(gzip.compress(b"three layers")))
 
 
@@ -127,6 +141,12 @@ class HostileServer:
                 % len(GZIP_BOMB)
             )
             writer.write(GZIP_BOMB)
+        elif path.startswith("/br-bomb"):
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: %d\r\n\r\n"
+                % len(BROTLI_BOMB)
+            )
+            writer.write(BROTLI_BOMB)
         elif path.startswith("/stacked"):
             writer.write(
                 b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip, gzip, gzip\r\n"

@@ -234,6 +234,7 @@ HOSTILE: list[tuple[str, str, bytes | None, str]] = [
     ("/huge-chunked", "GET", None, "too_large"),
     ("/huge", "GET", None, "too_large"),
     ("/gzip-bomb", "GET", None, "too_large"),
+    ("/br-bomb", "GET", None, "too_large"),
     ("/stacked", "GET", None, "protocol"),
     ("/bad-status", "GET", None, "protocol"),
     ("/continue-flood", "GET", None, "too_large"),

@@ -261,3 +261,19 @@ def test_tls_is_verified(tls_server: tuple[str, Path]) -> None:
         result = trusting.wait(trusting.get_async(url, timeout_ms=5000), 10)
     assert result.status == 200 and result.body == b"hello"
     assert result.timings is not None and result.timings.tls_ms > 0
+
+
+def test_tls_names_the_host_even_with_a_pinned_address(tls_server: tuple[str, Path]) -> None:
+    # The injected resolver pins localhost to 127.0.0.1; the certificate is still checked
+    # against "localhost" (SNI and host name), so the request succeeds only if both kept it.
+    url, ca_file = tls_server
+    calls: list[str] = []
+
+    def resolver(host: str) -> list[str]:
+        calls.append(host)
+        return ["127.0.0.1"]
+
+    with Client(ca_file=str(ca_file), resolver=resolver) as c:
+        result = c.wait(c.get_async(url, timeout_ms=5000), 10)
+    assert calls == ["localhost"]
+    assert result.status == 200 and result.body == b"hello"
