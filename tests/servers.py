@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-
-import brotli
 import socket
 import struct
 import threading
 import zlib
+
+import brotli
 
 HUGE = 50 * 1024 * 1024
 _CHUNK = b"x" * 65536
