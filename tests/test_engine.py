@@ -10,6 +10,8 @@ import pytest
 
 import postkey
 from postkey import Client, QueueFull, State
+from postkey._job import Job
+from postkey._request import build_request
 
 
 def test_20000_submissions_from_8_threads_each_get_exactly_one_result(echo_process: str) -> None:
@@ -127,3 +129,26 @@ def test_interpreter_exit_lets_requests_finish(tmp_path: object, hostile: str) -
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "done 200"
+
+
+def test_a_closed_engine_never_writes_into_a_reused_descriptor(echo: str) -> None:
+    # Regression: waking a stopped engine wrote a NUL byte into whatever socket had reused the
+    # number of its closed wake-up pipe, corrupting another client's request.
+    old = Client()
+    with Client(max_per_host=4) as fresh:
+        old.close()  # frees its pipe's descriptor numbers; fresh's sockets take them
+        warm = [fresh.post_async(echo + "/x", b"x", None, 5000) for _ in range(8)]
+        assert all(r.status == 200 for r in fresh.wait_many(warm, 10))
+        job = _dummy_job()
+        for _ in range(20):
+            old._engine.close(0)  # what a late finalizer would do
+            old._engine.cancel(job)  # or a late cancel
+        keys = [fresh.post_async(echo + "/x", b"x", None, 5000) for _ in range(50)]
+        assert [r.status for r in fresh.wait_many(keys, 10)] == [200] * 50
+
+
+def _dummy_job() -> Job:
+    request = build_request(
+        "GET", "http://127.0.0.1:9/", None, None, 1000, max_timeout_ms=10_000, max_body_bytes=10
+    )
+    return Job("dummy", request)

@@ -71,6 +71,9 @@ class Engine:
         self._multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, settings.max_per_host)
         self._multi.setopt(pycurl.M_MAXCONNECTS, settings.max_in_flight)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # Guards the pipe's closing: a wake-up written after close would land in whatever
+        # socket reused the descriptor number (seen: a stray NUL byte in another connection).
+        self._wake_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="postkey-engine", daemon=True)
         self._thread.start()
 
@@ -127,12 +130,13 @@ class Engine:
         return not self._thread.is_alive()
 
     def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"\0")
-        except BlockingIOError:
-            pass  # the pipe is full of wake-ups already
-        except OSError:
-            pass  # closed: the engine has stopped
+        with self._wake_lock:
+            if self._wake_w < 0:
+                return  # the engine has stopped and closed its pipe
+            try:
+                os.write(self._wake_w, b"\0")
+            except BlockingIOError:
+                pass  # the pipe is full of wake-ups already
 
     def _wait_for_room(self) -> bool:
         wait_s = self._settings.queue_wait_ms / 1000.0
@@ -180,8 +184,10 @@ class Engine:
             self._accepting = False
             self._cancel_everything("the client was closed before the request finished")
             self._multi.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            with self._wake_lock:
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                self._wake_w = -1
 
     def _perform(self) -> None:
         perform = self._multi.perform
