@@ -26,7 +26,8 @@ from ._api import (
     wait,
     wait_many,
 )
-from ._client import AsyncClient, Client, default_client
+from ._async_client import AsyncClient
+from ._client import Client, default_client
 from ._errors import (
     ClientClosed,
     InvalidBody,

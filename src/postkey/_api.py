@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ._client import default_client
+from ._client import default_client, existing_default_client
 from ._headers import HeadersInput
 from ._memory_store import CacheValue
 from ._request import Body
@@ -113,5 +113,8 @@ def cache_wait(key: str, timeout: float | None = None, default: Any = None) -> A
 
 
 def close(drain: bool = True, timeout: float | None = None) -> None:
-    """Close the default client (a later call creates a new one); see `Client.close`."""
-    default_client().close(drain, timeout)
+    """Close the default client if it was created (a later call creates a new one); see
+    `Client.close`."""
+    client = existing_default_client()
+    if client is not None:
+        client.close(drain, timeout)

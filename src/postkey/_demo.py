@@ -8,6 +8,7 @@ import time
 from . import mychat as mc
 from ._client import Client
 from ._echo import EchoServer
+from ._policy import DestinationPolicy
 from ._settings import Settings
 from ._stats import Summary
 
@@ -17,14 +18,19 @@ SHOWN = 3  # requests whose key and result are logged in full
 def run_demo(count: int, timeout_ms: int) -> bool:
     """POST ``count`` JSON bodies asynchronously, read every one back by key; True if all came
     back with their own request id."""
-    with EchoServer() as echo, Client(Settings.from_env()) as client:
-        outcome: list[bool] = []
-        mc.run_script(
-            lambda: outcome.append(_scenario(client, echo.url + "/post", count, timeout_ms)),
-            "PostMessageAsync",
-            client,
-        )
-        return bool(outcome and outcome[0])
+    with EchoServer() as echo:
+        port = int(echo.url.rsplit(":", 1)[1])
+        # Whatever POSTKEY_POLICY says, the demo may reach its own echo server and nothing else
+        # on this machine.
+        policy = DestinationPolicy.public_only(allow=(f"127.0.0.1:{port}",))
+        with Client(Settings.from_env().replace(policy=policy)) as client:
+            outcome: list[bool] = []
+            mc.run_script(
+                lambda: outcome.append(_scenario(client, echo.url + "/post", count, timeout_ms)),
+                "PostMessageAsync",
+                client,
+            )
+            return bool(outcome and outcome[0])
 
 
 def _scenario(client: Client, url: str, count: int, timeout_ms: int) -> bool:
