@@ -231,7 +231,7 @@ def main() -> None:
         ]
     table = "\n".join(lines)
     print(table)
-    extras = ""
+    extras = "\n" + (HERE / "w1_profile.md").read_text()
     if not args.no_write:
         for script, title in (
             ("deadlines.py", "Deadlines against slow servers"),
