@@ -94,3 +94,30 @@ def test_connections_are_reused(hostile: str, hostile_server: HostileServer) -> 
             assert c.wait(c.get_async(hostile + "/hold", timeout_ms=5000), 10).status == 200
     assert hostile_server.connections == 1
     assert hostile_server.requests == 5
+
+
+def test_a_slow_resolver_is_bounded_by_the_deadline(hostile: str) -> None:
+    def slow(host: str) -> list[str]:
+        time.sleep(3)
+        return ["127.0.0.1"]
+
+    port = hostile.rsplit(":", 1)[1]
+    with Client(resolver=slow) as c:
+        started = time.monotonic()
+        result = c.wait(c.get_async(f"http://slow.test:{port}/hold", timeout_ms=500), 5)
+        elapsed = time.monotonic() - started
+        assert result.state == "failed" and result.error_kind == "timeout"
+        assert "name resolution" in (result.error or "")
+        assert elapsed < 1.0
+        # other requests are not held up by the stuck lookup
+        fast = c.wait(c.get_async(hostile + "/hold", timeout_ms=3000), 5)
+        assert fast.status == 200
+
+
+def test_a_failing_resolver_is_a_dns_failure(hostile: str) -> None:
+    def broken(host: str) -> list[str]:
+        raise OSError("no such host")
+
+    with Client(resolver=broken) as c:
+        result = c.wait(c.get_async("http://nowhere.test/", timeout_ms=2000), 5)
+    assert result.error_kind == "dns" and "no such host" in (result.error or "")
