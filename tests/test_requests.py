@@ -277,3 +277,52 @@ def test_tls_names_the_host_even_with_a_pinned_address(tls_server: tuple[str, Pa
         result = c.wait(c.get_async(url, timeout_ms=5000), 10)
     assert calls == ["localhost"]
     assert result.status == 200 and result.body == b"hello"
+
+
+def test_http2_is_used_when_the_server_offers_it(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hypercorn",
+            "tests.h2_app:app",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--certfile",
+            str(tmp_path / "cert.pem"),
+            "--keyfile",
+            str(tmp_path / "key.pem"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        for _ in range(100):
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        with Client(ca_file=str(tmp_path / "ca.pem")) as c:
+            keys = [c.get_async(f"https://localhost:{port}/", timeout_ms=5000) for _ in range(5)]
+            results = c.wait_many(keys, 10)
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert all(r.status == 200 for r in results), results
+    assert {r.http_version for r in results} == {"2"}
+    assert {r.body for r in results} == {b"http/2"}
+    assert results[0].header("x-app") == "h2"
