@@ -152,3 +152,29 @@ def _dummy_job() -> Job:
         "GET", "http://127.0.0.1:9/", None, None, 1000, max_timeout_ms=10_000, max_body_bytes=10
     )
     return Job("dummy", request)
+
+
+def test_submits_racing_close_all_end_or_are_refused(hostile: str) -> None:
+    c = Client(max_in_flight=8)
+    issued: list[str] = []
+    lock = threading.Lock()
+
+    def submitter() -> None:
+        while True:
+            try:
+                key = c.get_async(hostile + "/hold", timeout_ms=5000)
+            except postkey.ClientClosed:
+                return
+            with lock:
+                issued.append(key)
+
+    threads = [threading.Thread(target=submitter) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    c.close(drain=False)
+    for t in threads:
+        t.join(10)
+    assert issued
+    states = Counter(c.get(k).state for k in issued)
+    assert set(states) <= {State.DONE, State.FAILED}, states

@@ -66,6 +66,8 @@ class Engine:
         self._free: list[pycurl.Curl] = []
         self._asleep = False
         self._accepting = True
+        self._finished = False
+        self._final_lock = threading.Lock()
         self._drain_until: float | None = None
         self._multi = pycurl.CurlMulti()
         self._multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, settings.max_per_host)
@@ -98,7 +100,12 @@ class Engine:
                 f"the queue holds {len(self._queue)} requests (max_queue="
                 f"{self._settings.max_queue}); nothing was submitted"
             )
-        self._queue.append(job)
+        # The lock makes "still running? then queue it" atomic against the engine's last sweep
+        # of the queue: without it, a submit racing close() could queue a job nobody ends.
+        with self._final_lock:
+            if self._finished:
+                raise ClientClosed("the client is closed")
+            self._queue.append(job)
         # The engine raises _asleep only when it could admit more work; checking it here saves a
         # system call per submit while the engine is busy anyway.
         if self._asleep:
@@ -182,6 +189,8 @@ class Engine:
             log.exception("postkey engine loop failed; cancelling outstanding requests")
         finally:
             self._accepting = False
+            with self._final_lock:
+                self._finished = True
             self._cancel_everything("the client was closed before the request finished")
             self._multi.close()
             with self._wake_lock:
