@@ -13,16 +13,16 @@ import select
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 
 import pycurl
 
 from ._errors import ClientClosed, QueueFull
 from ._job import Job
+from ._resolutions import Resolutions
 from ._result import ErrorKind, Result, State
 from ._settings import Settings
-from ._transport import Transport, needs_lookup, target_of
+from ._transport import Transport, needs_lookup
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,11 @@ class Engine:
         self._running: set[pycurl.Curl] = set()
         # With an injected resolver, jobs first wait for their host's addresses (on a pool, so
         # a slow answer stalls nothing else); they count against the in-flight cap meanwhile.
-        self._resolver = settings.resolver
-        self._resolving: dict[Job, None] = {}
-        self._resolved: deque[tuple[Job, Sequence[str] | BaseException]] = deque()
-        self._pool = (
-            ThreadPoolExecutor(max_workers=8, thread_name_prefix="postkey-resolver")
-            if settings.resolver is not None
-            else None
+        self._resolutions = (
+            Resolutions(settings.resolver, self._wake) if settings.resolver is not None else None
+        )
+        self._resolving: dict[Job, None] = (
+            self._resolutions.pending if self._resolutions is not None else {}
         )
         self._free: list[pycurl.Curl] = []
         self._asleep = False
@@ -175,7 +173,7 @@ class Engine:
             while True:
                 if self._cancels:
                     self._apply_cancels()
-                if self._pool is not None:
+                if self._resolutions is not None:
                     self._settle_resolutions()
                 self._admit()
                 self._perform()
@@ -214,16 +212,17 @@ class Engine:
         if self._drain_until is not None:
             left = max(self._drain_until - time.monotonic(), 0.0)
             timeout = left if timeout is None else min(timeout, left)
-        if self._resolving:
-            soonest = min(job.deadline for job in self._resolving)
+        soonest = self._resolutions.soonest_deadline() if self._resolutions else None
+        if soonest is not None:
             left = max(soonest - time.monotonic(), 0.0)
             timeout = left if timeout is None else min(timeout, left)
+        answers = self._resolutions is not None and self._resolutions.has_answers
         if self._busy() < self._max_in_flight:
             self._asleep = True
-            if self._queue or self._cancels or self._resolved:  # arrived after _admit looked
+            if self._queue or self._cancels or answers:  # arrived after _admit looked
                 self._asleep = False
                 return
-        elif self._cancels or self._resolved:
+        elif self._cancels or answers:
             return
         readers.append(self._wake_r)
         if max(readers + writers + errors) < _FD_SETSIZE:
@@ -277,8 +276,9 @@ class Engine:
             if left_ms <= 0:
                 self._fail(job, ErrorKind.TIMEOUT, "deadline passed while queued; nothing was sent")
                 continue
-            if self._pool is not None and job.addresses is None and needs_lookup(job.request.url):
-                self._resolve(job)
+            resolutions = self._resolutions
+            if resolutions is not None and job.addresses is None and needs_lookup(job.request.url):
+                resolutions.start(job)
                 continue
             curl = free.pop() if free else self._transport.new_handle()
             try:
@@ -301,39 +301,12 @@ class Engine:
     def _busy(self) -> int:
         return len(self._running) + len(self._resolving)
 
-    def _resolve(self, job: Job) -> None:
-        assert self._pool is not None and self._resolver is not None
-        host = target_of(job.request.url)[0]
-        self._resolving[job] = None
-        future = self._pool.submit(self._resolver, host)
-
-        def landed(done: Future[Sequence[str]]) -> None:
-            if done.cancelled():
-                return  # the engine is shutting down; the job was already ended
-            error = done.exception()
-            self._resolved.append((job, error if error is not None else done.result()))
-            self._wake()
-
-        future.add_done_callback(landed)
-
     def _settle_resolutions(self) -> None:
-        now = time.monotonic()
-        while self._resolved:
-            job, answer = self._resolved.popleft()
-            waiting = job in self._resolving
-            self._resolving.pop(job, None)
-            if not waiting or job.done:
-                continue  # timed out or cancelled meanwhile
-            if isinstance(answer, BaseException):
-                self._fail(job, ErrorKind.DNS, f"resolver failed: {answer}")
-            elif not answer:
-                self._fail(job, ErrorKind.DNS, "resolver returned no address")
-            else:
-                job.addresses = [str(a) for a in answer]
-                self._queue.appendleft(job)
-        for job in [j for j in self._resolving if j.deadline <= now]:
-            del self._resolving[job]
-            self._fail(job, ErrorKind.TIMEOUT, "name resolution did not finish within timeout_ms")
+        assert self._resolutions is not None
+        ready, failed = self._resolutions.settle(time.monotonic())
+        self._queue.extendleft(ready)
+        for job, kind, message in failed:
+            self._fail(job, kind, message)
 
     def _reap(self) -> None:
         info_read = self._multi.info_read
@@ -395,11 +368,9 @@ class Engine:
         return idle or time.monotonic() >= self._drain_until
 
     def _cancel_everything(self, message: str) -> None:
-        for job in list(self._resolving):
-            self._fail(job, ErrorKind.CANCELLED, message)
-        self._resolving.clear()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._resolutions is not None:
+            for job in self._resolutions.close():
+                self._fail(job, ErrorKind.CANCELLED, message)
         while self._queue:
             job = self._queue.popleft()
             if not job.done:
