@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -178,3 +179,22 @@ def test_submits_racing_close_all_end_or_are_refused(hostile: str) -> None:
     assert issued
     states = Counter(c.get(k).state for k in issued)
     assert set(states) <= {State.DONE, State.FAILED}, states
+
+
+def test_descriptors_above_fd_setsize_still_work(echo: str) -> None:
+    # select() cannot watch descriptors >= 1024; the engine falls back to poll() for them.
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1400:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    filler = [os.pipe() for _ in range(600)]  # push new descriptors past 1024
+    try:
+        assert max(max(pair) for pair in filler) >= 1024
+        with Client() as c:
+            keys = [c.post_async(echo + f"/{i}", b"x", None, 5000) for i in range(20)]
+            assert [r.status for r in c.wait_many(keys, 10)] == [200] * 20
+    finally:
+        for r, w in filler:
+            os.close(r)
+            os.close(w)

@@ -22,11 +22,11 @@ from ._job import Job
 from ._resolutions import Resolutions
 from ._result import ErrorKind, Result, State
 from ._settings import Settings
-from ._transport import Transport, needs_lookup
+from ._transport import FD_SETSIZE, Transport, needs_lookup
 
 log = logging.getLogger(__name__)
 
-_FD_SETSIZE = 1024
+_HIGH_FD_TICK = 0.002  # seconds between looks when libcurl has sockets select() cannot watch
 
 
 class Engine:
@@ -209,6 +209,10 @@ class Engine:
         timeout = None if curl_ms < 0 else curl_ms / 1000.0
         if curl_ms < 0 and self._running:
             timeout = 1.0  # libcurl has no timer yet; look again soon
+        if self._running and self._transport.high_descriptors:
+            # libcurl's fdset leaves out sockets numbered >= FD_SETSIZE, so they cannot be
+            # watched here: look at the transfers every few ms instead (degraded, still correct).
+            timeout = _HIGH_FD_TICK if timeout is None else min(timeout, _HIGH_FD_TICK)
         if self._drain_until is not None:
             left = max(self._drain_until - time.monotonic(), 0.0)
             timeout = left if timeout is None else min(timeout, left)
@@ -225,7 +229,7 @@ class Engine:
         elif self._cancels or answers:
             return
         readers.append(self._wake_r)
-        if max(readers + writers + errors) < _FD_SETSIZE:
+        if max(readers + writers + errors) < FD_SETSIZE:
             ready = select.select(readers, writers, errors, timeout)[0]
             woken = self._wake_r in ready
         else:

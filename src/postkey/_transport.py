@@ -46,6 +46,7 @@ _ERROR_KINDS: dict[int, ErrorKind] = {
 }
 _HTTP = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
 E_TOO_LARGE = 100
+FD_SETSIZE = 1024  # select(), and so libcurl's fdset, cannot take descriptors from here up
 
 
 @lru_cache(maxsize=1024)
@@ -162,6 +163,8 @@ class Transport:
         self._settings = settings
         self._policy = settings.policy
         self._guarded = settings.policy.checks_addresses
+        #: True once libcurl opened a socket numbered >= FD_SETSIZE (see Engine._sleep).
+        self.high_descriptors = False
         # Header lines of all response blocks (1xx, redirects) plus status lines and blank lines:
         # a cheap upper bound first; the exact count is only needed past it.
         self._max_head_lines = settings.max_response_headers + 2 * (settings.max_redirects + 2)
@@ -230,10 +233,17 @@ class Transport:
             addresses = ",".join(f"[{a}]" if ":" in a else a for a in job.addresses)
             setopt(pycurl.RESOLVE, [f"{host}:{port}:{addresses}"])
 
+    def _note_socket(self, fd: int, purpose: int) -> int:
+        # Called once per new connection with the descriptor libcurl really uses.
+        if fd >= FD_SETSIZE:
+            self.high_descriptors = True
+        return int(pycurl.SOCKOPT_OK)
+
     def _configure(self, curl: pycurl.Curl, method: str, has_body: bool, follow: bool) -> None:
         s = self._settings
         setopt = curl.setopt
         setopt(pycurl.NOSIGNAL, 1)
+        setopt(pycurl.SOCKOPTFUNCTION, self._note_socket)
         meter = curl.meter
         setopt(pycurl.WRITEFUNCTION, meter.write if meter else curl.body_parts.append)
         setopt(pycurl.HEADERFUNCTION, curl.head_lines.append)
