@@ -130,28 +130,13 @@ class HostileServer:
         if path.startswith("/silent"):
             await asyncio.sleep(3600)
         elif path.startswith("/drip800"):
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
-            for _ in range(1000):
-                writer.write(b"x")
-                await writer.drain()
-                await asyncio.sleep(0.8)
+            await _drip(writer, 0.8)
         elif path.startswith("/gzip-bomb"):
-            writer.write(
-                b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n"
-                % len(GZIP_BOMB)
-            )
-            writer.write(GZIP_BOMB)
+            _encoded(writer, b"gzip", GZIP_BOMB)
         elif path.startswith("/br-bomb"):
-            writer.write(
-                b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: %d\r\n\r\n"
-                % len(BROTLI_BOMB)
-            )
-            writer.write(BROTLI_BOMB)
+            _encoded(writer, b"br", BROTLI_BOMB)
         elif path.startswith("/stacked"):
-            writer.write(
-                b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip, gzip, gzip\r\n"
-                b"Content-Length: %d\r\n\r\n" % len(STACKED) + STACKED
-            )
+            _encoded(writer, b"gzip, gzip, gzip", STACKED)
         elif path.startswith("/many-headers"):
             lines = b"".join(b"X-H%d: v\r\n" % i for i in range(1000))
             writer.write(b"HTTP/1.1 200 OK\r\n" + lines + b"Content-Length: 2\r\n\r\nok")
@@ -171,11 +156,7 @@ class HostileServer:
                 writer.write(chunk)
                 await writer.drain()
         elif path.startswith("/drip"):
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
-            for _ in range(1000):
-                writer.write(b"x")
-                await writer.drain()
-                await asyncio.sleep(1.0)
+            await _drip(writer, 1.0)
         elif path.startswith("/reset"):
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100)
             await writer.drain()
@@ -203,3 +184,21 @@ class HostileServer:
             writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
         await writer.drain()
         return True
+
+
+async def _drip(writer: asyncio.StreamWriter, interval: float) -> None:
+    """Headers for a 1,000-byte body, then one byte every ``interval`` seconds."""
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+    for _ in range(1000):
+        writer.write(b"x")
+        await writer.drain()
+        await asyncio.sleep(interval)
+
+
+def _encoded(writer: asyncio.StreamWriter, coding: bytes, body: bytes) -> None:
+    """A 200 whose body is ``body`` under ``Content-Encoding: coding``."""
+    writer.write(
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: %s\r\nContent-Length: %d\r\n\r\n"
+        % (coding, len(body))
+        + body
+    )

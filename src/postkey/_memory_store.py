@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -118,17 +117,7 @@ class MemoryStore:
     def wait(self, key: str, timeout: float | None) -> Result:
         """Block until ``key`` has a terminal Result or ``timeout`` seconds pass; return what is
         known then (pending or running on timeout)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            current = self.lookup(key)
-            if current.state is not State.PENDING and current.state is not State.RUNNING:
-                return current
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return current
-            value = self.cache.wait(key, left, MemCache.MISSING)
-            if isinstance(value, Result):
-                return value
+        return self.wait_many([key], timeout)[0]
 
     def wait_many(self, keys: list[str], timeout: float | None) -> list[Result]:
         """`wait` for all ``keys`` at once: one sleep, woken when the last one ends."""
