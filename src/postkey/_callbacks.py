@@ -1,54 +1,109 @@
-"""Runs ``on_done`` callbacks on their own thread, so user code never stalls the transport."""
+"""Runs ``on_done`` callbacks on their own thread, so user code never stalls the transport.
+
+The backlog is bounded: while ``max_callback_backlog`` results wait for a slow callback, submits
+that ask for a callback are refused (`check_room`), so results cannot pile up without end.
+"""
 
 from __future__ import annotations
 
+import _thread
 import logging
-import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from . import _lifecycle
+from ._errors import QueueFull
 from ._result import Result
 
 log = logging.getLogger(__name__)
-_STOP: Any = object()
 
 
 class CallbackRunner:
-    """A single daemon thread that calls ``callback(result)`` in submission order."""
+    """A single daemon thread that calls ``callback(result)`` in completion order."""
 
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[Callable[[Result], Any], Result]] = queue.SimpleQueue()
+    def __init__(self, max_backlog: int, grace_ms: int) -> None:
+        self._max_backlog = max_backlog
+        self._grace_s = grace_ms / 1000.0
+        self._todo: deque[tuple[Callable[[Result], Any], Result]] = deque()
+        self._ready = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._stopping = False
+        self._skipping = False
+
+    @property
+    def backlog(self) -> int:
+        """Results waiting for their callback to run."""
+        return len(self._todo)
+
+    def check_room(self) -> None:
+        """Refuse a new callback while ``max_callback_backlog`` results wait for theirs.
+
+        Requests already accepted still get their callbacks, so at most ``max_callback_backlog``
+        plus the requests queued and in flight (``max_queue + max_in_flight``) ever wait.
+
+        Raises:
+            QueueFull: the backlog is at its bound.
+        """
+        if len(self._todo) >= self._max_backlog:
+            raise QueueFull(
+                f"{len(self._todo)} results are waiting for their on_done callback"
+                f" (max_callback_backlog={self._max_backlog}); nothing was submitted."
+                " A callback is slow or stuck."
+            )
 
     def call(self, callback: Callable[[Result], Any], result: Result) -> None:
-        """Schedule ``callback(result)``; exceptions it raises are logged, not propagated."""
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._run, name="postkey-callbacks", daemon=True
-                    )
-                    self._thread.start()
-        self._queue.put((callback, result))
+        """Schedule ``callback(result)``; what it raises is logged, never propagated."""
+        with self._ready:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="postkey-callbacks", daemon=True
+                )
+                self._thread.start()
+                _lifecycle.track_runner(self)
+            self._todo.append((callback, result))
+            self._ready.notify()
 
-    def close(self, timeout: float | None = None) -> None:
-        """Run what is queued, then stop the thread (waits up to ``timeout`` seconds)."""
-        with self._lock:
+    def close(self) -> None:
+        """Run what is queued, waiting up to ``callback_grace_ms``; skip the rest (logged)."""
+        self.finish(self._grace_s)
+
+    def finish(self, timeout: float) -> None:
+        """Run what is queued for up to ``timeout`` seconds, then skip the rest (logged)."""
+        with self._ready:
             thread = self._thread
-        if thread is None:
+            self._stopping = True
+            self._ready.notify()
+        if thread is None or thread is threading.current_thread():
             return
-        self._queue.put((_STOP, _STOP))
-        if thread is not threading.current_thread():
-            thread.join(timeout)
+        thread.join(timeout)
+        if thread.is_alive():
+            with self._ready:
+                self._skipping = True
+                skipped = len(self._todo)
+            log.warning(
+                "postkey: an on_done callback is still running after %.1f s; %d queued callbacks"
+                " will not run",
+                timeout,
+                skipped,
+            )
+        _lifecycle.untrack_runner(self)
 
     def _run(self) -> None:
         while True:
-            callback, result = self._queue.get()
-            if callback is _STOP:
-                return
+            with self._ready:
+                while not self._todo and not self._stopping:
+                    self._ready.wait()
+                if not self._todo or self._skipping:
+                    self._todo.clear()
+                    return
+                callback, result = self._todo.popleft()
             try:
                 callback(result)
-            except Exception:
+            except KeyboardInterrupt:
+                # Only the main thread can act on it: pass it on, and keep serving callbacks.
+                log.exception("on_done callback for %s raised KeyboardInterrupt", result.key)
+                _thread.interrupt_main()
+            except BaseException:  # SystemExit and the like must not end the callback thread
                 log.exception("on_done callback for %s raised", result.key)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import atexit
+import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
+from . import _lifecycle
 from ._callbacks import CallbackRunner
 from ._engine import Engine
 from ._errors import ClientClosed, InvalidRequest, QueueFull
@@ -16,20 +18,12 @@ from ._job import Job
 from ._keys import check_key, mychat_key, new_key
 from ._memory_store import CacheValue, MemoryStore
 from ._request import Body, Request, build_request
-from ._result import Result, State
+from ._result import ErrorKind, Result, State
 from ._settings import Settings
 from ._transport import Transport
 
 KeyFormat = Literal["hex", "mychat"]
 OnDone = Callable[[Result], Any]
-
-_open_clients: weakref.WeakSet[_ClientCore] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_open_clients() -> None:
-    for client in list(_open_clients):
-        client._shutdown(client.settings.exit_grace_ms)
 
 
 class _ClientCore:
@@ -38,16 +32,63 @@ class _ClientCore:
     def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
         base = settings if settings is not None else Settings()
         self.settings = base.replace(**overrides) if overrides else base
-        self._store = MemoryStore(self.settings)
-        self._callbacks = CallbackRunner()
+        self._closed = False
+        self._start()
+
+    def _start(self) -> None:
+        """Build this client's store, callback thread and engine (again, after a fork)."""
+        self._generation = _lifecycle.generation
+        self._store_ = MemoryStore(self.settings)
+        self._callbacks_ = CallbackRunner(
+            self.settings.max_callback_backlog, self.settings.callback_grace_ms
+        )
         # The engine gets a sink that does not point back at the client, so a client that is
         # dropped without close() can be collected (and its finalizer can stop the engine).
-        sink = _ResultSink(self._store, self._callbacks)
-        self._engine = Engine(self.settings, Transport(self.settings), sink)
-        self._closed = False
-        _open_clients.add(self)
-        # A client dropped without close() still lets its requests finish (up to exit_grace_ms).
-        weakref.finalize(self, self._engine.close, self.settings.exit_grace_ms, False)
+        sink = _ResultSink(self._store_, self._callbacks_)
+        self._engine_ = Engine(
+            self.settings,
+            Transport(self.settings),
+            sink,
+            housekeeping=getattr(self._store_, "tick", None),
+        )
+        # A client dropped without close() still lets its requests finish by their own
+        # deadlines (at interpreter exit, by exit_grace_ms): nobody can read their results,
+        # but what they send still matters.
+        weakref.finalize(
+            self,
+            self._engine_.close,
+            self.settings.max_timeout_ms,
+            False,
+            "the client was dropped without close() and its requests ran out of time",
+        )
+
+    def _forked(self) -> None:
+        # This process is a fork() child: the engine thread did not come along. Start afresh
+        # (keys issued in the parent live in the parent); a closed client stays closed.
+        with _rebuild_lock:
+            if self._generation != _lifecycle.generation:
+                if self._closed:
+                    self._generation = _lifecycle.generation
+                else:
+                    self._start()
+
+    @property
+    def _store(self) -> MemoryStore:
+        if self._generation != _lifecycle.generation:
+            self._forked()
+        return self._store_
+
+    @property
+    def _engine(self) -> Engine:
+        if self._generation != _lifecycle.generation:
+            self._forked()
+        return self._engine_
+
+    @property
+    def _callbacks(self) -> CallbackRunner:
+        if self._generation != _lifecycle.generation:
+            self._forked()
+        return self._callbacks_
 
     # -- submitting ------------------------------------------------------------------------------
 
@@ -188,16 +229,23 @@ class _ClientCore:
             else:
                 raise InvalidRequest(f"key_format must be 'hex' or 'mychat', not {key_format!r}")
             job = Job(key, request, on_done=on_done, ttl_ms=ttl_ms)
-            self._store.register(job, caller_key=False)
         else:
             job = Job(check_key(key), request, on_done=on_done, ttl_ms=ttl_ms)
             job.fingerprint = request.fingerprint()
-            if not self._store.register(job, caller_key=True):
-                return key
+        store = self._store
+        engine = self._engine
+        # Room first, before the key becomes visible: once another caller can see it (the same
+        # idempotency key), this submit can no longer be refused for lack of room.
+        engine.check_room()
+        if on_done is not None:
+            self._callbacks.check_room()
+        if not store.register(job, caller_key=job.fingerprint is not None):
+            return key  # the same request under the same key: sent once, not again
         try:
-            self._engine.submit(job)
-        except BaseException:
-            self._store.forget(job)
+            engine.enqueue(job)
+        except ClientClosed as exc:
+            # Closed in between: the key may already be in another caller's hands, so it ends.
+            store.finish(job, _closed_result(job, str(exc)))
             raise
         return key
 
@@ -264,14 +312,13 @@ class _ClientCore:
 
     @property
     def closed(self) -> bool:
-        """True once `close` was called."""
-        return self._closed
+        """True once `close` was called, or the engine stopped after an internal error."""
+        return self._closed or self._engine.closed
 
     def _shutdown(self, drain_ms: int) -> None:
         self._closed = True
         self._engine.close(drain_ms)
-        self._callbacks.close(timeout=max(drain_ms / 1000.0, 1.0))
-        _open_clients.discard(self)
+        self._callbacks.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -334,13 +381,37 @@ class _ResultSink:
         self._callbacks = callbacks
 
     def __call__(self, job: Job, result: Result) -> None:
-        self._store.finish(job, result)
-        if job.on_done is not None:
-            self._callbacks.call(job.on_done, result)
+        try:
+            self._store.finish(job, result)
+        finally:
+            if job.on_done is not None:
+                self._callbacks.call(job.on_done, result)
+
+
+def _closed_result(job: Job, message: str) -> Result:
+    return Result(
+        job.key,
+        State.FAILED,
+        error_kind=ErrorKind.CANCELLED,
+        error=message,
+        submitted_at=job.submitted_at,
+        finished_at=time.time(),
+    )
 
 
 _default_lock = threading.Lock()
+_rebuild_lock = threading.Lock()
 _default: list[Client] = []
+
+
+def _reinit_locks_in_child() -> None:
+    # Another thread may have held them at fork(); in the child nobody would ever release them.
+    global _default_lock, _rebuild_lock
+    _default_lock = threading.Lock()
+    _rebuild_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reinit_locks_in_child)
 
 
 def existing_default_client() -> Client | None:

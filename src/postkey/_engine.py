@@ -1,8 +1,9 @@
 """The engine: one thread driving libcurl's multi interface (perform, then select()).
 
-Submissions go into a bounded queue; the engine admits them under the in-flight cap, runs them,
-and hands every job exactly one terminal Result through ``on_result``. Cancellations and close
-are carried out on the engine thread too, so a job's result has a single writer.
+Submissions go into a bounded queue; the engine takes them in, resolves names (with an injected
+resolver), lets the scheduler pick what starts under the in-flight and per-host caps, runs the
+transfers, and hands every job exactly one terminal Result through ``on_result``. Cancellations,
+deadlines and close are carried out on the engine thread too, so a job's result has one writer.
 """
 
 from __future__ import annotations
@@ -17,16 +18,21 @@ from collections.abc import Callable
 
 import pycurl
 
+from . import _lifecycle
 from ._errors import ClientClosed, QueueFull
 from ._job import Job
 from ._resolutions import Resolutions
 from ._result import ErrorKind, Result, State
+from ._scheduler import Scheduler
 from ._settings import Settings
-from ._transport import FD_SETSIZE, Transport, needs_lookup
+from ._transport import FD_SETSIZE, Transport
+from ._urls import needs_lookup
 
 log = logging.getLogger(__name__)
 
 _HIGH_FD_TICK = 0.002  # seconds between looks when libcurl has sockets select() cannot watch
+_HOUSEKEEPING_S = 1.0  # how often the store gets to reclaim expired entries while idle
+_MAX_LOOP_FAILURES = 3  # consecutive unexpected errors after which the loop gives up
 
 
 class Engine:
@@ -34,7 +40,7 @@ class Engine:
 
     Raises (from `submit`):
         QueueFull: the queue is at ``settings.max_queue`` for longer than ``queue_wait_ms``.
-        ClientClosed: `close` was called.
+        ClientClosed: `close` was called, or the engine stopped after an internal error.
     """
 
     def __init__(
@@ -42,31 +48,33 @@ class Engine:
         settings: Settings,
         transport: Transport,
         on_result: Callable[[Job, Result], None],
+        housekeeping: Callable[[], object] | None = None,
     ) -> None:
         self._settings = settings
         self._transport = transport
         self._on_result = on_result
-        self._max_in_flight = settings.max_in_flight
+        self._housekeeping = housekeeping
         self._check_names = settings.policy.has_name_rules
         self._queue: deque[Job] = deque()
         self._cancels: deque[Job] = deque()
         self._room = threading.Condition(threading.Lock())
         self._room_waiters = 0
         self._running: set[pycurl.Curl] = set()
-        # With an injected resolver, jobs first wait for their host's addresses (on a pool, so
-        # a slow answer stalls nothing else); they count against the in-flight cap meanwhile.
+        self._scheduler = Scheduler(settings.max_in_flight, settings.max_per_host)
         self._resolutions = (
             Resolutions(settings.resolver, self._wake) if settings.resolver is not None else None
-        )
-        self._resolving: dict[Job, None] = (
-            self._resolutions.pending if self._resolutions is not None else {}
         )
         self._free: list[pycurl.Curl] = []
         self._asleep = False
         self._accepting = True
         self._finished = False
+        self._orphaned = False
+        #: Why the loop stopped on its own (an internal error), or None.
+        self.failure: str | None = None
         self._final_lock = threading.Lock()
         self._drain_until: float | None = None
+        self._closing_reason = "the client was closed before the request finished"
+        self._next_housekeeping = time.monotonic() + _HOUSEKEEPING_S
         self._multi = pycurl.CurlMulti()
         self._multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, settings.max_per_host)
         self._multi.setopt(pycurl.M_MAXCONNECTS, settings.max_in_flight)
@@ -75,14 +83,16 @@ class Engine:
         # socket reused the descriptor number (seen: a stray NUL byte in another connection).
         self._wake_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="postkey-engine", daemon=True)
+        _lifecycle.track(self)
         self._thread.start()
 
     # -- any thread ------------------------------------------------------------------------------
 
     @property
     def queued(self) -> int:
-        """Jobs waiting for a transfer slot."""
-        return len(self._queue)
+        """Jobs accepted and not yet on the wire (queued, resolving or waiting for their host)."""
+        resolving = self._resolutions.pending if self._resolutions is not None else 0
+        return len(self._queue) + self._scheduler.waiting + resolving
 
     @property
     def in_flight(self) -> int:
@@ -90,51 +100,107 @@ class Engine:
         return len(self._running)
 
     def submit(self, job: Job) -> None:
-        """Queue ``job``; never blocks on the network (see the class docstring for what raises)."""
+        """`check_room`, then `enqueue`."""
+        self.check_room()
+        self.enqueue(job)
+
+    def check_room(self) -> None:
+        """Raise unless the queue has room for one more job (waiting up to ``queue_wait_ms``).
+
+        Called before a key becomes visible, so a refused submit leaves nothing behind.
+
+        Raises:
+            QueueFull: no room within ``queue_wait_ms``.
+            ClientClosed: the engine is closed or stopped.
+        """
         if not self._accepting:
-            raise ClientClosed("the client is closed")
-        if len(self._queue) >= self._settings.max_queue and not self._wait_for_room():
+            raise self._closed_error()
+        if self.queued >= self._settings.max_queue and not self._wait_for_room():
             raise QueueFull(
-                f"the queue holds {len(self._queue)} requests (max_queue="
+                f"the queue holds {self.queued} requests (max_queue="
                 f"{self._settings.max_queue}); nothing was submitted"
             )
+
+    def enqueue(self, job: Job) -> None:
+        """Queue ``job`` (room was checked by `check_room`); never blocks on the network.
+
+        Raises:
+            ClientClosed: the engine is closed or stopped.
+        """
         # The lock makes "still running? then queue it" atomic against the engine's last sweep
         # of the queue: without it, a submit racing close() could queue a job nobody ends.
         with self._final_lock:
             if self._finished:
-                raise ClientClosed("the client is closed")
+                raise self._closed_error()
             self._queue.append(job)
-        # The engine raises _asleep only when it could admit more work; checking it here saves a
-        # system call per submit while the engine is busy anyway.
+        # The engine raises _asleep only just before it sleeps; checking it here saves a system
+        # call per submit while the engine is busy anyway.
         if self._asleep:
             self._asleep = False
             self._wake()
 
     def cancel(self, job: Job) -> None:
         """Ask the engine to end ``job`` as failed / cancelled (if it has not ended yet)."""
+        if self._orphaned:
+            return
         self._cancels.append(job)
         self._wake()
 
-    def close(self, drain_ms: int, wait: bool = True) -> None:
+    def close(self, drain_ms: int, wait: bool = True, reason: str | None = None) -> None:
         """Stop accepting; let work finish for up to ``drain_ms``, then cancel what is left.
 
-        With ``wait`` the call returns when the engine thread has ended.
+        Several calls keep the earliest end (a later, shorter bound wins). With ``wait`` the
+        call returns when the engine thread has ended; ``reason`` goes into the results of the
+        requests cancelled.
         """
+        if self._orphaned:
+            return
         self._accepting = False
-        if self._drain_until is None:
-            self._drain_until = time.monotonic() + drain_ms / 1000.0
+        until = time.monotonic() + drain_ms / 1000.0
+        if self._drain_until is None or until < self._drain_until:
+            if reason is not None:
+                self._closing_reason = reason
+            self._drain_until = until
         with self._room:
             self._room.notify_all()
         self._wake()
         if wait and threading.current_thread() is not self._thread:
-            self._thread.join()
+            self.join()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the engine thread to end; True if it has."""
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     @property
     def closed(self) -> bool:
-        """True once the engine thread has ended."""
-        return not self._thread.is_alive()
+        """True once the engine stopped taking work (closed, or stopped by an internal error)."""
+        return self._finished or not self._thread.is_alive()
+
+    @property
+    def exit_grace_ms(self) -> int:
+        """How long this engine's requests may go on at interpreter exit."""
+        return self._settings.exit_grace_ms
+
+    def orphan(self) -> None:
+        """Make this engine inert in a forked child: its thread did not survive the fork, and
+        its sockets, pipe and locks belong to the parent, so nothing here may touch them."""
+        self._orphaned = True
+        self._accepting = False
+        self._finished = True
+
+    def _closed_error(self) -> ClientClosed:
+        if self.failure is not None:
+            return ClientClosed(
+                f"the client's engine stopped after an internal error ({self.failure});"
+                " create a new client"
+            )
+        return ClientClosed("the client is closed")
 
     def _wake(self) -> None:
+        if self._orphaned:
+            return  # the pipe is the parent's
         with self._wake_lock:
             if self._wake_w < 0:
                 return  # the engine has stopped and closed its pipe
@@ -151,82 +217,128 @@ class Engine:
         with self._room:
             self._room_waiters += 1
             try:
-                while len(self._queue) >= self._settings.max_queue and self._accepting:
+                while self.queued >= self._settings.max_queue and self._accepting:
                     left = deadline - time.monotonic()
                     if left <= 0 or not self._room.wait(left):
                         break
             finally:
                 self._room_waiters -= 1
         if not self._accepting:
-            raise ClientClosed("the client is closed")
-        return len(self._queue) < self._settings.max_queue
+            raise self._closed_error()
+        return self.queued < self._settings.max_queue
 
     # -- the loop (engine thread) ----------------------------------------------------------------
     #
-    # Shape: admit -> perform -> reap -> sleep in select() on libcurl's sockets plus a wake-up
-    # pipe. perform() runs every ready transfer in one C call; the socket_action / epoll shape
-    # was measured too and cost ~1.5x more CPU per request (two socket and two timer callbacks
-    # into Python per request, and one socket_action call per ready socket).
+    # Shape: take in -> start -> perform -> reap -> sleep in select() on libcurl's sockets plus
+    # a wake-up pipe. perform() runs every ready transfer in one C call; the socket_action /
+    # epoll shape was measured too and cost ~1.5x more CPU per request.
 
     def _run(self) -> None:
+        failures = 0
         try:
             while True:
-                if self._cancels:
-                    self._apply_cancels()
-                if self._resolutions is not None:
-                    self._settle_resolutions()
-                self._admit()
-                self._perform()
-                self._reap()
-                if self._queue and self._busy() < self._max_in_flight:
-                    continue  # reaping made room: start more before sleeping
-                if self._drain_until is not None and self._drained_or_due():
-                    break
-                self._sleep()
-        except Exception:  # pragma: no cover - a bug; results must still be written
-            log.exception("postkey engine loop failed; cancelling outstanding requests")
+                try:
+                    if self._step():
+                        break
+                    failures = 0
+                except BaseException as exc:  # survive what can be survived; see below
+                    failures += 1
+                    log.exception("postkey engine loop failed (%d in a row)", failures)
+                    if failures >= _MAX_LOOP_FAILURES:
+                        self.failure = f"{type(exc).__name__}: {exc}"
+                        break
         finally:
-            self._accepting = False
-            with self._final_lock:
-                self._finished = True
-            self._cancel_everything("the client was closed before the request finished")
-            self._multi.close()
-            with self._wake_lock:
-                os.close(self._wake_r)
-                os.close(self._wake_w)
-                self._wake_w = -1
+            self._stop()
+
+    def _step(self) -> bool:
+        """One turn of the loop; True when the engine should stop."""
+        self._take_in()
+        if self._cancels:
+            self._apply_cancels()
+        if self._resolutions is not None and self._resolutions.has_answers:
+            self._settle_resolutions()
+        now = time.monotonic()
+        soonest = self._scheduler.soonest_deadline()
+        if soonest is not None and soonest <= now:
+            self._expire(now)
+        self._start()
+        self._perform()
+        self._reap()
+        if now >= self._next_housekeeping:
+            self._next_housekeeping = now + _HOUSEKEEPING_S
+            self._keep_house()
+        if self._queue or self._scheduler.startable:
+            return False  # more arrived, or reaping made room: start more before sleeping
+        if self._drain_until is not None and self._drained_or_due():
+            return True
+        self._sleep()
+        return False
+
+    def _stop(self) -> None:
+        self._accepting = False
+        with self._final_lock:
+            self._finished = True
+        try:
+            if self.failure is not None:
+                message = f"the client's engine stopped after an internal error ({self.failure})"
+                ended = self._end_everything(ErrorKind.INTERNAL, message)
+                log.error("postkey engine stopped: %d requests ended as internal", ended)
+            else:
+                ended = self._end_everything(ErrorKind.CANCELLED, self._closing_reason)
+                if ended:
+                    log.log(
+                        logging.WARNING if "exit" in self._closing_reason else logging.INFO,
+                        "postkey cancelled %d unfinished requests: %s",
+                        ended,
+                        self._closing_reason,
+                    )
+        finally:
+            try:
+                self._multi.close()
+            finally:
+                with self._wake_lock:
+                    os.close(self._wake_r)
+                    os.close(self._wake_w)
+                    self._wake_w = -1
+                with self._room:
+                    self._room.notify_all()
+                _lifecycle.untrack(self)
 
     def _perform(self) -> None:
         perform = self._multi.perform
         while perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
             pass
 
+    def _keep_house(self) -> None:
+        if self._housekeeping is not None:
+            try:
+                self._housekeeping()
+            except Exception:
+                log.exception("postkey store housekeeping failed")
+
     def _sleep(self) -> None:
         readers, writers, errors = self._multi.fdset()
         curl_ms = self._multi.timeout()
         if curl_ms == 0:
             return
-        timeout = None if curl_ms < 0 else curl_ms / 1000.0
-        if curl_ms < 0 and self._running:
-            timeout = 1.0  # libcurl has no timer yet; look again soon
+        now = time.monotonic()
+        timeout = self._next_housekeeping - now
+        if curl_ms > 0:
+            timeout = min(timeout, curl_ms / 1000.0)
         if self._running and self._transport.high_descriptors:
             # libcurl's fdset leaves out sockets numbered >= FD_SETSIZE, so they cannot be
             # watched here: look at the transfers every few ms instead (degraded, still correct).
-            timeout = _HIGH_FD_TICK if timeout is None else min(timeout, _HIGH_FD_TICK)
+            timeout = min(timeout, _HIGH_FD_TICK)
         if self._drain_until is not None:
-            left = max(self._drain_until - time.monotonic(), 0.0)
-            timeout = left if timeout is None else min(timeout, left)
-        soonest = self._resolutions.soonest_deadline() if self._resolutions else None
+            timeout = min(timeout, self._drain_until - now)
+        soonest = self._scheduler.soonest_deadline()
         if soonest is not None:
-            left = max(soonest - time.monotonic(), 0.0)
-            timeout = left if timeout is None else min(timeout, left)
+            timeout = min(timeout, soonest - now)
+        timeout = max(timeout, 0.0)
+        self._asleep = True
         answers = self._resolutions is not None and self._resolutions.has_answers
-        if self._busy() < self._max_in_flight:
-            self._asleep = True
-            if self._queue or self._cancels or answers:  # arrived after _admit looked
-                self._asleep = False
-                return
-        elif self._cancels or answers:
+        if self._queue or self._cancels or answers:  # arrived after the loop looked
+            self._asleep = False
             return
         readers.append(self._wake_r)
         if max(readers + writers + errors) < FD_SETSIZE:
@@ -242,7 +354,7 @@ class Engine:
             except BlockingIOError:
                 pass
 
-    def _poll(self, readers: list[int], writers: list[int], timeout: float | None) -> bool:
+    def _poll(self, readers: list[int], writers: list[int], timeout: float) -> bool:
         """select() cannot take descriptors >= FD_SETSIZE; poll() can (slower to set up)."""
         poller = select.poll()
         events: dict[int, int] = {}
@@ -252,65 +364,105 @@ class Engine:
             events[fd] = events.get(fd, 0) | select.POLLOUT
         for fd, mask in events.items():
             poller.register(fd, mask)
-        ready = poller.poll(None if timeout is None else timeout * 1000.0)
+        ready = poller.poll(timeout * 1000.0)
         return any(fd == self._wake_r for fd, _ in ready)
 
-    def _admit(self) -> None:
+    def _take_in(self) -> None:
+        """Move submitted jobs to the resolver or the scheduler (or end them at once)."""
         queue = self._queue
-        running = self._running
-        resolving = self._resolving
-        cap = self._max_in_flight
-        if not queue or len(running) + len(resolving) >= cap:
+        if not queue:
             return
         now = time.monotonic()
-        prepare = self._transport.prepare
-        add = self._multi.add_handle
-        free = self._free
+        scheduler = self._scheduler
+        resolutions = self._resolutions
         check_names = self._check_names
-        while queue and len(running) + len(resolving) < cap:
-            job = queue.popleft()
+        popleft = queue.popleft
+        while queue:
+            job = popleft()
             if job.done:
-                continue  # cancelled while queued
-            left_ms = int((job.deadline - now) * 1000.0) + 1
+                continue  # cancelled before it was taken in
             if check_names:
                 refusal = self._transport.refusal(job)
                 if refusal is not None:
                     self._fail(job, ErrorKind.BLOCKED, refusal)
                     continue
-            if left_ms <= 0:
+            if job.deadline <= now:
                 self._fail(job, ErrorKind.TIMEOUT, "deadline passed while queued; nothing was sent")
                 continue
-            resolutions = self._resolutions
             if resolutions is not None and job.addresses is None and needs_lookup(job.request.url):
-                resolutions.start(job)
+                refused = resolutions.start(job)
+                if refused is not None:
+                    self._fail(*refused)
+                else:
+                    scheduler.watch(job)
                 continue
-            curl = free.pop() if free else self._transport.new_handle()
-            try:
-                prepare(curl, job, left_ms)
-                curl.job = job
-                job.curl = curl
-                job.state = State.RUNNING
-                add(curl)
-                running.add(curl)
-            except Exception as exc:
-                log.exception("could not start request %s", job.key)
-                job.curl = None
-                curl.close()
-                self._fail(job, ErrorKind.INTERNAL, f"could not start the transfer: {exc}")
-                continue
+            job.waiting = True
+            scheduler.push(job)
         if self._room_waiters:
             with self._room:
                 self._room.notify_all()
 
-    def _busy(self) -> int:
-        return len(self._running) + len(self._resolving)
+    def _start(self) -> None:
+        """Start every job the scheduler lets start now."""
+        scheduler = self._scheduler
+        job = scheduler.pop()
+        if job is None:
+            return
+        now = time.monotonic()
+        prepare = self._transport.prepare
+        add = self._multi.add_handle
+        free = self._free
+        running = self._running
+        while job is not None:
+            job.waiting = False
+            left_ms = int((job.deadline - now) * 1000.0) + 1
+            if left_ms <= 0:
+                scheduler.release(job.origin)
+                self._fail(job, ErrorKind.TIMEOUT, "deadline passed while queued; nothing was sent")
+            else:
+                curl = free.pop() if free else self._transport.new_handle()
+                try:
+                    prepare(curl, job, left_ms)
+                    curl.job = job
+                    job.curl = curl
+                    job.state = State.RUNNING
+                    add(curl)
+                    running.add(curl)
+                except Exception as exc:
+                    log.exception("could not start request %s", job.key)
+                    job.curl = None
+                    curl.close()
+                    scheduler.release(job.origin)
+                    self._fail(job, ErrorKind.INTERNAL, f"could not start the transfer: {exc}")
+            job = scheduler.pop()
+        if self._room_waiters:
+            with self._room:
+                self._room.notify_all()
 
     def _settle_resolutions(self) -> None:
         assert self._resolutions is not None
-        ready, failed = self._resolutions.settle(time.monotonic())
-        self._queue.extendleft(ready)
+        ready, failed = self._resolutions.settle()
+        for job in ready:
+            job.waiting = True
+            self._scheduler.push(job)
         for job, kind, message in failed:
             self._fail(job, kind, message)
+
+    def _expire(self, now: float) -> None:
+        for job in self._scheduler.expired(now):
+            if job.waiting:
+                job.waiting = False
+                self._scheduler.discard(job)
+                host = f"{job.origin[1]}:{job.origin[2]}"
+                self._fail(
+                    job,
+                    ErrorKind.TIMEOUT,
+                    f"deadline passed while queued for a connection to {host}; nothing was sent",
+                )
+            elif self._resolutions is not None and self._resolutions.abandon(job):
+                self._fail(
+                    job, ErrorKind.TIMEOUT, "name resolution did not finish within timeout_ms"
+                )
 
     def _reap(self) -> None:
         info_read = self._multi.info_read
@@ -329,12 +481,14 @@ class Engine:
         job: Job = curl.job
         curl.job = None
         job.curl = None
+        self._scheduler.release(job.origin)
         try:
             result = self._transport.result(curl, job, errno, message)
-        except Exception as exc:  # pragma: no cover - a bug in result building
+        except Exception as exc:  # a bug in result building: this request ends, nothing else
             log.exception("could not read the result of %s", job.key)
+            self._transport.release(curl)
             result = _failure(job, ErrorKind.INTERNAL, f"could not read the result: {exc}")
-        if len(self._free) < self._max_in_flight:
+        if len(self._free) < self._settings.max_in_flight:
             self._free.append(curl)
         else:
             curl.close()
@@ -344,9 +498,10 @@ class Engine:
         if job.done:
             return
         job.done = True
+        job.request.body = b""  # the job may linger in a queue or heap; its body need not
         try:
             self._on_result(job, result)
-        except Exception:
+        except BaseException:  # storing runs waiters' code: it must not stop the engine
             log.exception("storing the result of %s failed", job.key)
 
     def _fail(self, job: Job, kind: ErrorKind, message: str) -> None:
@@ -357,32 +512,42 @@ class Engine:
             job = self._cancels.popleft()
             if job.done:
                 continue
-            self._resolving.pop(job, None)
-            if job.curl is not None:
-                self._multi.remove_handle(job.curl)
-                self._running.discard(job.curl)
-                job.curl.job = None
-                self._free.append(job.curl)
-                job.curl = None
+            if job.waiting:
+                job.waiting = False
+                self._scheduler.discard(job)
+            elif job.curl is not None:
+                self._abort(job.curl)
+            elif self._resolutions is not None:
+                self._resolutions.abandon(job)
             self._fail(job, ErrorKind.CANCELLED, "cancelled by the caller")
+
+    def _abort(self, curl: pycurl.Curl) -> None:
+        """Take a running transfer off libcurl and return its handle, emptied, to the pool."""
+        job: Job = curl.job
+        self._multi.remove_handle(curl)
+        self._running.discard(curl)
+        self._scheduler.release(job.origin)
+        curl.job = None
+        job.curl = None
+        self._transport.release(curl)
+        self._free.append(curl)
 
     def _drained_or_due(self) -> bool:
         assert self._drain_until is not None
-        idle = not self._queue and not self._running and not self._resolving
+        idle = not self._queue and not self._running and self.queued == 0
         return idle or time.monotonic() >= self._drain_until
 
-    def _cancel_everything(self, message: str) -> None:
+    def _end_everything(self, kind: ErrorKind, message: str) -> int:
+        """End every job not yet ended (at close, or when the loop died); return how many."""
+        ended = 0
+        jobs: list[Job] = []
         if self._resolutions is not None:
-            for job in self._resolutions.close():
-                self._fail(job, ErrorKind.CANCELLED, message)
+            jobs += self._resolutions.close()
+        jobs += self._scheduler.drain()
         while self._queue:
-            job = self._queue.popleft()
-            if not job.done:
-                self._fail(job, ErrorKind.CANCELLED, message)
-        for curl in list(self._free):
-            curl.close()
-        self._free.clear()
-        self._apply_cancels()
+            jobs.append(self._queue.popleft())
+        while self._cancels:
+            jobs.append(self._cancels.popleft())
         for curl in list(self._running):
             job = curl.job
             try:
@@ -391,8 +556,17 @@ class Engine:
                 pass
             curl.close()
             if job is not None:
-                self._fail(job, ErrorKind.CANCELLED, message)
+                job.curl = None
+                jobs.append(job)
         self._running.clear()
+        for curl in self._free:
+            curl.close()
+        self._free.clear()
+        for job in jobs:
+            if not job.done:
+                ended += 1
+                self._fail(job, kind, message)
+        return ended
 
 
 def _failure(job: Job, kind: ErrorKind, message: str) -> Result:

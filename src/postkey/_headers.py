@@ -51,13 +51,19 @@ def parse_headers(headers: HeadersInput) -> HeaderPairs:
     """
     if headers is None:
         return ()
+    # The same headers are usually sent again and again: validate each distinct small set once
+    # (and hand back the same tuple, which lets the transport skip re-sending it to libcurl).
+    # Large blocks are not memoised: a memo of them would keep megabytes alive.
     if isinstance(headers, str):
-        return _parse_header_text(headers)
+        if len(headers) <= _MEMO_MAX_CHARS:
+            return _parse_header_text(headers)
+        return _parse_header_text.__wrapped__(headers)
     if type(headers) is dict:
-        # The same headers are usually sent again and again: validate each distinct set once.
         try:
-            return _check_items(tuple(headers.items()))
-        except TypeError:  # an unhashable value; _check_pairs says what is wrong
+            size = sum(map(len, headers)) + sum(map(len, headers.values()))
+            if size <= _MEMO_MAX_CHARS:
+                return _check_items(tuple(headers.items()))
+        except TypeError:  # a value that is not str, or unhashable; _check_pairs says what
             pass
     if isinstance(headers, bytes | bytearray):
         raise InvalidHeader("headers must be a str, a mapping or (name, value) pairs, not bytes")
@@ -69,6 +75,9 @@ def parse_headers(headers: HeadersInput) -> HeaderPairs:
     except (TypeError, ValueError):
         raise InvalidHeader("headers must be (name, value) pairs of str") from None
     return _check_pairs(pairs)
+
+
+_MEMO_MAX_CHARS = 2048
 
 
 @lru_cache(maxsize=1024)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._result import State
+from ._urls import origin_of
 
 if TYPE_CHECKING:
     from ._request import Request
@@ -22,12 +23,15 @@ class Job:
         "deadline",
         "done",
         "fingerprint",
+        "hops",
         "key",
         "on_done",
+        "origin",
         "request",
         "state",
         "submitted_at",
         "ttl_ms",
+        "waiting",
     )
 
     def __init__(
@@ -52,6 +56,12 @@ class Job:
         self.curl: Any = None
         # Set when an injected resolver has answered for this job's host.
         self.addresses: list[str] | None = None
+        #: (scheme, host, port) of the current hop: the unit of the per-host caps.
+        self.origin: tuple[str, str, int] = origin_of(request.url)
+        #: True while the job sits in the scheduler, waiting for a transfer slot.
+        self.waiting = False
+        #: Redirects followed so far (the engine follows them itself, one transfer per hop).
+        self.hops = 0
 
     def __repr__(self) -> str:
         req = self.request

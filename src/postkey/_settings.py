@@ -68,6 +68,12 @@ class Settings:
     #: At interpreter exit, how long open clients let in-flight requests finish, in ms; the rest
     #: end as failed / cancelled.
     exit_grace_ms: int = 2_000
+    #: on_done callbacks waiting to run at most; a submit with a callback past this raises
+    #: QueueFull (a slow callback then holds up only submits that ask for callbacks).
+    max_callback_backlog: int = 10_000
+    #: How long close() lets queued on_done callbacks run after the requests ended, in ms; the
+    #: rest are skipped with a WARNING log line.
+    callback_grace_ms: int = 5_000
     #: Which addresses requests may connect to (see DestinationPolicy). The library default
     #: allows all, as curl does; network-facing modes use DestinationPolicy.public_only().
     policy: DestinationPolicy = ALLOW_ALL
@@ -81,7 +87,8 @@ class Settings:
             if f.type == "int":
                 if type(value) is not int:
                     raise InvalidValue(f"{f.name} must be an int, not {type(value).__name__}")
-                lowest = 0 if f.name in ("queue_wait_ms", "max_redirects", "exit_grace_ms") else 1
+                zero_ok = ("queue_wait_ms", "max_redirects", "exit_grace_ms", "callback_grace_ms")
+                lowest = 0 if f.name in zero_ok else 1
                 if value < lowest:
                     raise InvalidValue(f"{f.name} must be >= {lowest}, got {value}")
             elif f.type == "bool" and not isinstance(value, bool):

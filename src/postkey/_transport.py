@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import time
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import pycurl
 
 from ._headers import HeaderPairs
 from ._result import ErrorKind, Result, State
+from ._urls import target_of
 
 if TYPE_CHECKING:
     from ._job import Job
@@ -49,7 +47,6 @@ E_TOO_LARGE = 100
 FD_SETSIZE = 1024  # select(), and so libcurl's fdset, cannot take descriptors from here up
 
 
-@lru_cache(maxsize=1024)
 def _curl_header_lines(pairs: HeaderPairs, has_body: bool) -> list[str]:
     lines = [f"{name}: {value}" if value else f"{name};" for name, value in pairs]
     # No "Expect: 100-continue" round trip before large bodies.
@@ -58,25 +55,6 @@ def _curl_header_lines(pairs: HeaderPairs, has_body: bool) -> list[str]:
     if has_body and not any(name.lower() == "content-type" for name, _ in pairs):
         lines.append("Content-Type:")
     return lines
-
-
-@lru_cache(maxsize=4096)
-def target_of(url: str) -> tuple[str, int]:
-    """The host name and port a (validated) URL points at."""
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
-    return (parts.hostname or "").lower(), port
-
-
-@lru_cache(maxsize=4096)
-def needs_lookup(url: str) -> bool:
-    """False when the URL's host is an IP address literal (nothing to resolve)."""
-    host = target_of(url)[0]
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return True
-    return False
 
 
 class Guard:
@@ -173,7 +151,7 @@ class Transport:
         """A fresh easy handle (configured on first use by `prepare`)."""
         curl = pycurl.Curl()
         curl.shape = None
-        curl.header_lines = None
+        curl.header_pairs = None
         # The handle keeps its buffers; `result` empties them. Binding the callbacks once saves
         # two setopt calls per request.
         curl.body_parts = []
@@ -203,21 +181,24 @@ class Transport:
         method = req.method
         body = req.body
         has_body = method == "POST" or bool(body)
-        shape = (method, has_body, req.follow_redirects)
+        https = job.origin[0] == "https"
+        shape = (method, has_body, req.follow_redirects, https)
         if curl.shape != shape:
             curl.reset()
-            self._configure(curl, method, has_body, req.follow_redirects)
+            self._configure(curl, method, has_body, req.follow_redirects, https)
             curl.shape = shape
-            curl.header_lines = None
+            curl.header_pairs = None
         setopt = curl.setopt
         setopt(pycurl.URL, req.url)
         if has_body:
             setopt(pycurl.POSTFIELDS, body)  # pycurl sets the size too: NUL bytes are safe
         setopt(pycurl.TIMEOUT_MS, timeout_ms)
-        lines = _curl_header_lines(req.headers, has_body)
-        if curl.header_lines is not lines:
-            setopt(pycurl.HTTPHEADER, lines)
-            curl.header_lines = lines
+        # Header validation hands back the same tuple for the same small header set, so the
+        # identity check skips the costly setopt for repeated headers without a memo here.
+        pairs = req.headers
+        if curl.header_pairs is not pairs:
+            setopt(pycurl.HTTPHEADER, _curl_header_lines(pairs, has_body))
+            curl.header_pairs = pairs
         del curl.body_parts[:]
         del curl.head_lines[:]
         guard = curl.guard
@@ -233,13 +214,20 @@ class Transport:
             addresses = ",".join(f"[{a}]" if ":" in a else a for a in job.addresses)
             setopt(pycurl.RESOLVE, [f"{host}:{port}:{addresses}"])
 
+    def release(self, curl: pycurl.Curl) -> None:
+        """Drop what a handle received (a cancelled or abandoned transfer) before it is reused."""
+        del curl.body_parts[:]
+        del curl.head_lines[:]
+
     def _note_socket(self, fd: int, purpose: int) -> int:
         # Called once per new connection with the descriptor libcurl really uses.
         if fd >= FD_SETSIZE:
             self.high_descriptors = True
         return int(pycurl.SOCKOPT_OK)
 
-    def _configure(self, curl: pycurl.Curl, method: str, has_body: bool, follow: bool) -> None:
+    def _configure(
+        self, curl: pycurl.Curl, method: str, has_body: bool, follow: bool, https: bool
+    ) -> None:
         s = self._settings
         setopt = curl.setopt
         setopt(pycurl.NOSIGNAL, 1)
@@ -251,7 +239,11 @@ class Transport:
             setopt(pycurl.OPENSOCKETFUNCTION, curl.guard.open)
         setopt(pycurl.PROTOCOLS, _HTTP)
         setopt(pycurl.MAXFILESIZE_LARGE, s.max_response_bytes)
-        setopt(pycurl.PIPEWAIT, 1)
+        if https:
+            # Wait for a connection that may multiplex (HTTP/2 via ALPN) rather than open more.
+            # Never on plain http: no h2c is offered, and libcurl would queue every request to
+            # one slow host behind a single HTTP/1.1 connection.
+            setopt(pycurl.PIPEWAIT, 1)
         # An empty proxy string makes libcurl ignore http_proxy / https_proxy / no_proxy.
         setopt(pycurl.PROXY, s.proxy or "")
         setopt(pycurl.USERAGENT, s.user_agent)

@@ -1,0 +1,121 @@
+"""Process life for every engine in this process: interpreter exit and fork().
+
+Engines are held here strongly until their thread ends, so a client nobody kept a reference to
+still sends what it accepted. At exit all of them get their ``exit_grace_ms`` at once, before
+Python waits for non-daemon threads (which may be blocked closing a client). In a forked child
+the parent's engines are left untouched for good: their threads did not survive the fork, and
+closing their sockets could send a TLS close_notify on a connection the parent still uses.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+log = logging.getLogger(__name__)
+
+_CALLBACK_EXTRA_S = 0.25  # at exit, callbacks may run this long past the engines' grace
+
+
+class _Finisher(Protocol):
+    def finish(self, timeout: float) -> None: ...
+
+
+_lock = threading.Lock()
+_engines: dict[Engine, None] = {}
+_runners: dict[_Finisher, None] = {}
+# Objects inherited from the parent across fork(): referenced for good, never finalised here.
+_inherited: list[object] = []
+
+#: Incremented in a child process after fork(); clients compare it to rebuild themselves.
+generation = 0
+
+
+def track(engine: Engine) -> None:
+    """Hold ``engine`` until `untrack` (called when its thread ends)."""
+    with _lock:
+        _engines[engine] = None
+
+
+def untrack(engine: Engine) -> None:
+    """Forget an engine whose thread has ended."""
+    with _lock:
+        _engines.pop(engine, None)
+
+
+def track_runner(runner: _Finisher) -> None:
+    """Give ``runner`` (a callback thread) its share of the exit grace."""
+    with _lock:
+        _runners[runner] = None
+
+
+def untrack_runner(runner: _Finisher) -> None:
+    """Forget a callback runner that has stopped."""
+    with _lock:
+        _runners.pop(runner, None)
+
+
+def _at_exit() -> None:
+    with _lock:
+        engines = list(_engines)
+        runners = list(_runners)
+    now = time.monotonic()
+    deadline = now
+    for engine in engines:
+        grace_ms = engine.exit_grace_ms
+        deadline = max(deadline, now + grace_ms / 1000.0)
+        engine.close(
+            grace_ms, wait=False, reason=f"interpreter exit (exit_grace_ms={grace_ms} passed)"
+        )
+    for engine in engines:
+        # The engine cancels what is left at its deadline; the small extra covers that work.
+        engine.join(max(deadline - time.monotonic(), 0.0) + 0.5)
+    for runner in runners:
+        runner.finish(max(deadline - time.monotonic(), 0.0) + _CALLBACK_EXTRA_S)
+
+
+def _before_fork() -> None:
+    _lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _lock.release()
+
+
+def _after_fork_in_child() -> None:
+    global _lock, generation
+    _lock = threading.Lock()
+    generation += 1
+    if not _engines and not _runners:
+        return
+    for engine in _engines:
+        engine.orphan()
+        # An extra reference that is never dropped: the engine (its multi handle, connections
+        # and TLS sessions) is never deallocated in this process, not even at exit.
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(engine))
+        _inherited.append(engine)
+    _engines.clear()
+    _runners.clear()
+
+
+# threading's exit hooks run before Python joins non-daemon threads; atexit runs after, which
+# would let a thread blocked in close() hold exit for its whole drain.
+_register = getattr(threading, "_register_atexit", None)
+if _register is not None:
+    _register(_at_exit)
+else:  # pragma: no cover - every supported Python has it
+    import atexit
+
+    atexit.register(_at_exit)
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)

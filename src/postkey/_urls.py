@@ -1,0 +1,44 @@
+"""Facts about a validated URL that the engine needs per request: its origin and host.
+
+Memoised, because the same URLs come back again and again, but only for short URLs: a memo of
+thousands of 8 KB URLs would keep megabytes alive after every client is gone.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from urllib.parse import urlsplit
+
+Origin = tuple[str, str, int]
+
+_MEMO_MAX_URL = 512  # longer URLs are parsed every time (rare, and cheap next to their size)
+
+
+def origin_of(url: str) -> Origin:
+    """(scheme, host, port) of a validated URL: what connections and per-host caps are keyed on."""
+    return _origin(url) if len(url) <= _MEMO_MAX_URL else _origin.__wrapped__(url)
+
+
+def target_of(url: str) -> tuple[str, int]:
+    """The host name (lower case) and port a validated URL points at."""
+    _scheme, host, port = origin_of(url)
+    return host, port
+
+
+def needs_lookup(url: str) -> bool:
+    """False when the URL's host is an IP address literal (nothing to resolve)."""
+    host = origin_of(url)[1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return True
+    return False
+
+
+@lru_cache(maxsize=4096)
+def _origin(url: str) -> Origin:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    return scheme, (parts.hostname or "").lower(), port

@@ -1,0 +1,222 @@
+"""Process life: fork(), interpreter exit and clients nobody closed.
+
+Each case runs a real Python process against real local servers and times it from outside.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import trustme
+
+import postkey
+from postkey import Client, State
+
+from .servers import HostileServer
+
+
+def _run(script: str, timeout: float = 60) -> tuple[subprocess.CompletedProcess[str], float]:
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return out, time.monotonic() - started
+
+
+# -- fork ----------------------------------------------------------------------------------------
+
+
+def _child_uses_postkey(url: str, client: Client, queue: multiprocessing.Queue[object]) -> None:
+    try:
+        a = postkey.wait(postkey.post_async(url + "/child-default", b"x", None, 5000), 10)
+        b = client.wait(client.post_async(url + "/child-client", b"y", None, 5000), 10)
+        queue.put((a.state.value, a.status, b.state.value, b.status, b.json()["url"][-13:]))
+    except BaseException as exc:
+        queue.put(repr(exc))
+
+
+def test_after_fork_a_multiprocessing_child_gets_working_clients(echo: str) -> None:
+    client = Client()
+    try:
+        # the parent has used both: engines running, connections open
+        assert postkey.wait(postkey.post_async(echo + "/p", b"x", None, 5000), 5).status == 200
+        assert client.wait(client.post_async(echo + "/p", b"x", None, 5000), 5).status == 200
+        ctx = multiprocessing.get_context("fork")
+        queue: multiprocessing.Queue[object] = ctx.Queue()
+        proc = ctx.Process(target=_child_uses_postkey, args=(echo, client, queue))
+        proc.start()
+        answer = queue.get(timeout=30)
+        proc.join(10)
+        assert answer == ("done", 200, "done", 200, "/child-client"), answer
+        assert proc.exitcode == 0
+        # the parent's engines are untouched by the child's life and exit
+        assert postkey.wait(postkey.post_async(echo + "/p", b"x", None, 5000), 5).status == 200
+        assert client.wait(client.post_async(echo + "/p", b"x", None, 5000), 5).status == 200
+    finally:
+        client.close()
+        postkey.close()
+
+
+def test_a_forked_child_never_uses_the_parents_connections() -> None:
+    server = HostileServer().start()
+    client = Client()
+    try:
+        first = client.get_async(server.url + "/hold", timeout_ms=5000)
+        assert client.wait(first, 5).status == 200
+        assert server.connections == 1  # kept alive for reuse
+        pid = os.fork()
+        if pid == 0:  # the child: a gunicorn --preload worker, say
+            code = 1
+            try:
+                assert client.status(first) is State.UNKNOWN  # it lives in the parent
+                r = client.wait(client.get_async(server.url + "/hold", timeout_ms=5000), 10)
+                code = 0 if r.status == 200 else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert server.connections == 2  # the child opened its own
+        # the parent's idle connection is still its own: reused, no new connection
+        assert client.wait(client.get_async(server.url + "/hold", timeout_ms=5000), 5).status == 200
+        assert server.connections == 2
+    finally:
+        client.close(drain=False)
+        server.stop()
+
+
+class _KeepAlive(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep connections open, so reuse is visible
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _CountingTLSServer(ThreadingHTTPServer):
+    daemon_threads = True
+    connections = 0
+
+    def get_request(self) -> tuple[socket.socket, object]:
+        self.connections += 1
+        return super().get_request()
+
+
+def test_a_forked_child_exiting_normally_leaves_the_parents_tls_connections_alone(
+    tmp_path: Path,
+) -> None:
+    ca = trustme.CA()
+    server = _CountingTLSServer(("127.0.0.1", 0), _KeepAlive)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("localhost").configure_cert(context)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    url = f"https://localhost:{server.server_address[1]}/"
+    try:
+        out, _ = _run(
+            f"""
+            import os, sys, postkey
+            c = postkey.Client(ca_file={str(ca_file)!r})
+            assert c.wait(c.get_async({url!r}, timeout_ms=5000), 5).status == 200
+            pid = os.fork()
+            if pid == 0:
+                r = c.wait(c.get_async({url!r}, timeout_ms=5000), 5)
+                sys.exit(0 if r.status == 200 else 3)  # a full, ordinary interpreter exit
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0, status
+            r = c.wait(c.get_async({url!r}, timeout_ms=5000), 5)
+            print(r.status, r.timings.connect_ms == 0.0)
+            """
+        )
+        assert out.returncode == 0, out.stderr
+        # the parent's second request reused its TLS connection (no new connect): the child's
+        # exit sent nothing on it, not even a TLS close_notify
+        assert out.stdout.split() == ["200", "True"], out.stdout
+        assert server.connections == 2  # the parent's one and the child's own one
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# -- interpreter exit ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("daemon", [True, False])
+def test_exit_is_bounded_while_another_thread_closes_a_client(hostile: str, daemon: bool) -> None:
+    out, took = _run(
+        f"""
+        import threading, time, postkey
+        def worker():
+            with postkey.Client(exit_grace_ms=500) as c:
+                c.get_async({hostile + "/silent"!r}, timeout_ms=60000)
+        threading.Thread(target=worker, daemon={daemon}).start()
+        time.sleep(0.3)
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert took < 0.3 + 0.5 + 2.0, took
+
+
+def test_exit_is_bounded_while_a_resolver_is_stuck(hostile: str) -> None:
+    port = hostile.rsplit(":", 1)[1]
+    out, took = _run(
+        f"""
+        import time, postkey
+        c = postkey.Client(resolver=lambda name: time.sleep(30) or ["127.0.0.1"], exit_grace_ms=300)
+        c.get_async("http://stuck.test:{port}/hold", timeout_ms=60000)
+        time.sleep(0.2)
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert took < 0.2 + 0.3 + 2.0, took
+
+
+def test_an_unreferenced_clients_request_is_still_sent() -> None:
+    server = HostileServer().start()
+    try:
+        out, _ = _run(
+            f"""
+            import postkey
+            postkey.Client().post_async({server.url + "/hold"!r}, b"x", None, 5000)
+            """
+        )
+        assert out.returncode == 0, out.stderr
+        assert server.requests == 1
+    finally:
+        server.stop()
+
+
+def test_requests_cancelled_at_exit_are_reported_in_a_warning(hostile: str) -> None:
+    out, took = _run(
+        f"""
+        import logging, postkey
+        logging.basicConfig(level=logging.WARNING)
+        c = postkey.Client(exit_grace_ms=200)
+        for _ in range(3):
+            c.get_async({hostile + "/silent"!r}, timeout_ms=60000)
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert took < 0.2 + 2.0, took
+    assert "WARNING" in out.stderr and "3" in out.stderr and "exit" in out.stderr, out.stderr
