@@ -87,6 +87,33 @@ MALFORMED_HOSTS = [
     "[fe80::1%25eth0",
     "a..b",
 ]
+# Authorities that urllib.parse (the guard's view) and libcurl could read as different hosts;
+# {port} is the canary's. Each is refused on submit.
+PARSER_CONFUSION = [
+    "u@127.0.0.1:{port}@good.test",
+    "good.test@127.0.0.1:{port}@good.test",
+    "u%40x@127.0.0.1@good.test:{port}",
+    "@127.0.0.1:{port}",
+    "u:p:q@127.0.0.1:{port}",
+    "u<x>@127.0.0.1:{port}",
+    "[::1%25lo]:{port}",
+    "[::ffff:127.0.0.1%25eth0]:{port}",
+    "[::1]good.test:{port}",
+    "[::1]%2e:{port}",
+    "[v1.127.0.0.1]:{port}",
+    "[127.0.0.1]:{port}",
+    "[localhost]:{port}",
+    "127.0.0.1%2e:{port}",
+    "%6c%6f%63%61%6c%68%6f%73%74:{port}",
+    "127.0.0.1%2f.good.test:{port}",
+    "127.0.0.1:",
+    "127.0.0.1::{port}",
+    "::1:{port}",
+    "127.0.0.1:{port}#@good.test",
+    "127.0.0.1:{port}?@good.test",
+    "good.test#@127.0.0.1:{port}",
+    "good.test?@127.0.0.1:{port}",
+]
 SCHEMES = [
     "file:///etc/passwd",
     "gopher://127.0.0.1:70/_x",
@@ -133,6 +160,14 @@ def test_non_public_destinations_are_blocked(guarded: Client, canary: int, host:
 def test_malformed_hosts_are_refused(guarded: Client, canary: int, host: str) -> None:
     with pytest.raises(postkey.InvalidURL):
         guarded.get_async(f"http://{host}:{canary}/", timeout_ms=2000)
+
+
+@pytest.mark.parametrize("authority", PARSER_CONFUSION)
+def test_authorities_that_parsers_read_differently_are_refused(
+    guarded: Client, canary: int, authority: str
+) -> None:
+    with pytest.raises(postkey.InvalidURL):
+        guarded.get_async(f"http://{authority.format(port=canary)}/", timeout_ms=2000)
 
 
 @pytest.mark.parametrize("url", SCHEMES)
@@ -263,7 +298,12 @@ def test_hostile_servers_are_bounded(
 
 # -- property-based: nothing crashes, leaks a key, or reaches a refused address -----------------
 
-HOST_PARTS = st.sampled_from(LOOPBACK_FORMS + NON_PUBLIC_LITERALS + ["rebind.test", "x.test"])
+HOST_PARTS = st.sampled_from(
+    LOOPBACK_FORMS
+    + NON_PUBLIC_LITERALS
+    + [a.split(":{port}")[0] for a in PARSER_CONFUSION]
+    + ["rebind.test", "x.test"]
+)
 PATHS = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x2FF), max_size=20)
 HEADER_TEXT = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x17F), max_size=60)
 

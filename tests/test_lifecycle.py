@@ -220,3 +220,59 @@ def test_requests_cancelled_at_exit_are_reported_in_a_warning(hostile: str) -> N
     assert out.returncode == 0, out.stderr
     assert took < 0.2 + 2.0, took
     assert "WARNING" in out.stderr and "3" in out.stderr and "exit" in out.stderr, out.stderr
+
+
+_PRELOADED_APP = """
+import json, os, postkey
+
+ECHO = os.environ["ECHO_URL"]
+client = postkey.Client()  # created in the gunicorn master, before the workers fork
+# ... and used there, so its engine thread and a kept-alive connection exist before fork()
+assert client.wait(client.post_async(ECHO + "/master", b"m", None, 5000), 5).status == 200
+assert postkey.wait(postkey.post_async(ECHO + "/master", b"m", None, 5000), 5).status == 200
+
+
+def app(environ, start_response):
+    mine = client.wait(client.post_async(ECHO + "/worker", b"w", None, 5000), 5)
+    default = postkey.wait(postkey.post_async(ECHO + "/worker", b"w", None, 5000), 5)
+    body = json.dumps([os.getpid(), mine.status, default.status]).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body]
+"""
+
+
+def test_gunicorn_preload_workers_send_through_clients_made_in_the_master(
+    echo: str, tmp_path: Path
+) -> None:
+    import json
+    import urllib.request
+
+    (tmp_path / "preloaded_app.py").write_text(_PRELOADED_APP)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    proc = subprocess.Popen(
+        [str(gunicorn), "--preload", "-w", "2", "-b", f"127.0.0.1:{port}", "preloaded_app:app"],
+        cwd=tmp_path,
+        env={**os.environ, "ECHO_URL": echo},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        answers = []
+        deadline = time.monotonic() + 20
+        while len(answers) < 6 and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
+                    answers.append(json.loads(r.read()))
+            except OSError:
+                time.sleep(0.1)
+        assert len(answers) == 6, answers
+        assert all(status == [200, 200] for _pid, *status in answers), answers
+        assert proc.pid not in {pid for pid, *_ in answers}  # served by workers, not the master
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "Traceback" not in err, err

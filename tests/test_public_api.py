@@ -48,3 +48,13 @@ def test_every_public_object_has_a_docstring() -> None:
 def test_result_repr_shows_state() -> None:
     r = postkey.Result("k1", postkey.State.DONE, status=200, submitted_at=1.0, finished_at=1.012)
     assert repr(r) == "<Result key=k1 state=done status=200 elapsed_ms=12>"
+
+
+def test_destination_policy_is_exported() -> None:
+    from postkey._policy import DestinationPolicy
+
+    assert "DestinationPolicy" in postkey.__all__
+    assert postkey.DestinationPolicy is DestinationPolicy
+    assert postkey.Settings(policy=postkey.DestinationPolicy.public_only()).policy.mode == (
+        "public_only"
+    )

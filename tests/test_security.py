@@ -14,6 +14,7 @@ from postkey import Client, InvalidValue, Settings
 from postkey._policy import DestinationPolicy, classify, parse_rule
 
 from .servers import HostileServer
+from .test_redirects_end_to_end import RecordingServer
 
 PUBLIC_ONLY = DestinationPolicy.public_only()
 
@@ -107,6 +108,93 @@ def test_credentials_are_dropped_on_cross_origin_redirects(echo: str) -> None:
     assert "Authorization" not in cross["headers"] and "Cookie" not in cross["headers"]
     assert cross["headers"]["X-Kept"] == "yes"
     assert same["headers"]["Authorization"] == "Bearer s3cret"  # same origin keeps them
+
+
+def test_a_redirect_from_an_allowed_name_to_loopback_is_blocked_at_the_hop(
+    hostile: str, hostile_server: HostileServer
+) -> None:
+    # The allow rule covers loopback for the name api.internal only; the 302 points at
+    # 127.0.0.1 itself, which must be judged as its own host, not as api.internal.
+    secret = f"http://127.0.0.1:{port_of(hostile)}/secret"
+    with RecordingServer() as server:
+        policy = DestinationPolicy.public_only(allow=("api.internal",))
+
+        def resolver(host: str) -> list[str]:
+            assert host == "api.internal", host
+            return ["127.0.0.1"]
+
+        url = f"http://api.internal:{server.port}/redirect-to-loopback/redirect?location=" + quote(
+            secret, safe=""
+        )
+        with Client(policy=policy, resolver=resolver, follow_redirects=True) as c:
+            result = c.wait(c.get_async(url, timeout_ms=3000), 5)
+        assert [r["path"] for r in server.requests] == ["/redirect-to-loopback/redirect"]
+    assert result.state == "failed" and result.error_kind == "blocked", result
+    assert "127.0.0.1" in (result.error or "")
+    assert hostile_server.connections == 0
+
+
+UNSPECIFIED_FORMS = [
+    ("0.0.0.0", "127.0.0.1"),
+    ("0", "127.0.0.1"),
+    ("[::ffff:0.0.0.0]", "127.0.0.1"),
+    ("[::ffff:0:0]", "127.0.0.1"),
+    ("[::]", "::1"),
+    ("[0:0:0:0:0:0:0:0]", "::1"),
+]
+
+
+@pytest.mark.parametrize(("host", "listener"), UNSPECIFIED_FORMS)
+def test_unspecified_addresses_reach_loopback_on_this_system(host: str, listener: str) -> None:
+    # Why the deny rules below must see through them: Linux connects them to loopback.
+    with RecordingServer(listener) as server, Client() as c:
+        result = c.wait(c.get_async(f"http://{host}:{server.port}/", timeout_ms=3000), 5)
+    assert result.status == 200, result
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize(("host", "listener"), UNSPECIFIED_FORMS)
+def test_deny_rules_on_loopback_also_refuse_the_unspecified_addresses(
+    host: str, listener: str
+) -> None:
+    policy = DestinationPolicy.allow_all(deny=("127.0.0.0/8", "::1"))
+    with RecordingServer(listener) as server, Client(policy=policy) as c:
+        result = c.wait(c.get_async(f"http://{host}:{server.port}/", timeout_ms=3000), 5)
+    assert result.state == "failed" and result.error_kind == "blocked", result
+    assert f"connects to {listener}" in (result.error or "")
+    assert server.connections == 0
+
+
+def test_an_unspecified_address_is_judged_as_the_loopback_it_reaches() -> None:
+    deny_v4 = DestinationPolicy.allow_all(deny=("127.0.0.1",))
+    assert "denied by rule '127.0.0.1'" in (deny_v4.check_address("0.0.0.0", 80, "x") or "")
+    assert deny_v4.check_address("::ffff:0.0.0.0", 80, "x") is not None
+    assert deny_v4.check_address("::", 80, "x") is None  # :: reaches ::1, not 127.0.0.1
+    assert DestinationPolicy.allow_all(deny=("::1",)).check_address("::", 80, "x") is not None
+    # A deny rule on the unspecified range itself still applies.
+    assert DestinationPolicy.allow_all(deny=("0.0.0.0/8",)).check_address("0.0.0.0", 80, "x")
+    # Allowing loopback allows what reaches it; allowing 0.0.0.0 does not open loopback.
+    assert (
+        DestinationPolicy.public_only(allow=("127.0.0.1:80",)).check_address("0.0.0.0", 80, "x")
+        is None
+    )
+    refusal = DestinationPolicy.public_only(allow=("0.0.0.0",)).check_address("0.0.0.0", 80, "x")
+    assert refusal == (
+        "0.0.0.0 connects to 127.0.0.1, which is loopback (127.0.0.0/8); the policy is public_only"
+    )
+    assert PUBLIC_ONLY.check_address("::", 80, "x") == (
+        ":: connects to ::1, which is loopback (::1/128); the policy is public_only"
+    )
+
+
+def test_other_this_network_addresses_are_not_taken_for_loopback() -> None:
+    # Linux refuses to connect to 0.0.0.0/8 beyond 0.0.0.0, and routes the IPv4-compatible
+    # ::127.0.0.1 out of the host, not to loopback (checked with real listeners while writing
+    # this); public_only still refuses both ranges.
+    deny = DestinationPolicy.allow_all(deny=("127.0.0.0/8", "::1"))
+    for ip in ("0.0.0.1", "0.1.2.3", "::127.0.0.1"):
+        assert deny.check_address(ip, 80, "x") is None, ip
+        assert PUBLIC_ONLY.check_address(ip, 80, "x") is not None, ip
 
 
 def test_dns_rebinding_never_reaches_loopback(hostile: str, hostile_server: HostileServer) -> None:

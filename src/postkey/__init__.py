@@ -42,6 +42,7 @@ from ._errors import (
     PostkeyError,
     QueueFull,
 )
+from ._policy import DestinationPolicy
 from ._result import ErrorKind, Result, State, Timings
 from ._settings import Settings
 
@@ -51,6 +52,7 @@ __all__ = [
     "AsyncClient",
     "Client",
     "ClientClosed",
+    "DestinationPolicy",
     "ErrorKind",
     "InvalidBody",
     "InvalidHeader",

@@ -232,13 +232,15 @@ class _ClientCore:
         else:
             job = Job(check_key(key), request, on_done=on_done, ttl_ms=ttl_ms)
             job.fingerprint = request.fingerprint()
-        store = self._store
-        engine = self._engine
+        if self._generation != _lifecycle.generation:
+            self._forked()
+        store = self._store_
+        engine = self._engine_
         # Room first, before the key becomes visible: once another caller can see it (the same
         # idempotency key), this submit can no longer be refused for lack of room.
         engine.check_room()
         if on_done is not None:
-            self._callbacks.check_room()
+            self._callbacks_.check_room()
         if not store.register(job, caller_key=job.fingerprint is not None):
             return key  # the same request under the same key: sent once, not again
         try:

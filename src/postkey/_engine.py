@@ -21,12 +21,13 @@ import pycurl
 from . import _lifecycle
 from ._errors import ClientClosed, QueueFull
 from ._job import Job
+from ._redirects import REDIRECT_STATUSES, RedirectRefusal, next_hop
 from ._resolutions import Resolutions
 from ._result import ErrorKind, Result, State
 from ._scheduler import Scheduler
 from ._settings import Settings
 from ._transport import FD_SETSIZE, Transport
-from ._urls import needs_lookup
+from ._urls import needs_lookup, origin_of
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class Engine:
         self._on_result = on_result
         self._housekeeping = housekeeping
         self._check_names = settings.policy.has_name_rules
+        self._max_in_flight = settings.max_in_flight
         self._queue: deque[Job] = deque()
         self._cancels: deque[Job] = deque()
         self._room = threading.Condition(threading.Lock())
@@ -66,6 +68,15 @@ class Engine:
         )
         self._free: list[pycurl.Curl] = []
         self._asleep = False
+        self._sleep_until = 0.0  # when the engine wakes by itself at the latest (monotonic)
+        self._could_start = True  # False while asleep with every slot busy
+        # Jobs left in _queue while nothing could start: how many were looked at by
+        # _needs_turn, and the earliest deadline among them (the engine wakes for it).
+        self._queue_checked = 0
+        self._queue_soonest = float("inf")
+        self._queue_dead = 0  # jobs cancelled while still in _queue
+        # With a resolver or name rules, every new job has work for the engine at once.
+        self._eager = settings.resolver is not None or self._check_names
         self._accepting = True
         self._finished = False
         self._orphaned = False
@@ -92,7 +103,7 @@ class Engine:
     def queued(self) -> int:
         """Jobs accepted and not yet on the wire (queued, resolving or waiting for their host)."""
         resolving = self._resolutions.pending if self._resolutions is not None else 0
-        return len(self._queue) + self._scheduler.waiting + resolving
+        return len(self._queue) - self._queue_dead + self._scheduler.waiting + resolving
 
     @property
     def in_flight(self) -> int:
@@ -115,7 +126,9 @@ class Engine:
         """
         if not self._accepting:
             raise self._closed_error()
-        if self.queued >= self._settings.max_queue and not self._wait_for_room():
+        resolving = self._resolutions.pending if self._resolutions is not None else 0
+        queued = len(self._queue) - self._queue_dead + self._scheduler.waiting + resolving
+        if queued >= self._settings.max_queue and not self._wait_for_room():
             raise QueueFull(
                 f"the queue holds {self.queued} requests (max_queue="
                 f"{self._settings.max_queue}); nothing was submitted"
@@ -133,9 +146,14 @@ class Engine:
             if self._finished:
                 raise self._closed_error()
             self._queue.append(job)
-        # The engine raises _asleep only just before it sleeps; checking it here saves a system
-        # call per submit while the engine is busy anyway.
-        if self._asleep:
+        # The engine raises _asleep just before it sleeps. Waking it costs a system call and a
+        # trip through its loop, so do it only if it has something to do with this job now:
+        # start it, look up its name, refuse it by name, or end it before the engine would
+        # wake anyway. Otherwise the engine takes it in when it wakes for its own reasons.
+        if self._asleep and (
+            job.deadline < self._sleep_until
+            or (self._could_start and (self._eager or self._scheduler.has_room(job.origin)))
+        ):
             self._asleep = False
             self._wake()
 
@@ -252,7 +270,14 @@ class Engine:
 
     def _step(self) -> bool:
         """One turn of the loop; True when the engine should stop."""
-        self._take_in()
+        # While every slot is busy, new jobs wait in the submit queue: taking them in then would
+        # only compete with submitters for the GIL. _needs_turn watches their deadlines.
+        if self._queue and (
+            self._scheduler.running < self._max_in_flight
+            or self._eager
+            or self._queue_soonest <= time.monotonic()
+        ):
+            self._take_in()
         if self._cancels:
             self._apply_cancels()
         if self._resolutions is not None and self._resolutions.has_answers:
@@ -267,8 +292,9 @@ class Engine:
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + _HOUSEKEEPING_S
             self._keep_house()
-        if self._queue or self._scheduler.startable:
-            return False  # more arrived, or reaping made room: start more before sleeping
+        scheduler = self._scheduler
+        if scheduler.startable or (self._queue and scheduler.running < self._max_in_flight):
+            return False  # reaping made room, or new jobs may start: go again before sleeping
         if self._drain_until is not None and self._drained_or_due():
             return True
         self._sleep()
@@ -334,11 +360,13 @@ class Engine:
         soonest = self._scheduler.soonest_deadline()
         if soonest is not None:
             timeout = min(timeout, soonest - now)
-        timeout = max(timeout, 0.0)
+        timeout = max(min(timeout, self._queue_soonest - now), 0.0)
+        self._sleep_until = now + timeout
+        self._could_start = self._eager or self._scheduler.running < self._max_in_flight
         self._asleep = True
         answers = self._resolutions is not None and self._resolutions.has_answers
-        if self._queue or self._cancels or answers:  # arrived after the loop looked
-            self._asleep = False
+        if self._cancels or answers or (self._queue and self._needs_turn()):
+            self._asleep = False  # arrived after the loop looked
             return
         readers.append(self._wake_r)
         if max(readers + writers + errors) < FD_SETSIZE:
@@ -353,6 +381,29 @@ class Engine:
                     pass
             except BlockingIOError:
                 pass
+
+    def _needs_turn(self) -> bool:
+        """True if a job that arrived since the loop looked needs the engine now (the same test
+        a submitter makes before waking the engine; it made it before the engine fell asleep).
+        Each job is looked at once: a job that does not need a turn now will not need one
+        before the engine wakes by itself."""
+        queue = self._queue
+        checked = self._queue_checked
+        # Jobs are only appended here between take-ins, so the unchecked ones are the tail.
+        end = len(queue)
+        soonest = self._queue_soonest
+        for index in range(min(checked, end), end):
+            job = queue[index]
+            if (
+                self._eager
+                or job.deadline < self._sleep_until
+                or self._scheduler.has_room(job.origin)
+            ):
+                return True
+            soonest = min(soonest, job.deadline)
+        self._queue_checked = end
+        self._queue_soonest = soonest
+        return False
 
     def _poll(self, readers: list[int], writers: list[int], timeout: float) -> bool:
         """select() cannot take descriptors >= FD_SETSIZE; poll() can (slower to set up)."""
@@ -373,34 +424,62 @@ class Engine:
         if not queue:
             return
         now = time.monotonic()
-        scheduler = self._scheduler
-        resolutions = self._resolutions
-        check_names = self._check_names
         popleft = queue.popleft
+        self._queue_dead = 0  # every job cancelled in the queue so far is popped below
+        self._queue_checked = 0
+        self._queue_soonest = float("inf")
         while queue:
             job = popleft()
-            if job.done:
-                continue  # cancelled before it was taken in
-            if check_names:
-                refusal = self._transport.refusal(job)
-                if refusal is not None:
-                    self._fail(job, ErrorKind.BLOCKED, refusal)
-                    continue
-            if job.deadline <= now:
-                self._fail(job, ErrorKind.TIMEOUT, "deadline passed while queued; nothing was sent")
-                continue
-            if resolutions is not None and job.addresses is None and needs_lookup(job.request.url):
-                refused = resolutions.start(job)
-                if refused is not None:
-                    self._fail(*refused)
-                else:
-                    scheduler.watch(job)
-                continue
-            job.waiting = True
-            scheduler.push(job)
+            if not job.done:  # a job cancelled before it was taken in is skipped
+                self._take(job, now)
         if self._room_waiters:
             with self._room:
                 self._room.notify_all()
+
+    def _take(self, job: Job, now: float) -> None:
+        """Send ``job`` (new, or its next redirect hop) to the resolver or the scheduler, or end
+        it at once (refused by name, or out of time)."""
+        if self._check_names:
+            refusal = self._transport.refusal(job)
+            if refusal is not None:
+                self._fail(job, ErrorKind.BLOCKED, refusal)
+                return
+        if job.deadline <= now:
+            self._fail(job, ErrorKind.TIMEOUT, "deadline passed while queued; nothing was sent")
+            return
+        resolutions = self._resolutions
+        if resolutions is not None and job.addresses is None and needs_lookup(job.request.url):
+            refused = resolutions.start(job)
+            if refused is not None:
+                self._fail(*refused)
+            else:
+                self._scheduler.watch(job)
+            return
+        job.waiting = True
+        self._scheduler.push(job)
+
+    def _redirect(self, job: Job, result: Result) -> Result | None:
+        """Follow a redirect response: None when the next hop was taken in (the job goes on),
+        else the Result to deliver (the response itself, or why the hop is refused)."""
+        hop = next_hop(
+            job.request,
+            result.status or 0,
+            result.header("location"),
+            job.hops,
+            self._settings.max_redirects,
+            policy=self._settings.policy,
+        )
+        if hop is None:
+            return result
+        if isinstance(hop, RedirectRefusal):
+            return _failure(job, hop.kind, hop.message)
+        job.request = hop
+        job.hops += 1
+        job.origin = origin_of(hop.url)
+        job.addresses = None  # the resolver is asked again, for this hop's own host
+        job.state = State.PENDING
+        self._take(job, time.monotonic())
+        return None
 
     def _start(self) -> None:
         """Start every job the scheduler lets start now."""
@@ -492,6 +571,15 @@ class Engine:
             self._free.append(curl)
         else:
             curl.close()
+        if job.request.follow_redirects and result.status in REDIRECT_STATUSES:
+            try:
+                followed = self._redirect(job, result)
+            except Exception as exc:  # a bug in hop building: this request ends, nothing else
+                log.exception("could not follow the redirect of %s", job.key)
+                followed = _failure(job, ErrorKind.INTERNAL, f"could not follow a redirect: {exc}")
+            if followed is None:
+                return
+            result = followed
         self._deliver(job, result)
 
     def _deliver(self, job: Job, result: Result) -> None:
@@ -517,8 +605,8 @@ class Engine:
                 self._scheduler.discard(job)
             elif job.curl is not None:
                 self._abort(job.curl)
-            elif self._resolutions is not None:
-                self._resolutions.abandon(job)
+            elif self._resolutions is None or not self._resolutions.abandon(job):
+                self._queue_dead += 1  # still in the submit queue: its place is free now
             self._fail(job, ErrorKind.CANCELLED, "cancelled by the caller")
 
     def _abort(self, curl: pycurl.Curl) -> None:

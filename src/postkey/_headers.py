@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from functools import lru_cache
 
 from ._errors import InvalidHeader
+from ._memo import remember
 
 HeaderPairs = tuple[tuple[str, str], ...]
 HeadersInput = str | Mapping[str, str] | Iterable[tuple[str, str]] | None
@@ -55,16 +55,24 @@ def parse_headers(headers: HeadersInput) -> HeaderPairs:
     # (and hand back the same tuple, which lets the transport skip re-sending it to libcurl).
     # Large blocks are not memoised: a memo of them would keep megabytes alive.
     if isinstance(headers, str):
-        if len(headers) <= _MEMO_MAX_CHARS:
-            return _parse_header_text(headers)
-        return _parse_header_text.__wrapped__(headers)
+        memoised = _text_memo.get(headers)
+        if memoised is None:
+            memoised = _parse_header_text(headers)
+            if len(headers) <= _MEMO_MAX_CHARS:
+                remember(_text_memo, headers, memoised)
+        return memoised
     if type(headers) is dict:
         try:
-            size = sum(map(len, headers)) + sum(map(len, headers.values()))
-            if size <= _MEMO_MAX_CHARS:
-                return _check_items(tuple(headers.items()))
-        except TypeError:  # a value that is not str, or unhashable; _check_pairs says what
+            items = tuple(headers.items())
+            memoised = _items_memo.get(items)
+        except TypeError:  # an unhashable value; _check_pairs says what is wrong
             pass
+        else:
+            if memoised is None:
+                memoised = _check_pairs(list(items))
+                if sum(len(n) + len(v) for n, v in memoised) <= _MEMO_MAX_CHARS:
+                    remember(_items_memo, items, memoised)
+            return memoised
     if isinstance(headers, bytes | bytearray):
         raise InvalidHeader("headers must be a str, a mapping or (name, value) pairs, not bytes")
     pairs: list[tuple[str, str]] = []
@@ -80,7 +88,10 @@ def parse_headers(headers: HeadersInput) -> HeaderPairs:
 _MEMO_MAX_CHARS = 2048
 
 
-@lru_cache(maxsize=1024)
+_text_memo: dict[str, HeaderPairs] = {}
+_items_memo: dict[tuple[tuple[str, str], ...], HeaderPairs] = {}
+
+
 def _parse_header_text(text: str) -> HeaderPairs:
     pairs: list[tuple[str, str]] = []
     for line in text.replace("\r\n", "\n").split("\n"):
@@ -93,11 +104,6 @@ def _parse_header_text(text: str) -> HeaderPairs:
             raise InvalidHeader(f"header line {line!r} has no colon (expected 'Name: value')")
         pairs.append((name, value))
     return _check_pairs(pairs)
-
-
-@lru_cache(maxsize=1024)
-def _check_items(items: tuple[tuple[str, str], ...]) -> HeaderPairs:
-    return _check_pairs(list(items))
 
 
 def _check_pairs(pairs: list[tuple[str, str]]) -> HeaderPairs:

@@ -2,8 +2,11 @@
 
 The check runs on the address libcurl is about to connect to (its open-socket hook), after
 resolution, for every connection including redirect hops: numeric host forms, DNS rebinding and
-redirects are all judged by the address really reached. The built-in deny list is written out
-here instead of relying on `ipaddress` flags, whose meaning changed between Python releases.
+redirects are all judged by the address really reached (the unspecified ``0.0.0.0`` and ``::``
+as the loopback they reach). Name rules are judged with each hop's own host name
+(`DestinationPolicy.check_target` before a hop, `check_address` when it connects). The built-in
+deny list is written out here instead of relying on `ipaddress` flags, whose meaning changed
+between Python releases.
 """
 
 from __future__ import annotations
@@ -199,15 +202,43 @@ class DestinationPolicy:
                 return f"host {name} is denied by rule {rule.text!r}"
         return None
 
+    def check_target(self, host: str, port: int) -> str | None:
+        """Refusal reason for a URL's host and port before anything is looked up, or None.
+
+        Call it for every request and every redirect hop, with that hop's own host (from
+        `target_of`): deny rules naming the host refuse it, and a host that is an IP address in
+        standard form is judged as `check_address` would judge the connection. Anything else is
+        left to `check_address` at connect time, which the open-socket hook calls with the
+        hop's host name, so name allow rules only ever cover the host they name.
+        """
+        refusal = self.check_host(host, port)
+        if refusal is not None or not self.checks_addresses:
+            return refusal
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return None  # a name, or a numeric form libcurl normalises: judged when connecting
+        return self.check_address(host, port, host)
+
     def check_address(self, ip: str, port: int, host: str) -> str | None:
-        """Refusal reason for connecting to ``ip``:``port`` on behalf of ``host``, or None."""
-        address: IPAddress = ipaddress.ip_address(ip.split("%", 1)[0])
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped  # the kernel connects to the IPv4 address
+        """Refusal reason for connecting to ``ip``:``port`` on behalf of ``host``, or None.
+
+        The address is judged as the one the connection really reaches (see `reached`): deny
+        rules refuse it when they cover either form, allow rules and the public_only list judge
+        what is reached.
+
+        Raises:
+            ValueError: ``ip`` is not an IP address.
+        """
+        given = unmapped(ipaddress.ip_address(ip.split("%", 1)[0]))
+        address = reached(given)
+        shown = str(given) if address == given else f"{given} (which connects to {address})"
         name = host.lower().rstrip(".")
         for rule in self._deny:
-            if rule.matches(address, name, port):
-                return f"{address} port {port} is denied by rule {rule.text!r}"
+            if rule.matches(address, name, port) or (
+                address != given and rule.matches(given, name, port)
+            ):
+                return f"{shown} port {port} is denied by rule {rule.text!r}"
         for rule in self._allow:
             if rule.matches(address, name, port):
                 exact = rule.network is not None and rule.network.num_addresses == 1
@@ -222,6 +253,34 @@ class DestinationPolicy:
         what = classify(address)
         if what is None and address in METADATA_ADDRESSES:
             what = "cloud metadata"
-        if what is not None:
-            return f"{address} is {what}; the policy is public_only"
-        return None
+        if what is None:
+            return None
+        if address != given:
+            return f"{given} connects to {address}, which is {what}; the policy is public_only"
+        return f"{address} is {what}; the policy is public_only"
+
+
+_LOOPBACK_V4 = ipaddress.IPv4Address("127.0.0.1")
+_LOOPBACK_V6 = ipaddress.IPv6Address("::1")
+
+
+def unmapped(address: IPAddress) -> IPAddress:
+    """An IPv4-mapped IPv6 address (``::ffff:a.b.c.d``) as the IPv4 address the kernel uses."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def reached(address: IPAddress) -> IPAddress:
+    """The address a connection to ``address`` really reaches.
+
+    Linux (and the BSDs) connect the unspecified addresses to loopback: ``0.0.0.0`` (and its
+    mapped form ``::ffff:0.0.0.0``) to 127.0.0.1, ``::`` to ::1, so a rule on loopback must see
+    through them. Checked with real listeners: the rest of 0.0.0.0/8 fails to connect, and the
+    IPv4-compatible ``::127.0.0.1`` is routed off the host, so neither is taken for loopback
+    (public_only refuses both ranges anyway).
+    """
+    address = unmapped(address)
+    if address.is_unspecified:
+        return _LOOPBACK_V4 if address.version == 4 else _LOOPBACK_V6
+    return address

@@ -104,13 +104,24 @@ def check_method(method: object) -> str:
 def check_url(url: object) -> str:
     """Return the URL if it is an absolute http(s) URL postkey can send.
 
+    The guard reads the host with `urllib.parse` while libcurl parses the URL itself, so every
+    authority the two could read differently is refused here (see `_check_authority`).
+
     Raises:
         InvalidURL: not a str, too long, raw spaces / control / non-ASCII characters or a
-            backslash, a scheme other than http / https, no host, or a bad port.
+            backslash, a scheme other than http / https, no host, a bad port, or an authority
+            (user info, host, port) that parsers could disagree on.
     """
     if not isinstance(url, str):
         raise InvalidURL(f"URL must be a str, not {type(url).__name__}")
-    return _check_url_text(url)
+    # Only short URLs are memoised: 4,096 URLs of 8 KB would pin 32 MiB; 512 characters keep
+    # the memo near 2 MiB, and the long ones are rare and cheap to check next to their size.
+    if len(url) <= _MEMO_MAX_URL:
+        return _check_url_text(url)
+    return _check_url_text.__wrapped__(url)
+
+
+_MEMO_MAX_URL = 512
 
 
 @lru_cache(maxsize=4096)
@@ -134,19 +145,83 @@ def _check_url_text(url: str) -> str:
     if scheme not in SCHEMES:
         shown = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
         raise InvalidURL(f"URL {url!r} has {shown}; only http and https are supported")
-    host = parts.hostname
-    if not host:
+    if not parts.hostname:
         raise InvalidURL(f"URL {url!r} has no host")
     if port == 0:
         raise InvalidURL(f"URL {url!r} has port 0")
-    if ":" in host:
-        try:
-            ipaddress.IPv6Address(host.split("%", 1)[0])
-        except ValueError:
-            raise InvalidURL(f"URL {url!r} has a malformed IPv6 address") from None
-    elif _HOSTNAME_RE.fullmatch(host) is None:
-        raise InvalidURL(f"URL {url!r} has a malformed host {host!r}")
+    _check_authority(url, parts.netloc)
     return url
+
+
+# RFC 3986 user info without its delimiters: unreserved, sub-delims, percent-encoded bytes.
+_USERINFO_RE = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2}")
+
+
+def _check_authority(url: str, authority: str) -> None:
+    """Refuse an authority that `urlsplit` and libcurl (or other parsers) could read apart.
+
+    Both end the authority at the first ``/``, ``?`` or ``#``; inside it, urlsplit takes the
+    user info up to the *last* ``@`` and libcurl up to the *first*, libcurl decodes a
+    percent-encoded host and uses an IPv6 zone id that urlsplit keeps in the host name, and
+    urlsplit ignores text after ``]``. So the authority must be exactly
+    ``[user[:password]@]host[:port]`` with a plain host name, an IPv4 form or a bracketed IPv6
+    address. The differential test in tests/test_validation.py sends every accepted form
+    through libcurl and checks that it goes where urlsplit says.
+
+    Raises:
+        InvalidURL: what is wrong, and how to write it instead.
+    """
+    userinfo, at, hostport = authority.rpartition("@")
+    if at:
+        if "@" in userinfo:
+            raise InvalidURL(
+                f"URL {url!r} has more than one '@' in its authority; parsers disagree on"
+                " which one ends the user info (percent-encode '@' in a user name or password"
+                " as %40)"
+            )
+        if not userinfo:
+            raise InvalidURL(f"URL {url!r} has an '@' with an empty user info before it")
+        if userinfo.count(":") > 1:
+            raise InvalidURL(
+                f"URL {url!r} has more than one ':' in the user info (percent-encode ':' in"
+                " a password as %3A)"
+            )
+        bad = _USERINFO_RE.sub("", userinfo.replace(":", "", 1))
+        if bad:
+            raise InvalidURL(f"URL {url!r} has {bad[0]!r} in the user info; percent-encode it")
+    # CVE-2016-8624 shape: an '@' after a '?' or '#' that ends the host, where an older or
+    # laxer parser reads the host from after the '@'.
+    after = url[url.index("//") + 2 + len(authority) :]
+    if after[:1] in ("?", "#") and "@" in after:
+        raise InvalidURL(
+            f"URL {url!r} has '@' after a '?' or '#' that ends the host; some parsers read"
+            " the host from after the '@' (write a '/' after the host)"
+        )
+    if hostport.startswith("["):
+        inside, _, rest = hostport[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            raise InvalidURL(f"URL {url!r} has {rest!r} after ']'; only ':port' may follow")
+        if "%" in inside:
+            raise InvalidURL(f"URL {url!r} has an IPv6 zone id; zone ids are not supported")
+        try:
+            ipaddress.IPv6Address(inside)
+        except ValueError:
+            raise InvalidURL(
+                f"URL {url!r} has {inside!r} in brackets, which is not an IPv6 address"
+            ) from None
+        port_text = rest[1:] if rest else None
+    else:
+        host, colon, port_text_ = hostport.partition(":")
+        port_text = port_text_ if colon else None
+        if "%" in host:
+            raise InvalidURL(
+                f"URL {url!r} has a malformed host {host!r}: percent-encoded host names are"
+                " refused (libcurl would decode them; write the name itself)"
+            )
+        if _HOSTNAME_RE.fullmatch(host) is None:
+            raise InvalidURL(f"URL {url!r} has a malformed host {host!r}")
+    if port_text == "":
+        raise InvalidURL(f"URL {url!r} has an empty port after ':' (leave out the ':')")
 
 
 def check_body(body: object, max_bytes: int) -> bytes:

@@ -89,6 +89,12 @@ class Scheduler:
             return job
         return None
 
+    def has_room(self, origin: Origin) -> bool:
+        """True if a new job for ``origin`` could start now (safe to ask from any thread)."""
+        return (
+            self.running < self._max_in_flight and self._active.get(origin, 0) < self._max_per_host
+        )
+
     @property
     def startable(self) -> bool:
         """True if `pop` may have a job to start now."""

@@ -182,10 +182,10 @@ class Transport:
         body = req.body
         has_body = method == "POST" or bool(body)
         https = job.origin[0] == "https"
-        shape = (method, has_body, req.follow_redirects, https)
+        shape = (method, has_body, https)
         if curl.shape != shape:
             curl.reset()
-            self._configure(curl, method, has_body, req.follow_redirects, https)
+            self._configure(curl, method, has_body, https)
             curl.shape = shape
             curl.header_pairs = None
         setopt = curl.setopt
@@ -225,9 +225,9 @@ class Transport:
             self.high_descriptors = True
         return int(pycurl.SOCKOPT_OK)
 
-    def _configure(
-        self, curl: pycurl.Curl, method: str, has_body: bool, follow: bool, https: bool
-    ) -> None:
+    def _configure(self, curl: pycurl.Curl, method: str, has_body: bool, https: bool) -> None:
+        # No FOLLOWLOCATION: the engine follows redirects itself, one transfer per hop, so each
+        # hop is validated, resolved and judged by the policy as a request of its own.
         s = self._settings
         setopt = curl.setopt
         setopt(pycurl.NOSIGNAL, 1)
@@ -254,10 +254,6 @@ class Transport:
             setopt(pycurl.CAINFO, s.ca_file)
         if s.decompress:
             setopt(pycurl.ACCEPT_ENCODING, "")
-        if follow:
-            setopt(pycurl.FOLLOWLOCATION, 1)
-            setopt(pycurl.MAXREDIRS, s.max_redirects)
-            setopt(pycurl.REDIR_PROTOCOLS, _HTTP)
         if has_body:
             if method != "POST":
                 setopt(pycurl.CUSTOMREQUEST, method)

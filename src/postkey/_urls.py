@@ -7,17 +7,24 @@ thousands of 8 KB URLs would keep megabytes alive after every client is gone.
 from __future__ import annotations
 
 import ipaddress
-from functools import lru_cache
 from urllib.parse import urlsplit
+
+from ._memo import remember
 
 Origin = tuple[str, str, int]
 
 _MEMO_MAX_URL = 512  # longer URLs are parsed every time (rare, and cheap next to their size)
+_origins: dict[str, Origin] = {}
 
 
 def origin_of(url: str) -> Origin:
     """(scheme, host, port) of a validated URL: what connections and per-host caps are keyed on."""
-    return _origin(url) if len(url) <= _MEMO_MAX_URL else _origin.__wrapped__(url)
+    origin = _origins.get(url)
+    if origin is None:
+        origin = _origin(url)
+        if len(url) <= _MEMO_MAX_URL:
+            remember(_origins, url, origin)
+    return origin
 
 
 def target_of(url: str) -> tuple[str, int]:
@@ -36,7 +43,6 @@ def needs_lookup(url: str) -> bool:
     return False
 
 
-@lru_cache(maxsize=4096)
 def _origin(url: str) -> Origin:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
