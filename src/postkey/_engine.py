@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 _HIGH_FD_TICK = 0.002  # seconds between looks when libcurl has sockets select() cannot watch
 _HOUSEKEEPING_S = 1.0  # how often the store gets to reclaim expired entries while idle
-_MAX_LOOP_FAILURES = 3  # consecutive unexpected errors after which the loop gives up
+_MAX_LOOP_FAILURES = 3
+_NEVER = float("inf")  # consecutive unexpected errors after which the loop gives up
 
 
 class Engine:
@@ -70,10 +71,9 @@ class Engine:
         self._asleep = False
         self._sleep_until = 0.0  # when the engine wakes by itself at the latest (monotonic)
         self._could_start = True  # False while asleep with every slot busy
-        # Jobs left in _queue while nothing could start: how many were looked at by
-        # _needs_turn, and the earliest deadline among them (the engine wakes for it).
-        self._queue_checked = 0
-        self._queue_soonest = float("inf")
+        # The earliest deadline among jobs in _queue (kept by submitters under _final_lock):
+        # jobs wait there while every slot is busy, and the engine wakes for their deadlines.
+        self._queue_soonest = _NEVER
         self._queue_dead = 0  # jobs cancelled while still in _queue
         # With a resolver or name rules, every new job has work for the engine at once.
         self._eager = settings.resolver is not None or self._check_names
@@ -146,6 +146,8 @@ class Engine:
             if self._finished:
                 raise self._closed_error()
             self._queue.append(job)
+            if job.deadline < self._queue_soonest:
+                self._queue_soonest = job.deadline  # the engine wakes for it, even when busy
         # The engine raises _asleep just before it sleeps. Waking it costs a system call and a
         # trip through its loop, so do it only if it has something to do with this job now:
         # start it, look up its name, refuse it by name, or end it before the engine would
@@ -365,7 +367,12 @@ class Engine:
         self._could_start = self._eager or self._scheduler.running < self._max_in_flight
         self._asleep = True
         answers = self._resolutions is not None and self._resolutions.has_answers
-        if self._cancels or answers or (self._queue and self._needs_turn()):
+        if (
+            self._cancels
+            or answers
+            or (self._queue and self._could_start)
+            or self._queue_soonest < self._sleep_until
+        ):
             self._asleep = False  # arrived after the loop looked
             return
         readers.append(self._wake_r)
@@ -381,29 +388,6 @@ class Engine:
                     pass
             except BlockingIOError:
                 pass
-
-    def _needs_turn(self) -> bool:
-        """True if a job that arrived since the loop looked needs the engine now (the same test
-        a submitter makes before waking the engine; it made it before the engine fell asleep).
-        Each job is looked at once: a job that does not need a turn now will not need one
-        before the engine wakes by itself."""
-        queue = self._queue
-        checked = self._queue_checked
-        # Jobs are only appended here between take-ins, so the unchecked ones are the tail.
-        end = len(queue)
-        soonest = self._queue_soonest
-        for index in range(min(checked, end), end):
-            job = queue[index]
-            if (
-                self._eager
-                or job.deadline < self._sleep_until
-                or self._scheduler.has_room(job.origin)
-            ):
-                return True
-            soonest = min(soonest, job.deadline)
-        self._queue_checked = end
-        self._queue_soonest = soonest
-        return False
 
     def _poll(self, readers: list[int], writers: list[int], timeout: float) -> bool:
         """select() cannot take descriptors >= FD_SETSIZE; poll() can (slower to set up)."""
@@ -426,8 +410,8 @@ class Engine:
         now = time.monotonic()
         popleft = queue.popleft
         self._queue_dead = 0  # every job cancelled in the queue so far is popped below
-        self._queue_checked = 0
-        self._queue_soonest = float("inf")
+        with self._final_lock:
+            self._queue_soonest = _NEVER  # every job queued so far is popped below
         while queue:
             job = popleft()
             if not job.done:  # a job cancelled before it was taken in is skipped
