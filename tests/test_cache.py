@@ -10,6 +10,8 @@ import pytest
 import postkey
 from postkey import Client, State
 from postkey._cache import MemCache
+from postkey._memory_store import MemoryStore
+from postkey._settings import Settings
 
 
 class FakeClock:
@@ -83,12 +85,107 @@ def test_delete_and_clear() -> None:
     assert cache.count() == 0 and cache.bytes_used == 0
 
 
-def test_replacing_and_deleting_many_keys_keeps_memory_bounded() -> None:
+def test_replacing_and_deleting_many_keys_keeps_the_expiry_index_bounded() -> None:
     cache = make(FakeClock(), max_entries=10)
     for i in range(20_000):
-        cache.set(f"k{i % 50}", str(i))
-    queued = sum(len(q) for q in cache._by_ttl.values())
-    assert queued <= 2 * 10 + 1024 + 1
+        cache.set(f"k{i % 50}", str(i), ttl_ms=1000 + i)  # every TTL distinct
+        if i % 3 == 0:
+            cache.delete(f"k{(i + 7) % 50}")
+    # Replaced, deleted and evicted entries leave shells in the expiry heap; they are compacted
+    # away a few at a time, so the index stays within twice the live entries plus a constant.
+    assert len(cache._heap) + len(cache._old) <= 2 * 10 + 1024 + 8
+
+
+def test_status_of_an_unknown_key_stays_cheap_with_100k_distinct_ttls() -> None:
+    clock = FakeClock()
+    cache = make(clock, max_entries=10**6)
+    for i in range(100_000):
+        cache.set(f"k{i}", "v", ttl_ms=10_000 + i)
+    started = time.monotonic()
+    for _ in range(20):
+        assert cache.tombstone("never-set") is None
+        assert cache.count() == 100_000
+    # A walk over every entry per call took ~100 ms each; O(1) calls end in well under 1 s.
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_write_reclaims_only_a_bounded_number_of_expired_entries() -> None:
+    clock = FakeClock()
+    cache = make(clock, max_entries=10**6)
+    for i in range(10_000):
+        cache.set(f"k{i}", "v")
+    clock.now += 2.0
+    cache.set("fresh", "v")
+    assert 0 < cache.expirations <= 64  # not all 10,000 under the lock at once
+    assert cache.get("k9999") is None and cache.exists("fresh")  # reads stay exact meanwhile
+
+
+def test_count_is_exact_for_live_entries_with_mixed_ttls() -> None:
+    clock = FakeClock()
+    cache = make(clock, max_entries=1000)
+    for i in range(300):
+        cache.set(f"k{i}", "v", ttl_ms=100 * (1 + i % 10))
+    clock.now += 0.55  # TTLs of 100..500 ms have passed: half the entries
+    assert cache.count() == 150
+    assert cache.count() == 150
+
+
+def test_reap_reclaims_expired_entries_in_bounded_steps() -> None:
+    clock = FakeClock()
+    cache = make(clock, max_entries=10**6)
+    for i in range(10_000):
+        cache.set(f"k{i}", "x" * 100, ttl_ms=50 + i % 7)
+    clock.now += 1.0
+    steps = []
+    while (done := cache.reap(1000)) > 0:
+        steps.append(done)
+        assert len(steps) < 100
+    assert max(steps) <= 1000
+    assert cache.expirations == 10_000 and cache.bytes_used == 0
+
+
+def test_store_tick_reclaims_expired_entries_and_tombstones_while_idle() -> None:
+    clock = FakeClock()
+    store = MemoryStore(Settings(tombstone_ttl_ms=1000), clock=clock)
+    for i in range(10_000):
+        store.cache_set(f"k{i}", "x" * 100, ttl_ms=100 + i % 50)
+    clock.now += 1.0
+    first = store.tick()
+    assert 0 < first < 10_000  # bounded work per tick
+    ticks = 1
+    while store.cache.bytes_used:
+        store.tick()
+        ticks += 1
+        assert ticks < 100
+    assert store.cache.expirations == 10_000
+    assert store.lookup("k0").state is State.EXPIRED
+    clock.now += 2.0  # the tombstones' own TTL
+    while store.cache.tombstone_bytes:
+        store.tick()
+        ticks += 1
+        assert ticks < 200
+    assert store.lookup("k0").state is State.UNKNOWN
+
+
+def test_many_distinct_short_lived_keys_keep_tombstone_memory_bounded() -> None:
+    import tracemalloc
+
+    bound = 256 * 1024
+    store = MemoryStore(Settings(cache_max_bytes=bound))
+    for i in range(200_000):
+        store.cache_set(f"key-{i:08d}", "v", 1)
+    # Tombstones are capped at max_tombstone_bytes and never more than cache_max_bytes.
+    assert 0 < store.cache.tombstone_bytes <= bound
+    assert 0 < len(store.cache._tombs) < bound // 50
+    # And the memory really stays flat (traced for part of the run: tracing is slow).
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(40_000):
+        store.cache_set(f"more-{i:08d}", "v", 1)
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert grown < 512 * 1024, grown
+    assert store.cache.tombstone_bytes <= bound
 
 
 def test_wait_is_woken_by_set_without_polling() -> None:

@@ -64,6 +64,7 @@ def test_a_resolver_answer_that_is_not_a_list_fails_only_its_own_request(hostile
         ("127.0.0.1", "a str"),
         ([], "no address"),
         ([None], "None"),
+        (["fe80::1%lo"], "zone id"),
     ],
 )
 def test_a_resolver_answer_libcurl_cannot_use_ends_as_dns(
@@ -120,6 +121,72 @@ def test_slow_names_past_their_deadline_do_not_starve_a_fast_name(hostile: str) 
             assert time.monotonic() - started < 2.0
     finally:
         release.set()
+
+
+def test_a_fast_lookup_never_waits_behind_a_slow_one(hostile: str) -> None:
+    port = _port(hostile)
+    release = threading.Event()
+
+    def resolver(name: str) -> list[str]:
+        if name == "slow.test":
+            release.wait(10)
+        return ["127.0.0.1"]
+
+    try:
+        with Client(resolver=resolver) as c:
+            # one resolver thread exists and is idle when the two lookups arrive back to back
+            assert c.wait(c.get_async(f"http://warm.test:{port}/hold", timeout_ms=3000), 5).ok
+            time.sleep(0.2)
+            c.get_async(f"http://slow.test:{port}/hold", timeout_ms=5000)
+            fast = c.wait(c.get_async(f"http://fast.test:{port}/hold", timeout_ms=2000), 5)
+            assert fast.status == 200, fast
+    finally:
+        release.set()
+
+
+def test_a_burst_for_one_name_costs_one_lookup_and_keeps_its_deadlines(hostile: str) -> None:
+    calls: list[str] = []
+
+    def resolver(name: str) -> list[str]:
+        calls.append(name)
+        return ["127.0.0.1"]
+
+    with Client(resolver=resolver, max_queue=5000) as c:
+        started = time.monotonic()
+        keys = [
+            c.get_async(f"http://one.test:{_port(hostile)}/silent", timeout_ms=50)
+            for _ in range(3000)
+        ]
+        finals = c.wait_many(keys, 10)
+        took = time.monotonic() - started
+        assert {r.error_kind for r in finals} == {ErrorKind.TIMEOUT}
+        assert took < 1.0, took  # each ends near its own 50 ms deadline, not behind the others
+        assert len(calls) < 300, len(calls)  # concurrent jobs for one name share a lookup
+
+
+def test_an_answer_that_raises_while_read_fails_its_requests_and_leaks_nothing(
+    hostile: str,
+) -> None:
+    def resolver(name: str) -> object:
+        if name == "bad.test":
+
+            def answer() -> object:
+                raise SystemExit("boom")
+                yield "127.0.0.1"
+
+            return answer()
+        return ["127.0.0.1"]
+
+    port = _port(hostile)
+    with Client(resolver=resolver) as c:  # type: ignore[arg-type]
+        bad = [c.get_async(f"http://bad.test:{port}/hold", timeout_ms=3000) for _ in range(300)]
+        finals = c.wait_many(bad, 5)
+        assert {(r.error_kind, "SystemExit" in (r.error or "")) for r in finals} == {
+            (ErrorKind.DNS, True)
+        }
+        resolutions = c._engine._resolutions
+        assert resolutions is not None and resolutions._abandoned == 0
+        assert c.wait(c.get_async(f"http://good.test:{port}/hold", timeout_ms=3000), 5).ok
 
 
 # -- the engine loop itself ----------------------------------------------------------------------

@@ -276,3 +276,54 @@ def test_gunicorn_preload_workers_send_through_clients_made_in_the_master(
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert "Traceback" not in err, err
+
+
+_EXIT_SCENARIOS = {
+    "a thread in close() while a callback is stuck": """
+        c = postkey.Client(exit_grace_ms=500)
+        c.get_async(HOLD, timeout_ms=5000, on_done=lambda r: time.sleep(3600))
+        time.sleep(0.5)
+        c.get_async(SILENT, timeout_ms=30000)
+        threading.Thread(target=c.close).start()
+        time.sleep(0.1)
+        """,
+    "a thread that keeps using the default client": """
+        def worker():
+            for _ in range(3):
+                try:
+                    postkey.wait(postkey.get_async(SILENT, timeout_ms=8000))
+                except postkey.ClientClosed:
+                    return
+        threading.Thread(target=worker).start()
+        time.sleep(0.2)
+        """,
+    "an AsyncClient closing in another thread": """
+        import asyncio
+        async def main():
+            async with postkey.AsyncClient(exit_grace_ms=500) as c:
+                await c.wait(c.get_async(SILENT, timeout_ms=30000), 0.05)
+        threading.Thread(target=lambda: asyncio.run(main())).start()
+        time.sleep(0.1)
+        """,
+    "an executor thread waiting for a key": """
+        from concurrent.futures import ThreadPoolExecutor
+        c = postkey.Client(exit_grace_ms=500)
+        k = c.get_async(SILENT, timeout_ms=20000)
+        ThreadPoolExecutor(1).submit(c.wait, k)
+        time.sleep(0.1)
+        """,
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(_EXIT_SCENARIOS))
+def test_exit_stays_bounded_whatever_other_threads_do_inside_postkey(
+    hostile: str, scenario: str
+) -> None:
+    grace = 2.0 if "default client" in scenario else 0.5
+    out, took = _run(
+        "import threading, time, postkey\n"
+        f"HOLD, SILENT = {hostile + '/hold'!r}, {hostile + '/silent'!r}\n"
+        + textwrap.dedent(_EXIT_SCENARIOS[scenario])
+    )
+    assert out.returncode == 0, out.stderr
+    assert took < grace + 2.5, f"{scenario}: exit took {took:.1f} s"

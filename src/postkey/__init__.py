@@ -30,6 +30,7 @@ from ._async_client import AsyncClient
 from ._client import Client, default_client
 from ._errors import (
     ClientClosed,
+    IdempotencyKeysFull,
     InvalidBody,
     InvalidHeader,
     InvalidKey,
@@ -54,6 +55,7 @@ __all__ = [
     "ClientClosed",
     "DestinationPolicy",
     "ErrorKind",
+    "IdempotencyKeysFull",
     "InvalidBody",
     "InvalidHeader",
     "InvalidKey",

@@ -8,6 +8,7 @@ from typing import Any
 
 from ._client import _ClientCore
 from ._result import Result
+from ._waits import check_wait_timeout
 
 
 class AsyncClient(_ClientCore):
@@ -18,43 +19,57 @@ class AsyncClient(_ClientCore):
     """
 
     async def wait(self, key: str, timeout: float | None = None) -> Result:
-        """Await the end of ``key`` (see `Client.wait`); woken by the store via the event loop."""
+        """Await the end of ``key`` (see `Client.wait`); woken by the store via the event loop.
+
+        Raises:
+            InvalidValue: ``timeout`` is neither None nor a number of seconds from 0 to 31 days.
+        """
+        seconds = check_wait_timeout(timeout)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
 
         def wake(result: Result) -> None:
-            loop.call_soon_threadsafe(_resolve, future, result)
+            _resolve_soon(loop, future, result)
 
         found, unwatch = self._store.watch(key, wake)
         if found is not None:
             return found
         assert unwatch is not None
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
+            return await asyncio.wait_for(asyncio.shield(future), seconds)
         except TimeoutError:
             return self._store.lookup(key)
         finally:
             unwatch()
 
     async def wait_many(self, keys: Iterable[str], timeout: float | None = None) -> list[Result]:
-        """Await every key concurrently under one ``timeout``; Results in the keys' order."""
+        """Await every key concurrently under one ``timeout``; Results in the keys' order.
+
+        Raises:
+            InvalidValue: a bad ``timeout``, before any key is waited for.
+        """
+        check_wait_timeout(timeout)
         return list(await asyncio.gather(*(self.wait(k, timeout) for k in keys)))
 
     async def cache_wait(self, key: str, timeout: float | None = None, default: Any = None) -> Any:
-        """Await a value under ``key`` for up to ``timeout`` seconds."""
+        """Await a value under ``key`` for up to ``timeout`` seconds.
+
+        Raises:
+            InvalidValue: ``timeout`` is neither None nor a number of seconds from 0 to 31 days.
+        """
+        seconds = check_wait_timeout(timeout)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
 
         def wake(value: object) -> None:
-            loop.call_soon_threadsafe(_resolve, future, value)
+            _resolve_soon(loop, future, value)
 
         cache = self._store.cache
         found = cache.add_waiter(key, wake)
         if found is not cache.MISSING:
-            cache.remove_waiter(key, wake)
             return found
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
+            return await asyncio.wait_for(asyncio.shield(future), seconds)
         except TimeoutError:
             return default
         finally:
@@ -74,6 +89,17 @@ class AsyncClient(_ClientCore):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _resolve_soon(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], value: object
+) -> None:
+    # Runs on the thread that stores the value. A loop closed since the wait began has nobody
+    # left to read it: dropping the wake-up is right, and raising would only trouble the store.
+    try:
+        loop.call_soon_threadsafe(_resolve, future, value)
+    except RuntimeError:
+        pass
 
 
 def _resolve(future: asyncio.Future[Any], value: object) -> None:

@@ -1,20 +1,46 @@
 """MemCache: a thread-safe key/value cache with per-entry TTL, LRU bounds and push-based waits.
 
-Every operation is O(1) (amortised): entries sit in an insertion-ordered dict for LRU order, and
-in one FIFO per distinct TTL, where insertion order is also expiry order.
+Cost model, whatever the mix of TTLs: reads are O(1), writes O(log n) (one heap push), and no call
+walks the cache under the lock. Entries sit in an insertion-ordered dict (LRU order) and in one
+heap of ``(expires_at, key)``. An entry removed early (replaced, deleted, evicted) leaves its heap
+item behind as a shell that is skipped when it surfaces; when shells outnumber live entries the
+heap is rebuilt a few items per write. Expired entries are reclaimed lazily: a read drops the
+entry it finds expired, a write reclaims at most `REAP_PER_WRITE`, and `MemCache.reap` (the
+store's tick, about once a second) reclaims a bounded number while the process is idle.
+
+Tombstones say ``expired`` rather than ``unknown`` for a key whose value expired or was evicted.
+Plain ones live ``tombstone_ttl_ms`` and are bounded in bytes (oldest dropped first). A key set
+with a ``fingerprint`` (a result under an idempotency key) is instead *remembered* until its TTL
+plus ``tombstone_ttl_ms`` has passed, whatever the pressure on the cache; the store bounds how many.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
+from heapq import heappop, heappush
 from typing import Any
 
+from ._waits import check_wait_timeout, wake_all
+
 # Approximate bytes an entry costs beyond its value: the key string, the entry object, its slot
-# in the LRU dict and in its expiry queue. Used for the byte bound, measured with tracemalloc.
-ENTRY_OVERHEAD = 250
+# in the LRU dict and its item in the expiry heap. Used for the byte bound, measured with
+# tracemalloc.
+ENTRY_OVERHEAD = 300
+# Approximate bytes a plain tombstone costs beyond its key's characters: the key string, the
+# float and the ordered-dict slot (measured with tracemalloc).
+TOMBSTONE_OVERHEAD = 160
+#: Expired entries a write reclaims at most (so a write never pays for a whole expired cohort).
+REAP_PER_WRITE = 64
+# Heap items a write moves while a shell-heavy expiry heap is being rebuilt; at 4 the rebuild
+# finishes before the new heap can itself be dominated by shells.
+COMPACT_PER_WRITE = 4
+# Expired entries count() reclaims before counting; more than that expiring in the same instant
+# shows in the count until a later call or the tick reclaims them.
+COUNT_REAP = 1024
+MiB = 1024 * 1024
 _MISSING: Any = object()
 
 
@@ -39,8 +65,11 @@ class _Entry:
 class MemCache:
     """A bounded in-memory cache; see the module docstring for the cost model.
 
-    ``clock`` is injectable so tests can move time; waits always use real time.
+    ``max_tombstone_bytes`` bounds plain tombstones (never above ``max_bytes``). ``clock`` is
+    injectable so tests can move time; waits always use real time.
     """
+
+    MISSING: Any = _MISSING
 
     def __init__(
         self,
@@ -49,21 +78,32 @@ class MemCache:
         max_bytes: int,
         default_ttl_ms: int,
         tombstone_ttl_ms: int,
+        max_tombstone_bytes: int = 64 * MiB,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._max_entries = max_entries
         self._max_bytes = max_bytes
         self._default_ttl = default_ttl_ms / 1000.0
         self._tombstone_ttl = tombstone_ttl_ms / 1000.0
+        self._max_tomb_bytes = min(max_tombstone_bytes, max_bytes)
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._by_ttl: dict[float, deque[_Entry]] = {}
-        # key -> (buried until, fingerprint of the request whose result it was, or '')
-        self._tombstones: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        # (expires_at, key): the float is the entry's own object, so `is` tells the live item
+        # from a shell left by an earlier entry under the same key.
+        self._heap: list[tuple[float, str]] = []
+        # A shell-heavy heap being moved into _heap, a few items per write; empty otherwise.
+        # Taking items from its end keeps it a valid heap, so both can be reaped meanwhile.
+        self._old: list[tuple[float, str]] = []
+        # Plain tombstones: key -> buried until. One TTL for all, so insertion order is expiry
+        # order and the oldest is also the first to go under the byte bound.
+        self._tombs: OrderedDict[str, float] = OrderedDict()
+        self._tomb_bytes = 0
+        # Idempotency keys: key -> (remembered until, fingerprint), and the same in expiry order.
+        self._remembered: dict[str, tuple[float, str]] = {}
+        self._remembered_heap: list[tuple[float, str]] = []
         self._waiters: dict[str, list[Callable[[object], None]]] = {}
         self._bytes = 0
-        self._next_full_sweep = 0.0
         self.evictions = 0
         self.expirations = 0
 
@@ -71,82 +111,126 @@ class MemCache:
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value under ``key``, or ``default`` if absent or expired. Marks it recently used."""
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # acquire / release: cheaper than `with` on this hot path
+        try:
             entry = self._entries.get(key)
             if entry is None:
                 return default
-            if entry.expires_at <= self._clock():
-                self._expire(entry)
+            now = self._clock()
+            if entry.expires_at <= now:
+                self._expire(entry, now)
                 return default
             self._entries.move_to_end(key)
             return entry.value
+        finally:
+            lock.release()
 
     def exists(self, key: str) -> bool:
         """True if ``key`` holds a live value."""
         return self.get(key, _MISSING) is not _MISSING
 
     def tombstone(self, key: str) -> str | None:
-        """If ``key`` held a value that expired or was evicted within the tombstone TTL, the
-        value's ``fingerprint`` attribute ('' if it had none); else None."""
+        """What the cache remembers of ``key`` beyond its live value.
+
+        The fingerprint if ``key`` is a remembered idempotency key (its value live or not); ''
+        if a plain value under it expired or was evicted within the tombstone TTL (and its
+        tombstone was not dropped under the byte bound); else None.
+        """
         with self._lock:
-            self._sweep(self._clock())
-            grave = self._tombstones.get(key)
-            return None if grave is None else grave[1]
+            now = self._clock()
+            seen = self._remembered.get(key)
+            if seen is not None and seen[0] > now:
+                return seen[1]
+            entry = self._entries.get(key)
+            if entry is not None and entry.expires_at <= now:
+                self._expire(entry, now)
+            until = self._tombs.get(key)
+            return "" if until is not None and until > now else None
 
     def count(self) -> int:
-        """Number of live entries (expired ones are swept first)."""
+        """Number of live entries.
+
+        Exact unless more than 1,024 entries expired since the last reclaim: the rest are
+        counted until a later call (or the store's tick) reclaims them.
+        """
         with self._lock:
-            self._sweep(self._clock())
+            self._reap(self._clock(), COUNT_REAP)
             return len(self._entries)
+
+    def remembered_keys(self) -> int:
+        """Number of idempotency keys remembered now (those whose time passed are reclaimed
+        first, up to 1,024 per call)."""
+        with self._lock:
+            self._reap_remembered(self._clock(), COUNT_REAP)
+            return len(self._remembered)
 
     @property
     def bytes_used(self) -> int:
-        """Approximate bytes held, as counted against the byte bound."""
+        """Approximate bytes held by values, as counted against the byte bound."""
         return self._bytes
+
+    @property
+    def tombstone_bytes(self) -> int:
+        """Approximate bytes held by plain tombstones, as counted against their bound."""
+        return self._tomb_bytes
 
     # -- writes ----------------------------------------------------------------------------------
 
     def set(
-        self, key: str, value: object, ttl_ms: int | None = None, size: int | None = None
+        self,
+        key: str,
+        value: object,
+        ttl_ms: int | None = None,
+        size: int | None = None,
+        fingerprint: str | None = None,
     ) -> None:
         """Store ``value`` under ``key`` for ``ttl_ms`` (default TTL if None), waking its waiters.
 
-        ``size`` is the value's cost in bytes if the caller knows it (else `value_size`).
+        ``size`` is the value's cost in bytes if the caller knows it (else `value_size`). With a
+        ``fingerprint`` (a result under an idempotency key), the key is remembered with it until
+        the TTL plus the tombstone TTL has passed, whatever happens to the value.
 
         An existing value is replaced. If the cache is over its bounds afterwards, the least
         recently used entries are evicted (possibly this one, if it alone exceeds the byte bound).
+        A waiter that raises is logged; it cannot stop the store or the other waiters.
         """
         ttl = self._default_ttl if ttl_ms is None else ttl_ms / 1000.0
         size = (value_size(value) if size is None else size) + len(key) + ENTRY_OVERHEAD
-        with self._lock:
+        # acquire / release: cheaper than `with` on the engine's hot path.
+        lock = self._lock
+        lock.acquire()
+        try:
             now = self._clock()
-            entry = _Entry(key, value, now + ttl, size)
+            expires_at = now + ttl
             entries = self._entries
             old = entries.pop(key, None)
             if old is not None:
                 self._drop(old)
-            entries[key] = entry
+            entries[key] = _Entry(key, value, expires_at, size)
             self._bytes += size
-            queue = self._by_ttl.get(ttl)
-            if queue is None:
-                queue = self._by_ttl[ttl] = deque()
-            queue.append(entry)
-            if self._tombstones:
-                self._tombstones.pop(key, None)
-            # Writes pay for expiry: this TTL's queue now, every queue at most once a second.
-            if queue[0].expires_at <= now or len(queue) > 2 * len(self._entries) + 1024:
-                self._sweep_queue(ttl, queue)
-            if now >= self._next_full_sweep:
-                self._sweep(now)
-            if len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
-                self._evict()
+            heap = self._heap
+            heappush(heap, (expires_at, key))
+            if self._tombs and self._tombs.pop(key, None) is not None:
+                self._tomb_bytes -= len(key) + TOMBSTONE_OVERHEAD
+            if fingerprint:
+                self._remember(key, expires_at + self._tombstone_ttl, fingerprint)
+            # Writes pay for expiry and for a pending heap rebuild, a bounded amount each.
+            if heap[0][0] <= now or self._old:
+                self._reap(now, REAP_PER_WRITE)
+                if self._old:
+                    self._compact(COMPACT_PER_WRITE)
+            if len(entries) > self._max_entries or self._bytes > self._max_bytes:
+                self._evict(now)
             waiters = self._waiters.pop(key, None) if self._waiters else None
+        finally:
+            lock.release()
         if waiters:
-            for wake in waiters:
-                wake(value)
+            wake_all(waiters, value, f"cache key {key!r}")
 
     def delete(self, key: str) -> bool:
-        """Remove ``key``; True if it held a live value. Leaves no tombstone."""
+        """Remove ``key``; True if it held a live value. Leaves no plain tombstone (a remembered
+        idempotency key stays remembered until its time)."""
         with self._lock:
             entry = self._entries.pop(key, None)
             if entry is None:
@@ -155,12 +239,32 @@ class MemCache:
             return entry.expires_at > self._clock()
 
     def clear(self) -> None:
-        """Remove every entry and tombstone. Waiters keep waiting."""
+        """Remove every entry and plain tombstone. Remembered idempotency keys stay until their
+        time; waiters keep waiting."""
         with self._lock:
             self._entries.clear()
-            self._by_ttl.clear()
-            self._tombstones.clear()
+            self._heap = []
+            self._old = []
+            self._tombs.clear()
+            self._tomb_bytes = 0
             self._bytes = 0
+
+    def reap(self, limit: int) -> int:
+        """Reclaim up to ``limit`` expired entries, tombstones and remembered keys, and move
+        heap items of a pending rebuild; return how many (0 when nothing is due).
+
+        Work is bounded by ``limit``: call it repeatedly (the store's tick does) to catch up.
+        """
+        with self._lock:
+            now = self._clock()
+            done = self._reap(now, limit)
+            if done < limit:
+                done += self._reap_tombstones(now, limit - done)
+            if done < limit:
+                done += self._reap_remembered(now, limit - done)
+            if done < limit and self._old:
+                done += self._compact(limit - done)
+            return done
 
     # -- waiting ---------------------------------------------------------------------------------
 
@@ -192,8 +296,14 @@ class MemCache:
     def wait(self, key: str, timeout: float | None, default: Any = None) -> Any:
         """Block until ``key`` holds a value or ``timeout`` seconds pass; return it or ``default``.
 
-        The waiting thread sleeps on a lock that the setter releases: no polling.
+        The waiting thread sleeps on a lock that the setter releases: no polling. However the
+        wait ends (value, timeout, KeyboardInterrupt), no waiter is left registered.
+
+        Raises:
+            InvalidValue: a bad ``timeout`` (see `check_wait_timeout`), refused before anything
+                is registered.
         """
+        seconds = check_wait_timeout(timeout)
         gate = threading.Lock()
         gate.acquire()
         box: list[object] = []
@@ -202,66 +312,107 @@ class MemCache:
             box.append(value)
             gate.release()
 
-        found = self.add_waiter(key, wake)
-        if found is not _MISSING:
-            return found
-        if gate.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
-            return box[0]
-        self.remove_waiter(key, wake)
-        return box[0] if box else default
-
-    MISSING: Any = _MISSING
+        try:
+            found = self.add_waiter(key, wake)
+            if found is not _MISSING:
+                return found
+            gate.acquire(timeout=-1 if seconds is None else seconds)
+            return box[0] if box else default
+        finally:
+            if not box:  # woken means already unregistered by the setter
+                self.remove_waiter(key, wake)
 
     # -- internals (lock held) -------------------------------------------------------------------
 
     def _drop(self, entry: _Entry) -> None:
-        # The entry may still sit in its expiry queue; drop the payload so only a small shell
-        # lingers until the queue reaches it (or a compaction removes it).
+        # The entry's heap item stays as a shell; drop the payload so only the small item lingers.
         self._bytes -= entry.size
         entry.value = None
         entry.size = 0
+        if not self._old and len(self._heap) > 2 * len(self._entries) + 1024:
+            # Shells dominate: rebuild the heap from the live items, a few per write from now.
+            self._old, self._heap = self._heap, []
 
-    def _expire(self, entry: _Entry) -> None:
+    def _expire(self, entry: _Entry, now: float) -> None:
         del self._entries[entry.key]
-        self._bury(entry)
+        self._bury(entry, now)
         self._drop(entry)
         self.expirations += 1
 
-    def _bury(self, entry: _Entry) -> None:
-        fingerprint = getattr(entry.value, "fingerprint", None) or ""
-        self._tombstones[entry.key] = (self._clock() + self._tombstone_ttl, fingerprint)
-        if len(self._tombstones) > max(self._max_entries, 1024):
-            self._tombstones.popitem(last=False)
+    def _bury(self, entry: _Entry, now: float) -> None:
+        key = entry.key
+        seen = self._remembered.get(key)
+        if seen is not None and seen[0] > now:
+            return  # an idempotency key, remembered since it was set until its own time
+        tombs = self._tombs
+        tombs[key] = now + self._tombstone_ttl
+        self._tomb_bytes += len(key) + TOMBSTONE_OVERHEAD
+        while self._tomb_bytes > self._max_tomb_bytes and tombs:
+            oldest, _until = tombs.popitem(last=False)
+            self._tomb_bytes -= len(oldest) + TOMBSTONE_OVERHEAD
 
-    def _sweep(self, now: float) -> None:
-        self._next_full_sweep = now + 1.0
-        for ttl, queue in list(self._by_ttl.items()):
-            self._sweep_queue(ttl, queue)
-        tombs = self._tombstones
-        while tombs:
-            key, (until, _fp) = next(iter(tombs.items()))
-            if until > now:
+    def _remember(self, key: str, until: float, fingerprint: str) -> None:
+        seen = self._remembered.get(key)
+        if seen is not None and seen[0] >= until:
+            # Keep the later time (and its float object, which its heap item is matched by).
+            self._remembered[key] = (seen[0], fingerprint)
+            return
+        self._remembered[key] = (until, fingerprint)
+        heappush(self._remembered_heap, (until, key))
+
+    def _reap(self, now: float, limit: int) -> int:
+        done = 0
+        entries = self._entries
+        for heap in (self._heap, self._old):
+            while done < limit and heap and heap[0][0] <= now:
+                expires_at, key = heappop(heap)
+                done += 1
+                entry = entries.get(key)
+                if entry is not None and entry.expires_at is expires_at:
+                    self._expire(entry, now)
+        return done
+
+    def _reap_tombstones(self, now: float, limit: int) -> int:
+        done = 0
+        tombs = self._tombs
+        while done < limit and tombs:
+            key = next(iter(tombs))
+            if tombs[key] > now:
                 break
             del tombs[key]
+            self._tomb_bytes -= len(key) + TOMBSTONE_OVERHEAD
+            done += 1
+        return done
 
-    def _sweep_queue(self, ttl: float, queue: deque[_Entry]) -> None:
-        now = self._clock()
-        while queue and queue[0].expires_at <= now:
-            entry = queue.popleft()
-            if self._entries.get(entry.key) is entry:
-                self._expire(entry)
-        if not queue:
-            del self._by_ttl[ttl]
-        elif len(queue) > 2 * len(self._entries) + 1024:
-            # Replaced and deleted entries leave shells behind; rebuild when they dominate.
-            live = self._entries
-            self._by_ttl[ttl] = deque(e for e in queue if live.get(e.key) is e)
+    def _reap_remembered(self, now: float, limit: int) -> int:
+        done = 0
+        heap = self._remembered_heap
+        remembered = self._remembered
+        while done < limit and heap and heap[0][0] <= now:
+            until, key = heappop(heap)
+            done += 1
+            seen = remembered.get(key)
+            if seen is not None and seen[0] is until:
+                del remembered[key]
+        return done
 
-    def _evict(self) -> None:
+    def _compact(self, limit: int) -> int:
+        old = self._old
+        heap = self._heap
+        entries = self._entries
+        moved = min(limit, len(old))
+        for _ in range(moved):
+            item = old.pop()
+            entry = entries.get(item[1])
+            if entry is not None and entry.expires_at is item[0]:
+                heappush(heap, item)
+        return moved
+
+    def _evict(self, now: float) -> None:
         while self._entries and (
             len(self._entries) > self._max_entries or self._bytes > self._max_bytes
         ):
             _key, entry = self._entries.popitem(last=False)
-            self._bury(entry)
+            self._bury(entry, now)
             self._drop(entry)
             self.evictions += 1

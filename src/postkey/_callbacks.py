@@ -66,8 +66,9 @@ class CallbackRunner:
             self._ready.notify()
 
     def close(self) -> None:
-        """Run what is queued, waiting up to ``callback_grace_ms``; skip the rest (logged)."""
-        self.finish(self._grace_s)
+        """Run what is queued, waiting up to ``callback_grace_ms`` (less if the interpreter is
+        exiting); skip the rest (logged)."""
+        self.finish(_lifecycle.time_left_at_exit(self._grace_s))
 
     def finish(self, timeout: float) -> None:
         """Run what is queued for up to ``timeout`` seconds, then skip the rest (logged)."""

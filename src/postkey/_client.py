@@ -318,6 +318,7 @@ class _ClientCore:
         return self._closed or self._engine.closed
 
     def _shutdown(self, drain_ms: int) -> None:
+        _lifecycle.run_exit_hook_first()  # this may run in an executor thread joined at exit
         self._closed = True
         self._engine.close(drain_ms)
         self._callbacks.close()
@@ -342,18 +343,31 @@ class Client(_ClientCore):
 
         Returns the terminal Result, or the current one (pending / running) on timeout; an
         unknown or expired key returns at once. Woken by the store, never by polling.
+
+        Raises:
+            InvalidValue: ``timeout`` is not None or a number of seconds from 0 to 31 days.
         """
+        _lifecycle.run_exit_hook_first()  # the caller may be a thread joined at exit
         return self._store.wait(key, timeout)
 
     def wait_many(self, keys: Iterable[str], timeout: float | None = None) -> list[Result]:
         """`wait` for every key under one overall ``timeout``; Results in the keys' order.
 
         The calling thread sleeps once and is woken when the last key ends.
+
+        Raises:
+            InvalidValue: ``timeout`` is not None or a number of seconds from 0 to 31 days.
         """
+        _lifecycle.run_exit_hook_first()  # the caller may be a thread joined at exit
         return self._store.wait_many(list(keys), timeout)
 
     def cache_wait(self, key: str, timeout: float | None = None, default: Any = None) -> Any:
-        """Block until ``key`` holds a value (or result) or ``timeout`` seconds pass."""
+        """Block until ``key`` holds a value (or result) or ``timeout`` seconds pass.
+
+        Raises:
+            InvalidValue: ``timeout`` is not None or a number of seconds from 0 to 31 days.
+        """
+        _lifecycle.run_exit_hook_first()  # the caller may be a thread joined at exit
         return self._store.cache.wait(key, timeout, default)
 
     def close(self, drain: bool = True, timeout: float | None = None) -> None:

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 _HIGH_FD_TICK = 0.002  # seconds between looks when libcurl has sockets select() cannot watch
 _HOUSEKEEPING_S = 1.0  # how often the store gets to reclaim expired entries while idle
 _MAX_LOOP_FAILURES = 3
-_NEVER = float("inf")  # consecutive unexpected errors after which the loop gives up
+_NEVER = float("inf")
+_AT_EXIT = "interpreter exit"  # consecutive unexpected errors after which the loop gives up
 
 
 class Engine:
@@ -94,6 +95,12 @@ class Engine:
         # socket reused the descriptor number (seen: a stray NUL byte in another connection).
         self._wake_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="postkey-engine", daemon=True)
+        if _lifecycle.exiting():
+            # Made after interpreter exit began (say, the default client again, from a thread
+            # still running): nobody would bound it, so it takes no work at all.
+            self._accepting = False
+            self._closing_reason = _AT_EXIT
+            self._drain_until = time.monotonic()
         _lifecycle.track(self)
         self._thread.start()
 
@@ -213,6 +220,8 @@ class Engine:
         self._finished = True
 
     def _closed_error(self) -> ClientClosed:
+        if self._closing_reason.startswith(_AT_EXIT):
+            return ClientClosed("the client is closed: the interpreter is exiting")
         if self.failure is not None:
             return ClientClosed(
                 f"the client's engine stopped after an internal error ({self.failure});"
@@ -317,7 +326,9 @@ class Engine:
                 ended = self._end_everything(ErrorKind.CANCELLED, self._closing_reason)
                 if ended:
                     log.log(
-                        logging.WARNING if "exit" in self._closing_reason else logging.INFO,
+                        logging.WARNING
+                        if self._closing_reason.startswith(_AT_EXIT)
+                        else logging.INFO,
                         "postkey cancelled %d unfinished requests: %s",
                         ended,
                         self._closing_reason,

@@ -10,7 +10,8 @@
     ├── InvalidKey (also ValueError): a key with characters or a length postkey does not accept
     ├── InvalidValue (also ValueError): a cache value, TTL or setting out of range
     ├── KeyConflict (also ValueError): the key is taken by a different request or by a result
-    ├── QueueFull: the engine's submission queue is at its bound
+    ├── QueueFull: the engine's submission queue (or the callback backlog) is at its bound
+    │   └── IdempotencyKeysFull: max_idempotency_keys caller keys are remembered already
     └── ClientClosed: the client (or its engine) was closed
 
 A failed *remote* request is never an exception: it is a `Result` with state ``failed``.
@@ -60,7 +61,16 @@ class KeyConflict(PostkeyError, ValueError):
 
 
 class QueueFull(PostkeyError):
-    """The submission queue is full; nothing was accepted and no key was issued."""
+    """The submission queue (or the on_done callback backlog) is full; nothing was accepted and
+    no key was issued."""
+
+
+class IdempotencyKeysFull(QueueFull):
+    """``max_idempotency_keys`` caller keys are remembered already; nothing was sent.
+
+    Forgetting one early could let its request be sent twice, so the submit is refused instead:
+    retry later (keys are forgotten as their time passes) or submit without ``key=``.
+    """
 
 
 class ClientClosed(PostkeyError):

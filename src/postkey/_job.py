@@ -31,6 +31,7 @@ class Job:
         "state",
         "submitted_at",
         "ttl_ms",
+        "waiters",
         "waiting",
     )
 
@@ -62,6 +63,8 @@ class Job:
         self.waiting = False
         #: Redirects followed so far (the engine follows them itself, one transfer per hop).
         self.hops = 0
+        #: Called with the Result when it is stored; guarded by the store's lock (None: nobody).
+        self.waiters: list[Callable[[Result], object]] | None = None
 
     def __repr__(self) -> str:
         req = self.request

@@ -36,12 +36,28 @@ _inherited: list[object] = []
 
 #: Incremented in a child process after fork(); clients compare it to rebuild themselves.
 generation = 0
+#: When interpreter exit began (monotonic deadline of the grace given then), else None. Waits
+#: that postkey makes on behalf of other threads are cut to it.
+exit_deadline: float | None = None
+
+
+def exiting() -> bool:
+    """True once interpreter exit has begun."""
+    return exit_deadline is not None
+
+
+def time_left_at_exit(wanted: float) -> float:
+    """``wanted`` seconds, or less if interpreter exit has begun and its deadline comes first."""
+    if exit_deadline is None:
+        return wanted
+    return max(min(wanted, exit_deadline + _CALLBACK_EXTRA_S - time.monotonic()), 0.0)
 
 
 def track(engine: Engine) -> None:
     """Hold ``engine`` until `untrack` (called when its thread ends)."""
     with _lock:
         _engines[engine] = None
+        run_exit_hook_first()
 
 
 def untrack(engine: Engine) -> None:
@@ -63,14 +79,16 @@ def untrack_runner(runner: _Finisher) -> None:
 
 
 def _at_exit() -> None:
+    global exit_deadline
     with _lock:
         engines = list(_engines)
         runners = list(_runners)
     now = time.monotonic()
-    deadline = now
+    deadline = now + max((e.exit_grace_ms for e in engines), default=0) / 1000.0
+    if exit_deadline is None:
+        exit_deadline = deadline
     for engine in engines:
         grace_ms = engine.exit_grace_ms
-        deadline = max(deadline, now + grace_ms / 1000.0)
         engine.close(
             grace_ms, wait=False, reason=f"interpreter exit (exit_grace_ms={grace_ms} passed)"
         )
@@ -106,11 +124,23 @@ def _after_fork_in_child() -> None:
 
 
 # threading's exit hooks run before Python joins non-daemon threads; atexit runs after, which
-# would let a thread blocked in close() hold exit for its whole drain.
-_register = getattr(threading, "_register_atexit", None)
-if _register is not None:
-    _register(_at_exit)
-else:  # pragma: no cover - every supported Python has it
+# would let a thread blocked in close() hold exit for its whole drain. They run last-registered
+# first, and concurrent.futures registers one (joining its workers, which may be blocked in a
+# postkey wait) on its first use, after ours: so ours is moved to the end again whenever an
+# engine starts. Private API, present since Python 3.9; atexit is the fallback.
+_hooks: list[object] | None = getattr(threading, "_threading_atexits", None)
+
+
+def run_exit_hook_first() -> None:
+    """Make postkey's exit hook the next to run (call before blocking on behalf of a thread that
+    concurrent.futures may join at exit)."""
+    if _hooks is not None and (not _hooks or _hooks[-1] is not _at_exit):
+        while _at_exit in _hooks:
+            _hooks.remove(_at_exit)
+        _hooks.append(_at_exit)
+
+
+if _hooks is None:  # pragma: no cover - every supported Python has it
     import atexit
 
     atexit.register(_at_exit)

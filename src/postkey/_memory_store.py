@@ -3,34 +3,54 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from ._cache import MemCache
-from ._errors import InvalidValue, KeyConflict
+from ._errors import IdempotencyKeysFull, InvalidValue, KeyConflict
 from ._job import Job
 from ._result import Result, State
 from ._settings import Settings
+from ._waits import check_wait_timeout, wake_all
 
 CacheValue = str | bytes
+# A tick reclaims in steps of _TICK_STEP under the cache lock, releasing it in between (each
+# step holds it well under 1 ms), and at most `tick`'s limit per call.
+_TICK_STEP = 256
+# Keys registered per acquisition of the store lock in wait_many, so a long key list cannot hold
+# up the engine's finish() for long.
+_REGISTER_CHUNK = 256
 
 
 class MemoryStore:
     """Where keys live in embedded mode. Thread-safe.
 
     A key is in at most one place: ``_jobs`` while pending or running, then the MemCache (as a
-    Result) until its TTL passes, then a tombstone (``expired``) for ``tombstone_ttl_ms``.
+    Result) until its TTL passes, then a tombstone (``expired``) for ``tombstone_ttl_ms``. A
+    caller's key (idempotency key) is remembered from `register` until its result's TTL plus
+    ``tombstone_ttl_ms`` has passed, however the cache is pressed; at most
+    ``max_idempotency_keys`` at once.
+
+    Waiters for a pending key are kept on its Job, registered and taken under ``_lock``, the
+    lock `finish` takes after storing the result: a waiter either sees the job pending and is
+    woken by `finish`, or sees it gone and reads the result (or what is left of it) at once.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.cache = MemCache(
             max_entries=settings.cache_max_entries,
             max_bytes=settings.cache_max_bytes,
             default_ttl_ms=settings.result_ttl_ms,
             tombstone_ttl_ms=settings.tombstone_ttl_ms,
+            max_tombstone_bytes=settings.max_tombstone_bytes,
+            clock=clock,
         )
         self._max_ttl_ms = max(settings.result_ttl_ms, settings.max_timeout_ms, 30 * 86_400_000)
+        self._max_idempotency_keys = settings.max_idempotency_keys
         self._jobs: dict[str, Job] = {}
+        # Pending or running jobs under a caller's key (they count as remembered keys).
+        self._caller_jobs = 0
         self._lock = threading.Lock()
 
     # -- requests --------------------------------------------------------------------------------
@@ -41,6 +61,8 @@ class MemoryStore:
 
         Raises:
             KeyConflict: the caller's key names a different request, or holds a cache value.
+            IdempotencyKeysFull: ``max_idempotency_keys`` keys are already remembered (nothing
+                was registered).
         """
         if not caller_key:
             # A fresh random key cannot collide: skip the lock on the hot path.
@@ -49,6 +71,9 @@ class MemoryStore:
         with self._lock:
             seen = self._fingerprint_of(job.key)
             if seen is None:
+                if job.fingerprint is not None:
+                    self._check_room_for_a_key()
+                    self._caller_jobs += 1
                 self._jobs[job.key] = job
                 return True
         if seen != job.fingerprint:
@@ -56,6 +81,16 @@ class MemoryStore:
                 f"key {job.key!r} already names a different request (or holds a cache value)"
             )
         return False
+
+    def _check_room_for_a_key(self) -> None:
+        # Refusing is the only safe answer at the bound: forgetting a remembered key early would
+        # let its request be sent twice.
+        limit = self._max_idempotency_keys
+        if self._caller_jobs + self.cache.remembered_keys() >= limit:
+            raise IdempotencyKeysFull(
+                f"{limit} idempotency keys are remembered already (max_idempotency_keys);"
+                " nothing was sent: retry later, or submit without key="
+            )
 
     def _fingerprint_of(self, key: str) -> str | None:
         existing = self._jobs.get(key)
@@ -67,21 +102,62 @@ class MemoryStore:
         return self.cache.tombstone(key)
 
     def forget(self, job: Job) -> None:
-        """Undo `register` for a job the engine refused."""
-        if self._jobs.get(job.key) is job:
+        """Undo `register` for a job the engine refused; its waiters get the key's state now."""
+        with self._lock:
+            if self._jobs.get(job.key) is not job:
+                return
             del self._jobs[job.key]
+            if job.fingerprint is not None:
+                self._caller_jobs -= 1
+            waiters, job.waiters = job.waiters, None
+        if waiters:
+            wake_all(waiters, self.lookup(job.key), f"key {job.key!r}")
 
     def job(self, key: str) -> Job | None:
         """The pending or running job under ``key``."""
         return self._jobs.get(key)
 
     def finish(self, job: Job, result: Result) -> None:
-        """Store ``job``'s terminal result and wake its waiters (called once per job)."""
+        """Store ``job``'s terminal result and wake its waiters (called once per job).
+
+        The job leaves ``_jobs`` and its waiters are woken even if storing raised; a waiter
+        that raises is logged and cannot stop the others.
+        """
         result.fingerprint = job.fingerprint
-        self.cache.set(job.key, result, job.ttl_ms, result.cache_size())
-        # Readers look in _jobs before the cache, so the key is never seen as unknown in between.
-        if self._jobs.get(job.key) is job:
-            del self._jobs[job.key]
+        try:
+            self.cache.set(job.key, result, job.ttl_ms, result.cache_size(), job.fingerprint)
+        finally:
+            # After the cache has the result: readers look in _jobs first, so the key is never
+            # seen as unknown in between. (acquire / release: cheaper than `with` here.)
+            jobs = self._jobs
+            lock = self._lock
+            lock.acquire()
+            try:
+                if jobs.get(job.key) is job:
+                    del jobs[job.key]
+                    if job.fingerprint is not None:
+                        self._caller_jobs -= 1
+                waiters = job.waiters
+                job.waiters = None
+            finally:
+                lock.release()
+            if waiters:
+                wake_all(waiters, result, f"key {job.key!r}")
+
+    def tick(self, limit: int = 2048) -> int:
+        """Reclaim expired results, values, tombstones and idempotency keys while idle.
+
+        Bounded: at most ``limit`` per call (2,048 take a few ms when a large cohort expires at
+        once, nothing when none is due), in steps that release the cache's lock in between.
+        The engine calls it about once a second. Returns how many were reclaimed.
+        """
+        done = 0
+        while done < limit:
+            step = self.cache.reap(min(_TICK_STEP, limit - done))
+            done += step
+            if step < _TICK_STEP:
+                break
+        return done
 
     def lookup(self, key: str) -> Result:
         """What is known of ``key`` now, as a Result (state unknown if nothing)."""
@@ -95,62 +171,102 @@ class MemoryStore:
             return Result(key, State.EXPIRED)
         return Result(key, State.UNKNOWN)
 
+    # -- waiting ---------------------------------------------------------------------------------
+
     def watch(
         self, key: str, wake: Callable[[Result], None]
     ) -> tuple[Result, None] | tuple[None, Callable[[], None]]:
         """If ``key`` is settled for waiting purposes (terminal, unknown, expired), return
         ``(result, None)``; else register ``wake(result)`` for its terminal Result (called on the
         thread that stores it) and return ``(None, unwatch)``."""
-        current = self.lookup(key)
-        if current.state is not State.PENDING and current.state is not State.RUNNING:
-            return current, None
+        with self._lock:
+            job = self._jobs.get(key)
+            if job is not None:
+                if job.waiters is None:
+                    job.waiters = [wake]
+                else:
+                    job.waiters.append(wake)
+        if job is None:
+            return self.lookup(key), None
+        return None, lambda: self._unwatch([job], wake)
 
-        def on_value(value: object) -> None:
-            if isinstance(value, Result):
-                wake(value)
-
-        found = self.cache.add_waiter(key, on_value)
-        if isinstance(found, Result):
-            return found, None
-        return None, lambda: self.cache.remove_waiter(key, on_value)
+    def _unwatch(self, jobs: list[Job], wake: Callable[[Result], object]) -> None:
+        for start in range(0, len(jobs), _REGISTER_CHUNK):
+            with self._lock:
+                for job in jobs[start : start + _REGISTER_CHUNK]:
+                    waiters = job.waiters
+                    if waiters:
+                        try:
+                            waiters.remove(wake)
+                        except ValueError:
+                            pass
 
     def wait(self, key: str, timeout: float | None) -> Result:
         """Block until ``key`` has a terminal Result or ``timeout`` seconds pass; return what is
-        known then (pending or running on timeout)."""
+        known then (pending or running on timeout).
+
+        Raises:
+            InvalidValue: a bad ``timeout`` (see `check_wait_timeout`).
+        """
         return self.wait_many([key], timeout)[0]
 
     def wait_many(self, keys: list[str], timeout: float | None) -> list[Result]:
-        """`wait` for all ``keys`` at once: one sleep, woken when the last one ends."""
+        """`wait` for all ``keys`` at once: one sleep, woken when the last one ends.
+
+        However the wait ends (all ended, timeout, KeyboardInterrupt), no waiter is left behind.
+
+        Raises:
+            InvalidValue: ``timeout`` is neither None nor a number of seconds from 0 to 31
+                days; raised before anything is registered.
+        """
+        seconds = check_wait_timeout(timeout)
         jobs = self._jobs
-        outstanding = [k for k in keys if k in jobs]  # pending or running
-        if outstanding:
-            gate = threading.Lock()
-            gate.acquire()
-            count_lock = threading.Lock()
-            left = [len(outstanding)]
-
-            def one_done(value: object) -> None:
-                with count_lock:
-                    left[0] -= 1
-                    if left[0] == 0:
-                        gate.release()
-
-            registered = []
-            for key in outstanding:
-                found = self.cache.add_waiter(key, one_done)
-                if found is MemCache.MISSING:
-                    registered.append(key)
-                else:
-                    one_done(found)
-            gate.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
-            for key in registered:
-                self.cache.remove_waiter(key, one_done)
+        if any(k in jobs for k in keys):
+            self._sleep_until_ended(keys, seconds)
         get = self.cache.get
         results = [get(k) for k in keys]
         return [
             r if isinstance(r, Result) else self.lookup(k)
             for k, r in zip(keys, results, strict=True)
         ]
+
+    def _sleep_until_ended(self, keys: list[str], seconds: float | None) -> None:
+        gate = threading.Lock()
+        gate.acquire()
+        count_lock = threading.Lock()
+        left = [1]  # one share for the registration itself, given up once it is complete
+
+        def one_done(_result: object) -> None:
+            with count_lock:
+                left[0] -= 1
+                if left[0] == 0:
+                    gate.release()
+
+        jobs = self._jobs
+        watched: list[Job] = []
+        try:
+            for start in range(0, len(keys), _REGISTER_CHUNK):
+                with self._lock:
+                    added = 0
+                    for key in keys[start : start + _REGISTER_CHUNK]:
+                        job = jobs.get(key)
+                        if job is None:
+                            continue  # already ended: wait_many reads its result
+                        watched.append(job)
+                        if job.waiters is None:
+                            job.waiters = [one_done]
+                        else:
+                            job.waiters.append(one_done)
+                        added += 1
+                    # Counted before the store lock is released, so before finish can call them.
+                    with count_lock:
+                        left[0] += added
+            one_done(None)
+            if gate.acquire(timeout=-1 if seconds is None else seconds):
+                watched.clear()  # every job ended, and finish took its waiters with it
+        finally:
+            if watched:
+                self._unwatch(watched, one_done)
 
     # -- the general cache -----------------------------------------------------------------------
 
@@ -159,7 +275,7 @@ class MemoryStore:
 
         Raises:
             InvalidValue: value not str / bytes, or ttl_ms not a positive int within 30 days.
-            KeyConflict: ``key`` names a request or its result.
+            KeyConflict: ``key`` names a request, its result, or a remembered idempotency key.
         """
         if not isinstance(value, str | bytes):
             raise InvalidValue(f"cache values must be str or bytes, not {type(value).__name__}")
@@ -168,9 +284,10 @@ class MemoryStore:
                 f"ttl_ms must be an int between 1 and {self._max_ttl_ms}, got {ttl_ms!r}"
             )
         with self._lock:
-            if key in self._jobs or isinstance(self.cache.get(key), Result):
+            cache = self.cache
+            if key in self._jobs or isinstance(cache.get(key), Result) or cache.tombstone(key):
                 raise KeyConflict(f"key {key!r} names a request; cache_set cannot overwrite it")
-            self.cache.set(key, value, ttl_ms)
+            cache.set(key, value, ttl_ms)
 
     def cache_get(self, key: str, default: Any = None) -> Any:
         """The value under ``key`` (a Result for request keys), or ``default``."""

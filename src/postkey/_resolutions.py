@@ -48,33 +48,45 @@ def check_answer(answer: object) -> list[str]:
         if len(out) == MAX_ADDRESSES:
             raise ValueError(f"resolver returned more than {MAX_ADDRESSES} addresses")
         if isinstance(item, ipaddress.IPv4Address | ipaddress.IPv6Address):
-            out.append(str(item))
-            continue
-        if not isinstance(item, str):
+            address = item
+        elif isinstance(item, str):
+            try:
+                address = ipaddress.ip_address(item)
+            except ValueError:
+                raise ValueError(
+                    f"resolver returned {item!r}, which is not an IP address in standard form"
+                ) from None
+        else:
             raise ValueError(f"resolver returned {item!r}, which is not an IP address")
-        try:
-            out.append(str(ipaddress.ip_address(item)))
-        except ValueError:
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
             raise ValueError(
-                f"resolver returned {item!r}, which is not an IP address in standard form"
-            ) from None
+                f"resolver returned {item!r}: addresses with a zone id cannot be pinned"
+            )
+        out.append(str(address))
     if not out:
         raise ValueError("resolver returned no address")
     return out
 
 
 class _Lookup:
-    __slots__ = ("abandoned", "job", "started")
+    """One call of the resolver for one name, shared by every job waiting for that name."""
 
-    def __init__(self, job: Job) -> None:
-        self.job = job
+    __slots__ = ("abandoned", "finished", "jobs", "name", "started")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.jobs: dict[Job, None] = {}
         self.started = False
+        self.finished = False
         self.abandoned = False
 
 
 class Resolutions:
     """Jobs waiting for their host's addresses. The engine thread calls everything; resolver
-    threads only append answers under the lock and wake the engine."""
+    threads only hand in answers under the lock and wake the engine.
+
+    Jobs waiting for the same name share one lookup, so a burst to one host costs one call.
+    """
 
     def __init__(self, resolver: Resolver, wake: Callable[[], None]) -> None:
         self._resolver = resolver
@@ -82,17 +94,18 @@ class Resolutions:
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
         self._todo: deque[_Lookup] = deque()
-        self._landed: deque[tuple[Job, list[str] | str]] = deque()
-        self._lookups: dict[Job, _Lookup] = {}
-        self._idle = 0
-        self._running = 0  # lookups in progress within their deadline
-        self._abandoned = 0  # lookups in progress past their deadline
+        self._landed: deque[tuple[_Lookup, list[str] | str]] = deque()
+        self._by_name: dict[str, _Lookup] = {}  # lookups not yet landed, by name
+        self._of_job: dict[Job, _Lookup] = {}
+        self._threads = 0  # resolver threads alive
+        self._working = 0  # of them, inside a call to the resolver
+        self._abandoned = 0  # of those, on a lookup nobody waits for any more
         self._closed = False
 
     @property
     def pending(self) -> int:
         """Jobs waiting for an answer."""
-        return len(self._lookups)
+        return len(self._of_job)
 
     @property
     def has_answers(self) -> bool:
@@ -101,6 +114,12 @@ class Resolutions:
 
     def start(self, job: Job) -> Failure | None:
         """Look up ``job``'s host on a resolver thread; a Failure if that cannot be done."""
+        name = job.origin[1]
+        lookup = self._by_name.get(name)  # only the engine thread adds or removes names
+        if lookup is not None and not lookup.abandoned:
+            lookup.jobs[job] = None
+            self._of_job[job] = lookup
+            return None
         with self._lock:
             if self._abandoned >= MAX_ABANDONED:
                 return (
@@ -108,14 +127,17 @@ class Resolutions:
                     ErrorKind.DNS,
                     f"the resolver has {self._abandoned} lookups stuck past their deadline",
                 )
-            lookup = _Lookup(job)
-            self._lookups[job] = lookup
+            lookup = _Lookup(name)
+            lookup.jobs[job] = None
+            self._by_name[name] = lookup
+            self._of_job[job] = lookup
             self._todo.append(lookup)
-            if self._idle:
-                self._ready.notify()
-            elif self._running < MAX_LOOKUPS:
-                self._running += 1  # reserved until the new thread takes its first lookup
+            free = self._threads - self._working
+            if len(self._todo) > free and self._threads - self._abandoned < MAX_LOOKUPS:
+                self._threads += 1
                 threading.Thread(target=self._work, name="postkey-resolver", daemon=True).start()
+            else:
+                self._ready.notify()
         return None
 
     def settle(self) -> tuple[list[Job], list[Failure]]:
@@ -123,41 +145,52 @@ class Resolutions:
         ready: list[Job] = []
         failed: list[Failure] = []
         while self._landed:
-            job, answer = self._landed.popleft()
-            if self._lookups.pop(job, None) is None or job.done:
-                continue  # abandoned meanwhile (timed out or cancelled)
-            if isinstance(answer, str):
-                failed.append((job, ErrorKind.DNS, answer))
-            else:
-                job.addresses = answer
-                ready.append(job)
+            lookup, answer = self._landed.popleft()
+            if self._by_name.get(lookup.name) is lookup:
+                del self._by_name[lookup.name]
+            for job in lookup.jobs:
+                del self._of_job[job]
+                if job.done:
+                    continue
+                if isinstance(answer, str):
+                    failed.append((job, ErrorKind.DNS, answer))
+                else:
+                    job.addresses = answer
+                    ready.append(job)
+            lookup.jobs.clear()
         return ready, failed
 
     def abandon(self, job: Job) -> bool:
         """Stop waiting for ``job``'s lookup (its deadline passed, or it was cancelled)."""
-        with self._lock:
-            lookup = self._lookups.pop(job, None)
-            if lookup is None:
-                return False
-            self._let_go(lookup)
-            return True
+        lookup = self._of_job.pop(job, None)
+        if lookup is None:
+            return False
+        del lookup.jobs[job]
+        if not lookup.jobs:  # nobody waits for this name any more
+            if self._by_name.get(lookup.name) is lookup:
+                del self._by_name[lookup.name]
+            with self._lock:
+                self._let_go(lookup)
+        return True
 
     def _let_go(self, lookup: _Lookup) -> None:
         # A lookup not yet started is skipped when its turn comes; a running one keeps its
         # thread busy but stops counting against MAX_LOOKUPS.
+        if lookup.abandoned:
+            return
         lookup.abandoned = True
-        if lookup.started:
-            self._running -= 1
+        if lookup.started and not lookup.finished:
             self._abandoned += 1
 
     def close(self) -> list[Job]:
         """Stop taking lookups; return the jobs still waiting (the engine ends them)."""
         with self._lock:
             self._closed = True
-            waiting = list(self._lookups)
-            for lookup in self._lookups.values():
+            waiting = list(self._of_job)
+            for lookup in self._by_name.values():
                 self._let_go(lookup)
-            self._lookups.clear()
+            self._by_name.clear()
+            self._of_job.clear()
             self._todo.clear()
             self._ready.notify_all()
         return waiting
@@ -165,44 +198,45 @@ class Resolutions:
     # -- resolver threads ------------------------------------------------------------------------
 
     def _work(self) -> None:
-        with self._lock:
-            self._running -= 1  # the reservation made in start(); _next counts the real work
-        while (lookup := self._next()) is not None:
-            self._resolve(lookup)
+        lookup = self._next()
+        while lookup is not None:
+            answer = self._ask(lookup.name)  # never raises
+            with self._lock:
+                self._working -= 1
+                lookup.finished = True
+                if lookup.abandoned:
+                    self._abandoned -= 1
+                else:
+                    self._landed.append((lookup, answer))
+            self._wake()
+            lookup = self._next()
 
     def _next(self) -> _Lookup | None:
+        """The next lookup to run, or None when this thread should end (it is then no longer
+        counted: the count and the decision change under one lock hold, so `start` never
+        relies on a thread that is leaving)."""
         with self._lock:
             while True:
                 while self._todo:
                     lookup = self._todo.popleft()
                     if not lookup.abandoned:
                         lookup.started = True
-                        self._running += 1
+                        self._working += 1
                         return lookup
-                if self._closed:
-                    return None
-                self._idle += 1
-                woken = self._ready.wait(_IDLE_EXIT_S)
-                self._idle -= 1
-                if not woken and not self._todo:
+                if self._closed or (not self._ready.wait(_IDLE_EXIT_S) and not self._todo):
+                    self._threads -= 1
                     return None
 
-    def _resolve(self, lookup: _Lookup) -> None:
-        job = lookup.job
-        answer: list[str] | str
+    def _ask(self, name: str) -> list[str] | str:
+        """The resolver's answer for ``name``: addresses, or a message saying what went wrong.
+        Whatever the user's resolver raises or returns ends only the requests for ``name``."""
         try:
-            raw = self._resolver(job.origin[1])
-        except BaseException as exc:  # user code: whatever it raises ends only this request
-            answer = f"resolver failed: {type(exc).__name__}: {exc}"
-        else:
-            try:
-                answer = check_answer(raw)
-            except Exception as exc:  # iterating the answer runs user code too
-                answer = str(exc) if isinstance(exc, ValueError) else f"bad resolver answer: {exc}"
-        with self._lock:
-            if lookup.abandoned:
-                self._abandoned -= 1
-            else:
-                self._running -= 1
-                self._landed.append((job, answer))
-        self._wake()
+            raw = self._resolver(name)
+        except BaseException as exc:
+            return f"resolver failed: {type(exc).__name__}: {exc}"
+        try:
+            return check_answer(raw)
+        except ValueError as exc:
+            return str(exc)
+        except BaseException as exc:  # reading the answer runs user code too (a generator)
+            return f"bad resolver answer: {type(exc).__name__}: {exc}"

@@ -80,6 +80,14 @@ class Settings:
     #: Resolve host names with this function (name -> addresses) instead of the system resolver.
     #: It runs on a resolver thread, inside each request's deadline. For tests and custom DNS.
     resolver: Resolver | None = None
+    #: Bytes (approximate) of tombstones, the marks that make a key whose value expired or was
+    #: evicted read as `expired` rather than `unknown`; past this the oldest are dropped. Never
+    #: more than cache_max_bytes. Idempotency keys are bounded by max_idempotency_keys instead.
+    max_tombstone_bytes: int = 64 * MiB
+    #: Caller-supplied keys (``key=``) remembered at once, pending or finished. Each is kept for
+    #: its pending time + result TTL + tombstone_ttl_ms whatever the cache's pressure; a submit
+    #: that would remember one more is refused (nothing is sent).
+    max_idempotency_keys: int = 100_000
 
     def __post_init__(self) -> None:
         for f in fields(self):
