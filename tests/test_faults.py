@@ -425,3 +425,17 @@ def test_many_hosts_share_the_in_flight_budget_fairly(hostile: str, echo: str) -
         assert done_before < 100, done_before
         finals = Counter(r.status for r in c.wait_many(backlog, 60))
         assert finals == {200: 400}
+
+
+def test_an_idle_client_reclaims_expired_results_by_itself(echo: str) -> None:
+    with Client(result_ttl_ms=1500) as c:
+        keys = [c.post_async(echo + f"/r{i}", b"x", None, 5000) for i in range(300)]
+        assert all(r.status == 200 for r in c.wait_many(keys, 10))
+        entries = c._store.cache._entries
+        assert len(entries) == 300
+        # nobody touches the client: the engine's housekeeping alone reclaims them
+        deadline = time.monotonic() + 8
+        while entries and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not entries, f"{len(entries)} expired results still resident"
+        assert c.status(keys[0]) is State.EXPIRED
