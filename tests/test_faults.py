@@ -205,7 +205,7 @@ def test_if_the_engine_loop_dies_every_key_ends_and_the_client_says_closed(hosti
     def broken() -> None:
         raise _EngineBug("boom")
 
-    engine._perform = broken  # type: ignore[method-assign]
+    engine._transfers.perform = broken  # type: ignore[method-assign]
     engine._wake()
     engine._thread.join(10)
     assert not engine._thread.is_alive()
@@ -351,7 +351,7 @@ def test_a_cancelled_transfer_drops_what_it_had_received(hostile: str) -> None:
         time.sleep(1.5)  # headers and a byte or two arrived
         assert c.cancel(key)
         time.sleep(0.1)
-        for curl in c._engine._free:
+        for curl in c._engine._transfers._idle:
             assert not curl.body_parts and not curl.head_lines
 
 

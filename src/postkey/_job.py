@@ -6,12 +6,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._result import State
+from ._result import ErrorKind, Result, State
 from ._urls import origin_of
 
 if TYPE_CHECKING:
     from ._request import Request
-    from ._result import Result
 
 
 class Job:
@@ -65,6 +64,18 @@ class Job:
         self.hops = 0
         #: Called with the Result when it is stored; guarded by the store's lock (None: nobody).
         self.waiters: list[Callable[[Result], object]] | None = None
+
+    def failure(self, kind: ErrorKind, message: str) -> Result:
+        """This job's end as a ``failed`` Result (nothing, or nothing more, will be sent)."""
+        return Result(
+            self.key,
+            State.FAILED,
+            error_kind=kind,
+            error=message,
+            submitted_at=self.submitted_at,
+            finished_at=time.time(),
+            attempts=0 if kind is not ErrorKind.INTERNAL else 1,
+        )
 
     def __repr__(self) -> str:
         req = self.request

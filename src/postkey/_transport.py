@@ -11,6 +11,7 @@ import pycurl
 from ._headers import HeaderPairs
 from ._result import ErrorKind, Result, State
 from ._urls import target_of
+from ._wakeup import FD_SETSIZE
 
 if TYPE_CHECKING:
     from ._job import Job
@@ -44,7 +45,6 @@ _ERROR_KINDS: dict[int, ErrorKind] = {
 }
 _HTTP = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
 E_TOO_LARGE = 100
-FD_SETSIZE = 1024  # select(), and so libcurl's fdset, cannot take descriptors from here up
 
 
 def _curl_header_lines(pairs: HeaderPairs, has_body: bool) -> list[str]:

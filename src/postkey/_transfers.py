@@ -1,0 +1,130 @@
+"""The transfers on the wire: libcurl's multi handle, its running easy handles and a pool of idle
+ones, reused (a handle keeps its connection settings; see `Transport.prepare`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import pycurl
+
+from ._job import Job
+from ._result import ErrorKind, Result, State
+from ._settings import Settings
+from ._transport import Transport
+
+log = logging.getLogger(__name__)
+
+Finished = Callable[[Job, Result], None]
+
+
+class Transfers:
+    """Running transfers, each an easy handle with its job on ``curl.job``. Engine thread only."""
+
+    def __init__(self, settings: Settings, transport: Transport) -> None:
+        self._transport = transport
+        self._max_idle = settings.max_in_flight
+        self._multi = pycurl.CurlMulti()
+        self._multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, settings.max_per_host)
+        self._multi.setopt(pycurl.M_MAXCONNECTS, settings.max_in_flight)
+        self.running: set[pycurl.Curl] = set()
+        self._idle: list[pycurl.Curl] = []
+        self._closed = False
+
+    def start(self, job: Job, timeout_ms: int) -> None:
+        """Put ``job`` on the wire with ``timeout_ms`` left on its deadline.
+
+        Raises:
+            Exception: the handle could not be configured (nothing is left half started).
+        """
+        curl = self._idle.pop() if self._idle else self._transport.new_handle()
+        try:
+            self._transport.prepare(curl, job, timeout_ms)
+            curl.job = job
+            job.curl = curl
+            job.state = State.RUNNING
+            self._multi.add_handle(curl)
+        except BaseException:
+            job.curl = None
+            curl.job = None
+            curl.close()
+            raise
+        self.running.add(curl)
+
+    def perform(self) -> None:
+        """Let libcurl move every transfer that can move (one C call for all of them)."""
+        perform = self._multi.perform
+        while perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
+            pass
+
+    def reap(self, finished: Finished) -> None:
+        """Call ``finished(job, result)`` for every transfer libcurl has completed."""
+        info_read = self._multi.info_read
+        while True:
+            remaining, ok, failed = info_read()
+            for curl in ok:
+                self._finish(curl, 0, "", finished)
+            for curl, errno, message in failed:
+                self._finish(curl, errno, message, finished)
+            if not remaining:
+                return
+
+    def abort(self, job: Job) -> None:
+        """Take ``job``'s transfer off the wire; the handle, emptied, goes back to the pool."""
+        curl = job.curl
+        self._multi.remove_handle(curl)
+        self.running.discard(curl)
+        curl.job = None
+        job.curl = None
+        self._transport.release(curl)
+        self._keep(curl)
+
+    def sockets(self) -> tuple[list[int], list[int], list[int], int]:
+        """libcurl's sockets to watch (read, write, error) and its timeout in ms (-1: none)."""
+        readers, writers, errors = self._multi.fdset()
+        return readers, writers, errors, self._multi.timeout()
+
+    def close(self) -> list[Job]:
+        """Stop every transfer and free libcurl's resources; return the jobs that were running.
+        A second call does nothing."""
+        jobs: list[Job] = []
+        if self._closed:
+            return jobs
+        self._closed = True
+        for curl in list(self.running):
+            job = curl.job
+            try:
+                self._multi.remove_handle(curl)
+            except pycurl.error:
+                pass
+            curl.close()
+            if job is not None:
+                job.curl = None
+                jobs.append(job)
+        self.running.clear()
+        for curl in self._idle:
+            curl.close()
+        self._idle.clear()
+        self._multi.close()
+        return jobs
+
+    def _finish(self, curl: pycurl.Curl, errno: int, message: str, finished: Finished) -> None:
+        self._multi.remove_handle(curl)
+        self.running.discard(curl)
+        job: Job = curl.job
+        curl.job = None
+        job.curl = None
+        try:
+            result = self._transport.result(curl, job, errno, message)
+        except Exception as exc:  # a bug in result building: this request ends, nothing else
+            log.exception("could not read the result of %s", job.key)
+            self._transport.release(curl)
+            result = job.failure(ErrorKind.INTERNAL, f"could not read the result: {exc}")
+        self._keep(curl)
+        finished(job, result)
+
+    def _keep(self, curl: pycurl.Curl) -> None:
+        if len(self._idle) < self._max_idle:
+            self._idle.append(curl)
+        else:
+            curl.close()
