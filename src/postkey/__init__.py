@@ -16,6 +16,7 @@ from ._api import (
     cache_wait,
     cancel,
     close,
+    default_client,
     exists,
     get,
     get_async,
@@ -27,7 +28,7 @@ from ._api import (
     wait_many,
 )
 from ._async_client import AsyncClient
-from ._client import Client, default_client
+from ._client import Client
 from ._errors import (
     ClientClosed,
     IdempotencyKeysFull,

@@ -1,15 +1,44 @@
-"""Module-level functions: the same verbs as `Client`, on the default client."""
+"""Module-level functions: the same verbs as `Client`, on the default client (made on first use)."""
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ._client import default_client, existing_default_client
+from ._client import Client
 from ._headers import HeadersInput
 from ._memory_store import CacheValue
 from ._request import Body
 from ._result import Result, State
+
+_default_lock = threading.Lock()
+_default: list[Client] = []
+
+
+def _reinit_lock_in_child() -> None:
+    # Another thread may have held it at fork(); in the child nobody would ever release it.
+    global _default_lock
+    _default_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reinit_lock_in_child)
+
+
+def existing_default_client() -> Client | None:
+    """The default client if it exists and is open, without creating one."""
+    return _default[0] if _default and not _default[0].closed else None
+
+
+def default_client() -> Client:
+    """The client the module-level functions use, created on first use with default settings
+    (and again after it was closed, or its engine stopped)."""
+    if not _default or _default[0].closed:
+        with _default_lock:
+            if not _default or _default[0].closed:
+                _default[:] = [Client()]
+    return _default[0]
 
 
 def request_async(

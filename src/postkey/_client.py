@@ -415,30 +415,13 @@ def _closed_result(job: Job, message: str) -> Result:
     )
 
 
-_default_lock = threading.Lock()
 _rebuild_lock = threading.Lock()
-_default: list[Client] = []
 
 
-def _reinit_locks_in_child() -> None:
-    # Another thread may have held them at fork(); in the child nobody would ever release them.
-    global _default_lock, _rebuild_lock
-    _default_lock = threading.Lock()
+def _reinit_lock_in_child() -> None:
+    # Another thread may have held it at fork(); in the child nobody would ever release it.
+    global _rebuild_lock
     _rebuild_lock = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_reinit_locks_in_child)
-
-
-def existing_default_client() -> Client | None:
-    """The default client if it exists and is open, without creating one."""
-    return _default[0] if _default and not _default[0].closed else None
-
-
-def default_client() -> Client:
-    """The client the module-level functions use, created on first use with default settings."""
-    if not _default or _default[0].closed:
-        with _default_lock:
-            if not _default or _default[0].closed:
-                _default[:] = [Client()]
-    return _default[0]
+os.register_at_fork(after_in_child=_reinit_lock_in_child)

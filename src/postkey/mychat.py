@@ -19,7 +19,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from ._client import Client, default_client
+from ._api import default_client
+from ._client import Client
 from ._errors import InvalidValue
 from ._result import Result, State
 
