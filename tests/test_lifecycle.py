@@ -305,6 +305,11 @@ _EXIT_SCENARIOS = {
         threading.Thread(target=lambda: asyncio.run(main())).start()
         time.sleep(0.1)
         """,
+    "a thread waiting for a cache value nobody sets": """
+        c = postkey.Client(exit_grace_ms=500)
+        threading.Thread(target=c.cache_wait, args=("never-set",)).start()
+        time.sleep(0.1)
+        """,
     "an executor thread waiting for a key": """
         from concurrent.futures import ThreadPoolExecutor
         c = postkey.Client(exit_grace_ms=500)

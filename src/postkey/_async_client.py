@@ -69,11 +69,12 @@ class AsyncClient(_ClientCore):
         if found is not cache.MISSING:
             return found
         try:
-            return await asyncio.wait_for(asyncio.shield(future), seconds)
+            found = await asyncio.wait_for(asyncio.shield(future), seconds)
         except TimeoutError:
             return default
         finally:
             cache.remove_waiter(key, wake)
+        return default if found is cache.MISSING else found  # MISSING: released at exit
 
     async def aclose(self, drain: bool = True, timeout: float | None = None) -> None:
         """`Client.close` without blocking the event loop."""

@@ -37,6 +37,8 @@ REAP_PER_WRITE = 64
 # Heap items a write moves while a shell-heavy expiry heap is being rebuilt; at 4 the rebuild
 # finishes before the new heap can itself be dominated by shells.
 COMPACT_PER_WRITE = 4
+# Entries evicted per hold of the lock when one write puts the cache over its bounds.
+EVICT_PER_HOLD = 256
 # Expired entries count() reclaims before counting; more than that expiring in the same instant
 # shows in the count until a later call or the tick reclaims them.
 COUNT_REAP = 1024
@@ -102,7 +104,8 @@ class MemCache:
         # Idempotency keys: key -> (remembered until, fingerprint), and the same in expiry order.
         self._remembered: dict[str, tuple[float, str]] = {}
         self._remembered_heap: list[tuple[float, str]] = []
-        self._waiters: dict[str, list[Callable[[object], None]]] = {}
+        # key -> its waiters (a dict: O(1) removal when a wait times out)
+        self._waiters: dict[str, dict[Callable[[object], None], None]] = {}
         self._bytes = 0
         self.evictions = 0
         self.expirations = 0
@@ -111,9 +114,9 @@ class MemCache:
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value under ``key``, or ``default`` if absent or expired. Marks it recently used."""
-        lock = self._lock
-        lock.acquire()  # acquire / release: cheaper than `with` on this hot path
-        try:
+        # `with`, not acquire() / try: an interrupt (Ctrl-C) between those two would leave the
+        # lock held for good.
+        with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 return default
@@ -123,8 +126,6 @@ class MemCache:
                 return default
             self._entries.move_to_end(key)
             return entry.value
-        finally:
-            lock.release()
 
     def exists(self, key: str) -> bool:
         """True if ``key`` holds a live value."""
@@ -197,10 +198,7 @@ class MemCache:
         """
         ttl = self._default_ttl if ttl_ms is None else ttl_ms / 1000.0
         size = (value_size(value) if size is None else size) + len(key) + ENTRY_OVERHEAD
-        # acquire / release: cheaper than `with` on the engine's hot path.
-        lock = self._lock
-        lock.acquire()
-        try:
+        with self._lock:  # `with`: see get()
             now = self._clock()
             expires_at = now + ttl
             entries = self._entries
@@ -220,11 +218,12 @@ class MemCache:
                 self._reap(now, REAP_PER_WRITE)
                 if self._old:
                     self._compact(COMPACT_PER_WRITE)
-            if len(entries) > self._max_entries or self._bytes > self._max_bytes:
-                self._evict(now)
+            over = self._evict(now, EVICT_PER_HOLD)
             waiters = self._waiters.pop(key, None) if self._waiters else None
-        finally:
-            lock.release()
+        while over:  # a large value displacing many small ones: in bounded steps, not one hold
+            time.sleep(0)  # let a thread waiting for the lock have it (locks are not fair)
+            with self._lock:
+                over = self._evict(self._clock(), EVICT_PER_HOLD)
         if waiters:
             wake_all(waiters, value, f"cache key {key!r}")
 
@@ -236,18 +235,31 @@ class MemCache:
             if entry is None:
                 return False
             self._drop(entry)
+            if self._old:
+                self._compact(COMPACT_PER_WRITE)  # deletes pay for the rebuild they cause
             return entry.expires_at > self._clock()
 
     def clear(self) -> None:
         """Remove every entry and plain tombstone. Remembered idempotency keys stay until their
         time; waiters keep waiting."""
         with self._lock:
-            self._entries.clear()
+            # Swapped under the lock, freed after it: freeing a million entries takes a while.
+            dropped = (self._entries, self._heap, self._old, self._tombs)
+            self._entries = OrderedDict()
             self._heap = []
             self._old = []
-            self._tombs.clear()
+            self._tombs = OrderedDict()
             self._tomb_bytes = 0
             self._bytes = 0
+        del dropped
+
+    def release_waiters(self) -> None:
+        """Wake every waiter with nothing (their waits return their default): the interpreter
+        is exiting, and a wait for a value nobody will set must not hold it."""
+        with self._lock:
+            waiters, self._waiters = self._waiters, {}
+        for key, wakes in waiters.items():
+            wake_all(wakes, _MISSING, f"cache key {key!r}")
 
     def reap(self, limit: int) -> int:
         """Reclaim up to ``limit`` expired entries, tombstones and remembered keys, and move
@@ -278,7 +290,7 @@ class MemCache:
             entry = self._entries.get(key)
             if entry is not None and entry.expires_at > self._clock():
                 return entry.value
-            self._waiters.setdefault(key, []).append(wake)
+            self._waiters.setdefault(key, {})[wake] = None
             return _MISSING
 
     def remove_waiter(self, key: str, wake: Callable[[object], None]) -> None:
@@ -286,10 +298,7 @@ class MemCache:
         with self._lock:
             waiters = self._waiters.get(key)
             if waiters is not None:
-                try:
-                    waiters.remove(wake)
-                except ValueError:
-                    pass
+                waiters.pop(wake, None)
                 if not waiters:
                     del self._waiters[key]
 
@@ -317,7 +326,7 @@ class MemCache:
             if found is not _MISSING:
                 return found
             gate.acquire(timeout=-1 if seconds is None else seconds)
-            return box[0] if box else default
+            return box[0] if box and box[0] is not _MISSING else default
         finally:
             if not box:  # woken means already unregistered by the setter
                 self.remove_waiter(key, wake)
@@ -408,11 +417,17 @@ class MemCache:
                 heappush(heap, item)
         return moved
 
-    def _evict(self, now: float) -> None:
-        while self._entries and (
-            len(self._entries) > self._max_entries or self._bytes > self._max_bytes
-        ):
-            _key, entry = self._entries.popitem(last=False)
+    def _evict(self, now: float, limit: int) -> bool:
+        """Evict least recently used entries while over the bounds, at most ``limit``; True if
+        still over them."""
+        entries = self._entries
+        for _ in range(limit):
+            if not entries or (
+                len(entries) <= self._max_entries and self._bytes <= self._max_bytes
+            ):
+                return False
+            _key, entry = entries.popitem(last=False)
             self._bury(entry, now)
             self._drop(entry)
             self.evictions += 1
+        return bool(entries) and (len(entries) > self._max_entries or self._bytes > self._max_bytes)

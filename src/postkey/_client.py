@@ -21,6 +21,7 @@ from ._request import Body, Request, build_request
 from ._result import ErrorKind, Result, State
 from ._settings import Settings
 from ._transport import Transport
+from ._waits import MAX_WAIT_S
 
 KeyFormat = Literal["hex", "mychat"]
 OnDone = Callable[[Result], Any]
@@ -39,6 +40,7 @@ class _ClientCore:
         """Build this client's store, callback thread and engine (again, after a fork)."""
         self._generation = _lifecycle.generation
         self._store_ = MemoryStore(self.settings)
+        _lifecycle.track_cache(self._store_.cache)
         self._callbacks_ = CallbackRunner(
             self.settings.max_callback_backlog, self.settings.callback_grace_ms
         )
@@ -68,6 +70,9 @@ class _ClientCore:
         with _rebuild_lock:
             if self._generation != _lifecycle.generation:
                 if self._closed:
+                    # Nothing inherited is touched (its locks may be held for good): a closed
+                    # client gets an empty store, where every key reads unknown.
+                    self._store_ = MemoryStore(self.settings)
                     self._generation = _lifecycle.generation
                 else:
                     self._start()
@@ -219,8 +224,12 @@ class _ClientCore:
     ) -> str:
         if self._closed:
             raise ClientClosed("the client is closed")
-        if ttl_ms is not None and (type(ttl_ms) is not int or ttl_ms < 1):
-            raise InvalidRequest(f"ttl_ms must be a positive int, got {ttl_ms!r}")
+        if ttl_ms is not None and (
+            type(ttl_ms) is not int or not 1 <= ttl_ms <= self._store_.max_ttl_ms
+        ):
+            raise InvalidRequest(
+                f"ttl_ms must be an int between 1 and {self._store_.max_ttl_ms}, got {ttl_ms!r}"
+            )
         if key is None:
             if key_format == "hex":
                 key = new_key()
@@ -241,13 +250,21 @@ class _ClientCore:
         engine.check_room()
         if on_done is not None:
             self._callbacks_.check_room()
-        if not store.register(job, caller_key=job.fingerprint is not None):
-            return key  # the same request under the same key: sent once, not again
         try:
+            if not store.register(job, caller_key=job.fingerprint is not None):
+                return key  # the same request under the same key: sent once, not again
             engine.enqueue(job)
         except ClientClosed as exc:
             # Closed in between: the key may already be in another caller's hands, so it ends.
-            store.finish(job, _closed_result(job, str(exc)))
+            if store.job(job.key) is job:
+                job.done = True
+                store.finish(job, _closed_result(job, str(exc)))
+            raise
+        except BaseException:
+            # Interrupted (Ctrl-C) between register and enqueue, or after: if the key became
+            # visible, it must still end, once. The engine's cancel ends it wherever it is.
+            if store.job(job.key) is job:
+                engine.cancel(job)
             raise
         return key
 
@@ -368,6 +385,8 @@ class Client(_ClientCore):
             InvalidValue: ``timeout`` is not None or a number of seconds from 0 to 31 days.
         """
         _lifecycle.run_exit_hook_first()  # the caller may be a thread joined at exit
+        if _lifecycle.exiting() and timeout is None:
+            timeout = _lifecycle.time_left_at_exit(float(MAX_WAIT_S))
         return self._store.cache.wait(key, timeout, default)
 
     def close(self, drain: bool = True, timeout: float | None = None) -> None:

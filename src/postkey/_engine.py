@@ -335,6 +335,7 @@ class Engine:
         """Move submitted jobs to the resolver or the scheduler (or end them at once)."""
         now = time.monotonic()
         for job in self._intake.take_all():
+            job.queued = False
             if not job.done:  # a job cancelled before it was taken in is skipped
                 self._take(job, now)
         self._intake.room_made()
@@ -471,13 +472,15 @@ class Engine:
             elif job.curl is not None:
                 self._transfers.abort(job)
                 self._scheduler.release(job.origin)
-            elif self._resolutions is None or not self._resolutions.abandon(job):
+            elif self._resolutions is not None and self._resolutions.abandon(job):
+                pass
+            elif job.queued:
                 self._intake.dead += 1  # still in the submit queue: its place is free now
             self._fail(job, ErrorKind.CANCELLED, "cancelled by the caller")
 
     def _drained_or_due(self) -> bool:
         assert self._drain_until is not None
-        idle = not self._intake and not self._running and self.queued == 0
+        idle = not self._intake and not self._running and self.queued <= 0
         return idle or time.monotonic() >= self._drain_until
 
     def _end_everything(self, kind: ErrorKind, message: str) -> int:

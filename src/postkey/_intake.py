@@ -83,6 +83,7 @@ class Intake:
             if self._sealed:
                 raise refused()
             self._jobs.append(job)
+            job.queued = True  # after the append: an interrupt in between errs on the safe side
             # An if, not min(): this is every submit's path, and the call costs more.
             if job.deadline < self.soonest:  # noqa: PLR1730
                 self.soonest = job.deadline

@@ -26,6 +26,7 @@ class Job:
         "key",
         "on_done",
         "origin",
+        "queued",
         "request",
         "state",
         "submitted_at",
@@ -60,10 +61,13 @@ class Job:
         self.origin: tuple[str, str, int] = origin_of(request.url)
         #: True while the job sits in the scheduler, waiting for a transfer slot.
         self.waiting = False
+        #: True while the job sits in the submit queue (set by Intake.put).
+        self.queued = False
         #: Redirects followed so far (the engine follows them itself, one transfer per hop).
         self.hops = 0
         #: Called with the Result when it is stored; guarded by the store's lock (None: nobody).
-        self.waiters: list[Callable[[Result], object]] | None = None
+        # Who waits for this job's result (a dict: O(1) removal when a wait times out).
+        self.waiters: dict[Callable[[Result], object], None] | None = None
 
     def failure(self, kind: ErrorKind, message: str) -> Result:
         """This job's end as a ``failed`` Result (nothing, or nothing more, will be sent)."""

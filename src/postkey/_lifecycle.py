@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -28,11 +29,17 @@ class _Finisher(Protocol):
     def finish(self, timeout: float) -> None: ...
 
 
+class _Releasable(Protocol):
+    def release_waiters(self) -> None: ...
+
+
 _lock = threading.Lock()
 _engines: dict[Engine, None] = {}
 _runners: dict[_Finisher, None] = {}
 # Objects inherited from the parent across fork(): referenced for good, never finalised here.
 _inherited: list[object] = []
+# Caches whose waiters are released at exit (a wait for a value nobody will set must not hold it).
+_caches: weakref.WeakSet[_Releasable] = weakref.WeakSet()
 
 #: Incremented in a child process after fork(); clients compare it to rebuild themselves.
 generation = 0
@@ -66,6 +73,12 @@ def untrack(engine: Engine) -> None:
         _engines.pop(engine, None)
 
 
+def track_cache(cache: _Releasable) -> None:
+    """Release ``cache``'s waiters at interpreter exit."""
+    with _lock:
+        _caches.add(cache)
+
+
 def track_runner(runner: _Finisher) -> None:
     """Give ``runner`` (a callback thread) its share of the exit grace."""
     with _lock:
@@ -97,6 +110,10 @@ def _at_exit() -> None:
         engine.join(max(deadline - time.monotonic(), 0.0) + 0.5)
     for runner in runners:
         runner.finish(max(deadline - time.monotonic(), 0.0) + _CALLBACK_EXTRA_S)
+    with _lock:
+        caches = list(_caches)
+    for cache in caches:
+        cache.release_waiters()
 
 
 def _before_fork() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -13,6 +14,8 @@ from ._job import Job
 from ._result import Result, State
 from ._settings import Settings
 from ._waits import check_wait_timeout, wake_all
+
+log = logging.getLogger(__name__)
 
 CacheValue = str | bytes
 # A tick reclaims in steps of _TICK_STEP under the cache lock, releasing it in between (each
@@ -52,6 +55,11 @@ class MemoryStore:
         # Pending or running jobs under a caller's key (they count as remembered keys).
         self._caller_jobs = 0
         self._lock = threading.Lock()
+
+    @property
+    def max_ttl_ms(self) -> int:
+        """The longest TTL a result or value may be given, in ms."""
+        return self._max_ttl_ms
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -125,7 +133,11 @@ class MemoryStore:
         """
         result.fingerprint = job.fingerprint
         try:
-            self.cache.set(job.key, result, job.ttl_ms, result.cache_size(), job.fingerprint)
+            try:
+                self.cache.set(job.key, result, job.ttl_ms, result.cache_size(), job.fingerprint)
+            except Exception:  # a bug (or a TTL past what the clock can add): keep the result
+                log.exception("storing the result of %s failed; kept with the default TTL", job.key)
+                self.cache.set(job.key, result, None, result.cache_size(), job.fingerprint)
         finally:
             # After the cache has the result: readers look in _jobs first, so the key is never
             # seen as unknown in between. (acquire / release: cheaper than `with` here.)
@@ -183,9 +195,9 @@ class MemoryStore:
             job = self._jobs.get(key)
             if job is not None:
                 if job.waiters is None:
-                    job.waiters = [wake]
+                    job.waiters = {wake: None}
                 else:
-                    job.waiters.append(wake)
+                    job.waiters[wake] = None
         if job is None:
             return self.lookup(key), None
         return None, lambda: self._unwatch([job], wake)
@@ -196,10 +208,7 @@ class MemoryStore:
                 for job in jobs[start : start + _REGISTER_CHUNK]:
                     waiters = job.waiters
                     if waiters:
-                        try:
-                            waiters.remove(wake)
-                        except ValueError:
-                            pass
+                        waiters.pop(wake, None)
 
     def wait(self, key: str, timeout: float | None) -> Result:
         """Block until ``key`` has a terminal Result or ``timeout`` seconds pass; return what is
@@ -252,11 +261,13 @@ class MemoryStore:
                         job = jobs.get(key)
                         if job is None:
                             continue  # already ended: wait_many reads its result
-                        watched.append(job)
                         if job.waiters is None:
-                            job.waiters = [one_done]
+                            job.waiters = {one_done: None}
+                        elif one_done in job.waiters:
+                            continue  # the same key twice in keys: one wake-up for it
                         else:
-                            job.waiters.append(one_done)
+                            job.waiters[one_done] = None
+                        watched.append(job)
                         added += 1
                     # Counted before the store lock is released, so before finish can call them.
                     with count_lock:

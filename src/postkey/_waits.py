@@ -4,7 +4,7 @@ cannot stop the others."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._errors import InvalidValue
@@ -29,15 +29,19 @@ def check_wait_timeout(timeout: object) -> float | None:
             "timeout must be None (wait forever) or a number of seconds,"
             f" not {type(timeout).__name__}"
         )
-    if not 0 <= timeout <= MAX_WAIT_S:  # also refuses NaN, which compares false to everything
+    try:
+        seconds = float(timeout)  # first: what is checked is what is waited on
+    except (OverflowError, ValueError, TypeError):
+        seconds = float("nan")
+    if not 0 <= seconds <= MAX_WAIT_S:  # also refuses NaN, which compares false to everything
         raise InvalidValue(
             f"timeout must be between 0 and {MAX_WAIT_S} seconds (31 days), or None to wait"
             f" forever; got {timeout!r}"
         )
-    return float(timeout)
+    return seconds
 
 
-def wake_all(waiters: Sequence[Callable[[Any], object]], value: object, what: str) -> None:
+def wake_all(waiters: Iterable[Callable[[Any], object]], value: object, what: str) -> None:
     """Call every waiter with ``value``; one that raises is logged and the others still run."""
     for wake in waiters:
         try:
