@@ -104,14 +104,3 @@ def test_submits_are_refused_rather_than_forgetting_keys_past_max_idempotency_ke
     clock.now += 2.001  # k0's result TTL and tombstone TTL have passed
     store.tick()
     assert store.register(job_for("k3"), caller_key=True)
-
-
-def test_a_finished_or_forgotten_job_gives_back_its_idempotency_slot() -> None:
-    store = MemoryStore(Settings(max_idempotency_keys=1, result_ttl_ms=1000))
-    refused = job_for("a")
-    assert store.register(refused, caller_key=True)
-    store.forget(refused)  # the engine refused it: the key was never used
-    accepted = job_for("b")
-    assert store.register(accepted, caller_key=True)
-    with pytest.raises(IdempotencyKeysFull, match="max_idempotency_keys"):
-        store.register(job_for("c"), caller_key=True)

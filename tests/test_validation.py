@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import postkey
 from postkey import Client, InvalidBody, InvalidHeader, InvalidMethod, InvalidTimeout, InvalidURL
 from postkey._request import _check_url_text, check_url
-from postkey._transport import target_of
+from postkey._urls import target_of
 
 
 class CurlView:

@@ -244,14 +244,24 @@ class MemCache:
         time; waiters keep waiting."""
         with self._lock:
             # Swapped under the lock, freed after it: freeing a million entries takes a while.
-            dropped = (self._entries, self._heap, self._old, self._tombs)
+            entries, heap, old, tombs = self._entries, self._heap, self._old, self._tombs
             self._entries = OrderedDict()
             self._heap = []
             self._old = []
             self._tombs = OrderedDict()
             self._tomb_bytes = 0
             self._bytes = 0
-        del dropped
+        # ... and in steps, yielding in between: freeing holds the GIL, which other threads
+        # (the engine among them) need as much as the lock.
+        for table in (entries, tombs):
+            while table:
+                for _ in range(min(len(table), EVICT_PER_HOLD * 16)):
+                    table.popitem()
+                time.sleep(0)
+        for items in (heap, old):
+            while items:
+                del items[-EVICT_PER_HOLD * 16 :]
+                time.sleep(0)
 
     def release_waiters(self) -> None:
         """Wake every waiter with nothing (their waits return their default): the interpreter

@@ -32,11 +32,6 @@ class CallbackRunner:
         self._stopping = False
         self._skipping = False
 
-    @property
-    def backlog(self) -> int:
-        """Results waiting for their callback to run."""
-        return len(self._todo)
-
     def check_room(self) -> None:
         """Refuse a new callback while ``max_callback_backlog`` results wait for theirs.
 

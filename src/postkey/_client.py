@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
@@ -51,7 +50,7 @@ class _ClientCore:
             self.settings,
             Transport(self.settings),
             sink,
-            housekeeping=getattr(self._store_, "tick", None),
+            housekeeping=self._store_.tick,
         )
         # A client dropped without close() still lets its requests finish by their own
         # deadlines (at interpreter exit, by exit_grace_ms): nobody can read their results,
@@ -77,23 +76,23 @@ class _ClientCore:
                 else:
                     self._start()
 
-    @property
-    def _store(self) -> MemoryStore:
+    def _here(self) -> _ClientCore:
+        """This client, rebuilt first if this process is a fork() child of where it was made."""
         if self._generation != _lifecycle.generation:
             self._forked()
-        return self._store_
+        return self
+
+    @property
+    def _store(self) -> MemoryStore:
+        return self._here()._store_
 
     @property
     def _engine(self) -> Engine:
-        if self._generation != _lifecycle.generation:
-            self._forked()
-        return self._engine_
+        return self._here()._engine_
 
     @property
     def _callbacks(self) -> CallbackRunner:
-        if self._generation != _lifecycle.generation:
-            self._forked()
-        return self._callbacks_
+        return self._here()._callbacks_
 
     # -- submitting ------------------------------------------------------------------------------
 
@@ -241,8 +240,7 @@ class _ClientCore:
         else:
             job = Job(check_key(key), request, on_done=on_done, ttl_ms=ttl_ms)
             job.fingerprint = request.fingerprint()
-        if self._generation != _lifecycle.generation:
-            self._forked()
+        self._here()
         store = self._store_
         engine = self._engine_
         # Room first, before the key becomes visible: once another caller can see it (the same
@@ -258,7 +256,7 @@ class _ClientCore:
             # Closed in between: the key may already be in another caller's hands, so it ends.
             if store.job(job.key) is job:
                 job.done = True
-                store.finish(job, _closed_result(job, str(exc)))
+                store.finish(job, job.failure(ErrorKind.CANCELLED, str(exc)))
             raise
         except BaseException:
             # Interrupted (Ctrl-C) between register and enqueue, or after: if the key became
@@ -421,17 +419,6 @@ class _ResultSink:
         finally:
             if job.on_done is not None:
                 self._callbacks.call(job.on_done, result)
-
-
-def _closed_result(job: Job, message: str) -> Result:
-    return Result(
-        job.key,
-        State.FAILED,
-        error_kind=ErrorKind.CANCELLED,
-        error=message,
-        submitted_at=job.submitted_at,
-        finished_at=time.time(),
-    )
 
 
 _rebuild_lock = threading.Lock()

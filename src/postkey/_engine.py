@@ -32,14 +32,15 @@ log = logging.getLogger(__name__)
 
 _HIGH_FD_TICK = 0.002  # seconds between looks when libcurl has sockets select() cannot watch
 _HOUSEKEEPING_S = 1.0  # how often the store gets to reclaim expired entries while idle
-_MAX_LOOP_FAILURES = 3
-_AT_EXIT = "interpreter exit"  # consecutive unexpected errors after which the loop gives up
+_MAX_LOOP_FAILURES = 3  # consecutive unexpected errors after which the loop gives up
+_AT_EXIT = "interpreter exit"  # how the closing reason given at exit starts
+_LATE_IN_QUEUE = "deadline passed while queued; nothing was sent"
 
 
 class Engine:
     """Runs jobs on libcurl and reports each one's Result to ``on_result`` (on the engine thread).
 
-    Raises (from `submit`):
+    Raises (from `check_room` and `enqueue`):
         QueueFull: the queue is at ``settings.max_queue`` for longer than ``queue_wait_ms``.
         ClientClosed: `close` was called, or the engine stopped after an internal error.
     """
@@ -102,11 +103,6 @@ class Engine:
         """Transfers handed to libcurl and not finished."""
         return len(self._running)
 
-    def submit(self, job: Job) -> None:
-        """`check_room`, then `enqueue`."""
-        self.check_room()
-        self.enqueue(job)
-
     def check_room(self) -> None:
         """Raise unless the queue has room for one more job (waiting up to ``queue_wait_ms``).
 
@@ -149,8 +145,6 @@ class Engine:
 
     def cancel(self, job: Job) -> None:
         """Ask the engine to end ``job`` as failed / cancelled (if it has not ended yet)."""
-        if self._orphaned:
-            return
         self._cancels.append(job)
         self._wake()
 
@@ -208,8 +202,7 @@ class Engine:
         return ClientClosed("the client is closed")
 
     def _wake(self) -> None:
-        if not self._orphaned:  # in a forked child the pipe is the parent's
-            self._wakeup.poke()
+        self._wakeup.poke()  # a no-op once closed, or orphaned in a forked child
 
     # -- the loop (engine thread) ----------------------------------------------------------------
     #
@@ -237,7 +230,8 @@ class Engine:
     def _step(self) -> bool:
         """One turn of the loop; True when the engine should stop."""
         # While every slot is busy, new jobs wait in the submit queue: taking them in then would
-        # only compete with submitters for the GIL. _needs_turn watches their deadlines.
+        # only compete with submitters for the GIL. Intake.soonest brings the engine back for
+        # their deadlines.
         if self._intake and (
             self._scheduler.running < self._max_in_flight
             or self._eager
@@ -349,7 +343,7 @@ class Engine:
                 self._fail(job, ErrorKind.BLOCKED, refusal)
                 return
         if job.deadline <= now:
-            self._fail(job, ErrorKind.TIMEOUT, "deadline passed while queued; nothing was sent")
+            self._fail(job, ErrorKind.TIMEOUT, _LATE_IN_QUEUE)
             return
         resolutions = self._resolutions
         if resolutions is not None and job.addresses is None and needs_lookup(job.request.url):
@@ -398,7 +392,7 @@ class Engine:
             left_ms = int((job.deadline - now) * 1000.0) + 1
             if left_ms <= 0:
                 scheduler.release(job.origin)
-                self._fail(job, ErrorKind.TIMEOUT, "deadline passed while queued; nothing was sent")
+                self._fail(job, ErrorKind.TIMEOUT, _LATE_IN_QUEUE)
             else:
                 try:
                     start(job, left_ms)

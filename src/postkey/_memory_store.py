@@ -109,18 +109,6 @@ class MemoryStore:
             return value.fingerprint or "" if isinstance(value, Result) else "\0cache value"
         return self.cache.tombstone(key)
 
-    def forget(self, job: Job) -> None:
-        """Undo `register` for a job the engine refused; its waiters get the key's state now."""
-        with self._lock:
-            if self._jobs.get(job.key) is not job:
-                return
-            del self._jobs[job.key]
-            if job.fingerprint is not None:
-                self._caller_jobs -= 1
-            waiters, job.waiters = job.waiters, None
-        if waiters:
-            wake_all(waiters, self.lookup(job.key), f"key {job.key!r}")
-
     def job(self, key: str) -> Job | None:
         """The pending or running job under ``key``."""
         return self._jobs.get(key)

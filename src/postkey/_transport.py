@@ -10,7 +10,6 @@ import pycurl
 
 from ._headers import HeaderPairs
 from ._result import ErrorKind, Result, State
-from ._urls import target_of
 from ._wakeup import FD_SETSIZE
 
 if TYPE_CHECKING:
@@ -166,7 +165,7 @@ class Transport:
 
     def refusal(self, job: Job) -> str | None:
         """Why the policy refuses ``job``'s host by name before any lookup (deny rules), or None."""
-        host, port = target_of(job.request.url)
+        _scheme, host, port = job.origin
         return self._policy.check_host(host, port)
 
     def prepare(self, curl: pycurl.Curl, job: Job, timeout_ms: int) -> None:
@@ -199,18 +198,17 @@ class Transport:
         if curl.header_pairs is not pairs:
             setopt(pycurl.HTTPHEADER, _curl_header_lines(pairs, has_body))
             curl.header_pairs = pairs
-        del curl.body_parts[:]
-        del curl.head_lines[:]
+        # The buffers are empty here: `result` and `release` empty them when a transfer ends.
         guard = curl.guard
         if guard is not None:
-            guard.host = target_of(req.url)[0]
+            guard.host = job.origin[1]
             guard.refusal = None
         if curl.meter is not None:
             curl.meter.reset()
         if job.addresses is not None:
             # The injected resolver's answer, pinned: libcurl connects to these addresses and
             # does no lookup of its own (the open-socket hook still vets each one).
-            host, port = target_of(req.url)
+            _scheme, host, port = job.origin
             addresses = ",".join(f"[{a}]" if ":" in a else a for a in job.addresses)
             setopt(pycurl.RESOLVE, [f"{host}:{port}:{addresses}"])
 
