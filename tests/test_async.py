@@ -12,10 +12,10 @@ from postkey import AsyncClient, State
 def test_async_wait_and_wait_many(echo: str) -> None:
     async def main() -> None:
         async with AsyncClient() as client:
-            key = client.post_async(echo, "hello", None, 5000)
+            key = await client.post_async(echo, "hello", None, 5000)
             result = await client.wait(key, 10)
             assert result.state == State.DONE and result.json()["data"] == "hello"
-            keys = [client.get_async(echo + f"/{i}", timeout_ms=5000) for i in range(50)]
+            keys = [await client.get_async(echo + f"/{i}", timeout_ms=5000) for i in range(50)]
             results = await client.wait_many(keys, 10)
             assert [r.key for r in results] == keys
             assert all(r.status == 200 for r in results)
@@ -27,7 +27,7 @@ def test_async_wait_and_wait_many(echo: str) -> None:
 def test_async_wait_times_out_with_the_current_state(hostile: str) -> None:
     async def main() -> None:
         async with AsyncClient() as client:
-            key = client.get_async(hostile + "/silent", timeout_ms=5000)
+            key = await client.get_async(hostile + "/silent", timeout_ms=5000)
             started = time.monotonic()
             result = await client.wait(key, 0.2)
             assert result.state == State.RUNNING
@@ -40,7 +40,7 @@ def test_async_wait_times_out_with_the_current_state(hostile: str) -> None:
 def test_async_wait_does_not_block_the_loop(hostile: str) -> None:
     async def main() -> None:
         async with AsyncClient() as client:
-            key = client.get_async(hostile + "/hold", timeout_ms=5000)
+            key = await client.get_async(hostile + "/hold", timeout_ms=5000)
             ticks = 0
 
             async def ticker() -> None:
@@ -70,9 +70,10 @@ def test_async_cache_wait(echo: str) -> None:
 
 
 def test_async_client_shares_the_core_verbs() -> None:
-    sync_verbs = {"request_async", "post_async", "get_async", "submit_many", "exists", "status"}
-    sync_verbs |= {"get", "cancel", "cache_set", "cache_get", "cache_delete", "cache_count"}
+    sync_verbs = {"exists", "status", "get", "cancel", "cache_set", "cache_get", "cache_delete"}
+    sync_verbs |= {"cache_count"}
     for verb in sync_verbs:
         assert getattr(postkey.AsyncClient, verb) is getattr(postkey.Client, verb)
-    for verb in ("wait", "wait_many", "cache_wait"):
+    awaited = ("request_async", "post_async", "get_async", "submit_many")
+    for verb in (*awaited, "wait", "wait_many", "cache_wait"):
         assert asyncio.iscoroutinefunction(getattr(postkey.AsyncClient, verb))

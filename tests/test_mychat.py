@@ -130,7 +130,7 @@ def test_bad_input_raises_like_the_python_api() -> None:
     with pytest.raises(postkey.InvalidTimeout):
         HTTPSendPostMessageAsync("http://127.0.0.1:9/", "", "", 0)
     with pytest.raises(postkey.InvalidMethod):
-        HTTPSendMessageAsync("get", "http://127.0.0.1:9/", "", "", 1000)
+        HTTPSendMessageAsync("GE T", "http://127.0.0.1:9/", "", "", 1000)
 
 
 def test_guid_and_crlf() -> None:

@@ -88,7 +88,7 @@ def test_an_async_wait_on_a_closed_loop_is_dropped_quietly(
 
     client = AsyncClient()
     try:
-        key = client.get_async(hostile + "/hold", timeout_ms=5000)
+        key = asyncio.run(client.get_async(hostile + "/hold", timeout_ms=5000))
         dead = asyncio.new_event_loop()
         task = dead.run_until_complete(start_waiting(client, key))
         dead.close()  # with the wait still pending on it

@@ -367,7 +367,9 @@ def test_none_timeout_means_the_default(client: Client) -> None:
     assert client.wait(key, 5).state == "failed"
 
 
-@pytest.mark.parametrize("method", ["get", "GE T", "", "CONNECT", "TRACE", "X" * 40, 5])
+@pytest.mark.parametrize(
+    "method", ["GE T", "", "CONNECT", "trace", "X" * 40, 5, "PÖST", "\ufb00", "1GET"]
+)
 def test_bad_methods_are_refused(client: Client, method: object) -> None:
     with pytest.raises(InvalidMethod):
         client.request_async(method, "http://127.0.0.1:9/")  # type: ignore[arg-type]

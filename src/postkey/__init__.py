@@ -31,6 +31,7 @@ from ._async_client import AsyncClient
 from ._client import Client
 from ._errors import (
     ClientClosed,
+    HTTPStatusError,
     IdempotencyKeysFull,
     InvalidBody,
     InvalidHeader,
@@ -41,10 +42,15 @@ from ._errors import (
     InvalidURL,
     InvalidValue,
     KeyConflict,
+    NoResponse,
     PostkeyError,
     QueueFull,
+    RequestFailed,
+    ResultError,
+    UnknownArgument,
 )
 from ._policy import DestinationPolicy
+from ._response_headers import Headers
 from ._result import ErrorKind, Result, State, Timings
 from ._settings import Settings
 
@@ -56,6 +62,8 @@ __all__ = [
     "ClientClosed",
     "DestinationPolicy",
     "ErrorKind",
+    "HTTPStatusError",
+    "Headers",
     "IdempotencyKeysFull",
     "InvalidBody",
     "InvalidHeader",
@@ -66,12 +74,16 @@ __all__ = [
     "InvalidURL",
     "InvalidValue",
     "KeyConflict",
+    "NoResponse",
     "PostkeyError",
     "QueueFull",
+    "RequestFailed",
     "Result",
+    "ResultError",
     "Settings",
     "State",
     "Timings",
+    "UnknownArgument",
     "__version__",
     "cache_clear",
     "cache_count",

@@ -61,14 +61,14 @@ def post_async(
     **options: Any,
 ) -> str:
     """Submit a POST on the default client; see `Client.post_async`."""
-    return default_client().request_async("POST", url, body, headers, timeout_ms, **options)
+    return default_client().post_async(url, body, headers, timeout_ms, **options)
 
 
 def get_async(
     url: str, headers: HeadersInput = None, timeout_ms: int | None = None, **options: Any
 ) -> str:
     """Submit a GET on the default client; see `Client.get_async`."""
-    return default_client().request_async("GET", url, None, headers, timeout_ms, **options)
+    return default_client().get_async(url, headers, timeout_ms, **options)
 
 
 def submit_many(requests: Iterable[Mapping[str, Any]]) -> list[str]:

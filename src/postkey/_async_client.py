@@ -3,20 +3,93 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ._client import _ClientCore
+from ._client import _ClientCore, _Submit
+from ._errors import QueueFull
+from ._headers import HeadersInput
+from ._request import Body
 from ._result import Result
 from ._waits import check_wait_timeout
 
 
 class AsyncClient(_ClientCore):
-    """A postkey client for asyncio code: submitting never blocks, waits are awaitable.
+    """A postkey client for asyncio code: every method that can wait is a coroutine.
+
+    Submits return the key at once when the queue has room; when it has none, they wait up to
+    ``queue_wait_ms`` for it without blocking the event loop.
 
     Raises (on construction):
         InvalidValue: a bad setting.
     """
+
+    async def request_async(
+        self,
+        method: str,
+        url: str,
+        body: Body = None,
+        headers: HeadersInput = None,
+        timeout_ms: int | None = None,
+        **options: Any,
+    ) -> str:
+        """Submit a request; the key (see `Client.request_async` for the options and errors)."""
+        return await self._submit_soon(
+            self._prepare("request_async", method, url, body, headers, timeout_ms, options)
+        )
+
+    async def post_async(
+        self,
+        url: str,
+        body: Body = None,
+        headers: HeadersInput = None,
+        timeout_ms: int | None = None,
+        **options: Any,
+    ) -> str:
+        """Submit a POST; the key (see `Client.post_async`)."""
+        return await self._submit_soon(
+            self._prepare("post_async", "POST", url, body, headers, timeout_ms, options)
+        )
+
+    async def get_async(
+        self, url: str, headers: HeadersInput = None, timeout_ms: int | None = None, **options: Any
+    ) -> str:
+        """Submit a GET; the key (see `Client.get_async`)."""
+        return await self._submit_soon(
+            self._prepare("get_async", "GET", url, None, headers, timeout_ms, options)
+        )
+
+    async def submit_many(self, requests: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Validate every request, then submit them in order (see `Client.submit_many`)."""
+        keys: list[str] = []
+        for prepared in self._prepare_many(requests):
+            try:
+                keys.append(await self._submit_soon(prepared))
+            except QueueFull as exc:
+                exc.keys = keys  # type: ignore[attr-defined]
+                raise
+        return keys
+
+    async def _submit_soon(self, prepared: _Submit) -> str:
+        # Never block the loop: when the queue is full, wait for room on a worker thread (the
+        # engine signals room from its own thread), then submit without waiting. The callback
+        # backlog and the idempotency table are not waited for, as in the blocking Client.
+        engine = self._engine
+        deadline = time.monotonic() + self.settings.queue_wait_ms / 1000.0
+        while True:
+            if not engine.has_room():
+                left = deadline - time.monotonic()
+                if left > 0:
+                    loop = asyncio.get_running_loop()
+                    await loop.run_in_executor(None, engine.wait_for_room, left)
+                    continue
+            try:
+                return self._submit(*prepared, wait_for_room=False)
+            except QueueFull:
+                # Someone else took the room first: go round while there is time left.
+                if engine.has_room() or time.monotonic() >= deadline:
+                    raise
 
     async def wait(self, key: str, timeout: float | None = None) -> Result:
         """Await the end of ``key`` (see `Client.wait`); woken by the store via the event loop.

@@ -2,28 +2,72 @@
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from . import _lifecycle
 from ._callbacks import CallbackRunner
+from ._encoders import FORM_TYPE, JSON_TYPE, add_params, encode_form, encode_json, with_content_type
 from ._engine import Engine
-from ._errors import ClientClosed, InvalidRequest, QueueFull
+from ._errors import ClientClosed, InvalidBody, InvalidRequest, QueueFull, UnknownArgument
 from ._headers import HeadersInput
 from ._job import Job
 from ._keys import check_key, mychat_key, new_key
 from ._memory_store import CacheValue, MemoryStore
-from ._request import Body, Request, build_request
+from ._request import Body, Request, build_request, check_options
 from ._result import ErrorKind, Result, State
 from ._settings import Settings
 from ._transport import Transport
+from ._urls import redacted
 from ._waits import MAX_WAIT_S
 
 KeyFormat = Literal["hex", "mychat"]
 OnDone = Callable[[Result], Any]
+
+#: The keyword options of every submit (`Client.request_async` documents them).
+SUBMIT_OPTIONS = frozenset(
+    {
+        "key",
+        "key_format",
+        "follow_redirects",
+        "ttl_ms",
+        "on_done",
+        "json",
+        "data",
+        "params",
+        "client_cert",
+        "client_key",
+        "http_version",
+    }
+)
+_REQUEST_FIELDS = ("method", "url", "body", "headers", "timeout_ms")
+
+log = logging.getLogger("postkey")
+
+
+class _Submit(NamedTuple):
+    """A validated submit, ready for `_ClientCore._submit`."""
+
+    request: Request
+    key: str | None
+    key_format: KeyFormat
+    ttl_ms: int | None
+    on_done: OnDone | None
+
+
+def unknown_argument(call: str, name: str, allowed: Iterable[str]) -> UnknownArgument:
+    """The error for a keyword ``call`` does not take, with the closest real name."""
+    choices = sorted(set(allowed) | set(_REQUEST_FIELDS))
+    close = difflib.get_close_matches(name, choices, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return UnknownArgument(
+        f"{call}: unknown argument {name!r}{hint}; the options are {', '.join(sorted(allowed))}"
+    )
 
 
 class _ClientCore:
@@ -96,101 +140,81 @@ class _ClientCore:
 
     # -- submitting ------------------------------------------------------------------------------
 
-    def request_async(
+    def _prepare(
         self,
+        call: str,
         method: str,
         url: str,
-        body: Body = None,
-        headers: HeadersInput = None,
-        timeout_ms: int | None = None,
-        *,
-        key: str | None = None,
-        key_format: KeyFormat = "hex",
-        follow_redirects: bool | None = None,
-        ttl_ms: int | None = None,
-        on_done: OnDone | None = None,
-    ) -> str:
-        """Submit a request and return its key at once; the response lands in the store later.
-
-        ``key`` makes the submit idempotent: the same key with the same request returns the key
-        and sends nothing again. ``key_format="mychat"`` issues a MyChat-form key.
-        ``on_done(result)`` runs on postkey's callback thread when the request ends.
+        body: Body,
+        headers: HeadersInput,
+        timeout_ms: int | None,
+        options: Mapping[str, Any],
+    ) -> _Submit:
+        """Validate a submit with its keyword options (see `Client.request_async`).
 
         Raises:
-            InvalidRequest: (and subclasses) a malformed method, URL, header, body or timeout.
-            InvalidKey: a malformed ``key``.
-            KeyConflict: ``key`` already names a different request.
-            QueueFull: the queue is full (after ``queue_wait_ms``).
-            ClientClosed: the client is closed.
+            UnknownArgument: an option ``call`` does not take.
+            InvalidRequest: (and subclasses) anything malformed.
         """
-        request = self._build(method, url, body, headers, timeout_ms, follow_redirects)
-        return self._submit(request, key, key_format, ttl_ms, on_done)
+        unknown = options.keys() - SUBMIT_OPTIONS
+        if unknown:
+            raise unknown_argument(call, sorted(unknown)[0], SUBMIT_OPTIONS)
+        params = options.get("params")
+        if params is not None:
+            url = add_params(url, params)
+        json_value, form = options.get("json"), options.get("data")
+        if json_value is not None or form is not None:
+            if (json_value is not None) + (form is not None) + (body is not None) > 1:
+                raise InvalidBody("give one of body=, json= and data=, not several")
+            if json_value is not None:
+                body, headers = encode_json(json_value), with_content_type(headers, JSON_TYPE)
+            else:
+                body, headers = encode_form(form), with_content_type(headers, FORM_TYPE)
+        request = self._build(
+            method, url, body, headers, timeout_ms, options.get("follow_redirects")
+        )
+        request.options = check_options(
+            options.get("client_cert"), options.get("client_key"), options.get("http_version")
+        )
+        on_done = options.get("on_done")
+        if on_done is not None and not callable(on_done):
+            raise InvalidRequest(f"on_done must be callable, not {type(on_done).__name__}")
+        return _Submit(
+            request,
+            options.get("key"),
+            options.get("key_format", "hex"),
+            options.get("ttl_ms"),
+            on_done,
+        )
 
-    def post_async(
-        self,
-        url: str,
-        body: Body = None,
-        headers: HeadersInput = None,
-        timeout_ms: int | None = None,
-        **options: Any,
-    ) -> str:
-        """`request_async` with method POST (MyChat's ``HTTPSendPostMessageAsync``)."""
-        if options:
-            return self.request_async("POST", url, body, headers, timeout_ms, **options)
-        # The common call, one layer shorter: submitting is the caller's hot path.
-        return self._submit(self._build("POST", url, body, headers, timeout_ms, None))
-
-    def get_async(
-        self, url: str, headers: HeadersInput = None, timeout_ms: int | None = None, **options: Any
-    ) -> str:
-        """`request_async` with method GET and no body."""
-        if options:
-            return self.request_async("GET", url, None, headers, timeout_ms, **options)
-        return self._submit(self._build("GET", url, None, headers, timeout_ms, None))
-
-    def submit_many(self, requests: Iterable[Mapping[str, Any]]) -> list[str]:
-        """Validate every request, then submit them all; return their keys in order.
-
-        Each item is a mapping of `request_async` arguments (``method`` defaults to GET).
+    def _prepare_many(self, requests: Iterable[Mapping[str, Any]]) -> list[_Submit]:
+        """Validate every item of a `submit_many` (method defaults to GET).
 
         Raises:
-            InvalidRequest: an item is malformed (its index is in the message); nothing was sent.
-            QueueFull: the queue filled up part way; ``exc.keys`` lists the keys submitted.
+            InvalidRequest: an item is malformed (its index is in the message).
         """
         prepared = []
         for index, item in enumerate(requests):
+            if not isinstance(item, Mapping):
+                raise InvalidRequest(f"request #{index}: must be a dict, not {type(item).__name__}")
             spec = dict(item)
             try:
-                request = self._build(
-                    spec.pop("method", "GET"),
-                    spec.pop("url", None),
-                    spec.pop("body", None),
-                    spec.pop("headers", None),
-                    spec.pop("timeout_ms", None),
-                    spec.pop("follow_redirects", None),
-                )
-            except InvalidRequest as exc:
-                raise type(exc)(f"request #{index}: {exc}") from None
-            unknown = set(spec) - {"key", "key_format", "ttl_ms", "on_done"}
-            if unknown:
-                raise InvalidRequest(f"request #{index}: unknown field(s) {sorted(unknown)}")
-            prepared.append((request, spec))
-        keys: list[str] = []
-        for request, spec in prepared:
-            try:
-                keys.append(
-                    self._submit(
-                        request,
-                        spec.get("key"),
-                        spec.get("key_format", "hex"),
-                        spec.get("ttl_ms"),
-                        spec.get("on_done"),
+                prepared.append(
+                    self._prepare(
+                        f"request #{index}",
+                        spec.pop("method", "GET"),
+                        spec.pop("url", None),  # None is refused as InvalidURL
+                        spec.pop("body", None),
+                        spec.pop("headers", None),
+                        spec.pop("timeout_ms", None),
+                        spec,
                     )
                 )
-            except QueueFull as exc:
-                exc.keys = keys  # type: ignore[attr-defined]
+            except UnknownArgument:
                 raise
-        return keys
+            except InvalidRequest as exc:
+                raise type(exc)(f"request #{index}: {exc}") from None
+        return prepared
 
     def _build(
         self,
@@ -220,6 +244,7 @@ class _ClientCore:
         key_format: KeyFormat = "hex",
         ttl_ms: int | None = None,
         on_done: OnDone | None = None,
+        wait_for_room: bool = True,
     ) -> str:
         if self._closed:
             raise ClientClosed("the client is closed")
@@ -245,7 +270,7 @@ class _ClientCore:
         engine = self._engine_
         # Room first, before the key becomes visible: once another caller can see it (the same
         # idempotency key), this submit can no longer be refused for lack of room.
-        engine.check_room()
+        engine.check_room(wait_for_room)
         if on_done is not None:
             self._callbacks_.check_room()
         try:
@@ -264,6 +289,8 @@ class _ClientCore:
             if store.job(job.key) is job:
                 engine.cancel(job)
             raise
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("submit %s %s %s", key, request.method, redacted(request.url))
         return key
 
     # -- reading ---------------------------------------------------------------------------------
@@ -353,6 +380,81 @@ class Client(_ClientCore):
         InvalidValue: a bad setting.
     """
 
+    def request_async(
+        self,
+        method: str,
+        url: str,
+        body: Body = None,
+        headers: HeadersInput = None,
+        timeout_ms: int | None = None,
+        **options: Any,
+    ) -> str:
+        """Submit a request and return its key at once; the response lands in the store later.
+
+        ``options`` (keywords): ``json=`` a value sent as JSON (adds ``Content-Type:
+        application/json``), ``data=`` form fields sent urlencoded, ``params=`` query fields
+        appended to the URL, ``key=`` your own key (the submit becomes idempotent),
+        ``key_format="hex" | "mychat"``, ``follow_redirects=``, ``ttl_ms=`` how long the result
+        stays readable, ``on_done=callable(result)`` run on postkey's callback thread,
+        ``client_cert=`` / ``client_key=`` PEM files for TLS client authentication,
+        ``http_version="1.1" | "2"``.
+
+        Raises:
+            InvalidRequest: (and subclasses) a malformed method, URL, header, body, timeout or
+                option; `UnknownArgument` for an option this call does not take.
+            InvalidKey: a malformed ``key``.
+            KeyConflict: ``key`` already names a different request.
+            QueueFull: the queue is full (after ``queue_wait_ms``).
+            ClientClosed: the client is closed.
+        """
+        return self._submit(
+            *self._prepare("request_async", method, url, body, headers, timeout_ms, options)
+        )
+
+    def post_async(
+        self,
+        url: str,
+        body: Body = None,
+        headers: HeadersInput = None,
+        timeout_ms: int | None = None,
+        **options: Any,
+    ) -> str:
+        """`request_async` with method POST (MyChat's ``HTTPSendPostMessageAsync``)."""
+        if options:
+            return self._submit(
+                *self._prepare("post_async", "POST", url, body, headers, timeout_ms, options)
+            )
+        # The common call, one layer shorter: submitting is the caller's hot path.
+        return self._submit(self._build("POST", url, body, headers, timeout_ms, None))
+
+    def get_async(
+        self, url: str, headers: HeadersInput = None, timeout_ms: int | None = None, **options: Any
+    ) -> str:
+        """`request_async` with method GET and no body."""
+        if options:
+            return self._submit(
+                *self._prepare("get_async", "GET", url, None, headers, timeout_ms, options)
+            )
+        return self._submit(self._build("GET", url, None, headers, timeout_ms, None))
+
+    def submit_many(self, requests: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Validate every request, then submit them all; return their keys in order.
+
+        Each item is a mapping of `request_async` arguments (``method`` defaults to GET).
+
+        Raises:
+            InvalidRequest: an item is malformed (its index is in the message); nothing was sent.
+            QueueFull: the queue filled up part way; ``exc.keys`` lists the keys submitted.
+        """
+        keys: list[str] = []
+        for prepared in self._prepare_many(requests):
+            try:
+                keys.append(self._submit(*prepared))
+            except QueueFull as exc:
+                exc.keys = keys  # type: ignore[attr-defined]
+                raise
+        return keys
+
     def wait(self, key: str, timeout: float | None = None) -> Result:
         """Block until ``key`` ends (done or failed) or ``timeout`` seconds pass.
 
@@ -414,6 +516,9 @@ class _ResultSink:
         self._callbacks = callbacks
 
     def __call__(self, job: Job, result: Result) -> None:
+        result.url = job.request.url
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("end %s %s in %.1f ms", job.key, result.describe(), result.elapsed_ms or 0.0)
         try:
             self._store.finish(job, result)
         finally:

@@ -25,7 +25,7 @@ from ._scheduler import Scheduler
 from ._settings import Settings
 from ._transfers import Transfers
 from ._transport import Transport
-from ._urls import needs_lookup, origin_of
+from ._urls import needs_lookup, origin_of, redacted
 from ._wakeup import Wakeup
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,9 @@ class Engine:
         """Transfers handed to libcurl and not finished."""
         return len(self._running)
 
-    def check_room(self) -> None:
-        """Raise unless the queue has room for one more job (waiting up to ``queue_wait_ms``).
+    def check_room(self, wait: bool = True) -> None:
+        """Raise unless the queue has room for one more job (waiting up to ``queue_wait_ms``,
+        if ``wait``).
 
         Called before a key becomes visible, so a refused submit leaves nothing behind.
 
@@ -120,7 +121,16 @@ class Engine:
             and len(intake) - intake.dead + self._scheduler.waiting < self._max_queue
         ):
             return
-        intake.check_room(self._backlog, self._closed_error)
+        intake.check_room(self._backlog, self._closed_error, wait)
+
+    def has_room(self) -> bool:
+        """True if the queue has room for one more job now (or the engine refuses: then a
+        submit raises ClientClosed at once rather than waiting)."""
+        return not self._intake.accepting or self._backlog() < self._max_queue
+
+    def wait_for_room(self, timeout_s: float) -> None:
+        """Block up to ``timeout_s`` seconds until `has_room` (for `AsyncClient`, in a thread)."""
+        self._intake.wait_for_room(self._backlog, timeout_s)
 
     def _backlog(self) -> int:
         return self.queued
@@ -362,7 +372,7 @@ class Engine:
         hop = next_hop(
             job.request,
             result.status or 0,
-            result.header("location"),
+            result.headers.get("location"),
             job.hops,
             self._settings.max_redirects,
             policy=self._settings.policy,
@@ -387,6 +397,7 @@ class Engine:
             return
         now = time.monotonic()
         start = self._transfers.start
+        debug = log.isEnabledFor(logging.DEBUG)
         while job is not None:
             job.waiting = False
             left_ms = int((job.deadline - now) * 1000.0) + 1
@@ -394,6 +405,9 @@ class Engine:
                 scheduler.release(job.origin)
                 self._fail(job, ErrorKind.TIMEOUT, _LATE_IN_QUEUE)
             else:
+                if debug:
+                    request = job.request
+                    log.debug("start %s %s %s", job.key, request.method, redacted(request.url))
                 try:
                     start(job, left_ms)
                 except Exception as exc:

@@ -6,15 +6,22 @@
     │   ├── InvalidURL
     │   ├── InvalidHeader
     │   ├── InvalidBody
-    │   └── InvalidTimeout
+    │   ├── InvalidTimeout
+    │   └── UnknownArgument (also TypeError): a keyword argument postkey does not take
     ├── InvalidKey (also ValueError): a key with characters or a length postkey does not accept
     ├── InvalidValue (also ValueError): a cache value, TTL or setting out of range
     ├── KeyConflict (also ValueError): the key is taken by a different request or by a result
     ├── QueueFull: the engine's submission queue (or the callback backlog) is at its bound
     │   └── IdempotencyKeysFull: max_idempotency_keys caller keys are remembered already
-    └── ClientClosed: the client (or its engine) was closed
+    ├── ClientClosed: the client (or its engine) was closed
+    └── ResultError: a Result cannot give what was asked of it (``.result`` is the Result)
+        ├── NoResponse: its body was read with no response there (pending, unknown, expired)
+        │   └── RequestFailed: the request failed (state ``failed``): names the error kind
+        └── HTTPStatusError: raise_for_status on a 4xx / 5xx response
 
-A failed *remote* request is never an exception: it is a `Result` with state ``failed``.
+A failed *remote* request is never raised by a submit or a wait: it is a `Result` with state
+``failed``. Only reading a body that is not there (``.text``, ``.json()``) or asking for it
+(``raise_for_status()``) raises.
 """
 
 from __future__ import annotations
@@ -48,6 +55,10 @@ class InvalidTimeout(InvalidRequest):
     """The timeout is not a positive integer number of milliseconds within the maximum."""
 
 
+class UnknownArgument(InvalidRequest, TypeError):
+    """A keyword argument that the call does not take (the message lists those it does)."""
+
+
 class InvalidKey(PostkeyError, ValueError):
     """A caller-supplied key is empty, too long or has characters outside the key alphabet."""
 
@@ -75,3 +86,25 @@ class IdempotencyKeysFull(QueueFull):
 
 class ClientClosed(PostkeyError):
     """The client was closed; it accepts no more submissions."""
+
+
+class ResultError(PostkeyError):
+    """A `Result` cannot give what was asked of it."""
+
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message)
+        #: The `Result` in question.
+        self.result = result
+
+
+class NoResponse(ResultError):
+    """The Result holds no response: the key is pending, running, unknown or expired."""
+
+
+class RequestFailed(NoResponse):
+    """The request ended without a response (state ``failed``); the message starts with the
+    error kind: ``dns: could not resolve host api.example.com``."""
+
+
+class HTTPStatusError(ResultError):
+    """`Result.raise_for_status` found a 4xx or 5xx status (``.result`` has the response)."""

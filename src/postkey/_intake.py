@@ -41,9 +41,11 @@ class Intake:
         """Jobs here, cancelled ones included."""
         return len(self._jobs)
 
-    def check_room(self, backlog: Callable[[], int], refused: Callable[[], ClientClosed]) -> None:
+    def check_room(
+        self, backlog: Callable[[], int], refused: Callable[[], ClientClosed], wait: bool = True
+    ) -> None:
         """Raise unless ``backlog()`` (every job accepted and not yet on the wire) leaves room
-        for one more, waiting up to ``queue_wait_ms`` for it.
+        for one more, waiting up to ``queue_wait_ms`` for it if ``wait``.
 
         Raises:
             QueueFull: no room within ``queue_wait_ms``.
@@ -53,17 +55,8 @@ class Intake:
             raise refused()
         if backlog() < self._max_queue:
             return
-        if self._wait_s > 0:
-            deadline = time.monotonic() + self._wait_s
-            with self._room:
-                self._room_waiters += 1
-                try:
-                    while backlog() >= self._max_queue and self.accepting:
-                        left = deadline - time.monotonic()
-                        if left <= 0 or not self._room.wait(left):
-                            break
-                finally:
-                    self._room_waiters -= 1
+        if wait and self._wait_s > 0:
+            self.wait_for_room(backlog, self._wait_s)
             if not self.accepting:
                 raise refused()
         queued = backlog()
@@ -72,6 +65,19 @@ class Intake:
                 f"the queue holds {queued} requests (max_queue={self._max_queue});"
                 " nothing was submitted"
             )
+
+    def wait_for_room(self, backlog: Callable[[], int], timeout_s: float) -> None:
+        """Block up to ``timeout_s`` until ``backlog()`` leaves room or submits are refused."""
+        deadline = time.monotonic() + timeout_s
+        with self._room:
+            self._room_waiters += 1
+            try:
+                while backlog() >= self._max_queue and self.accepting:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._room.wait(left):
+                        break
+            finally:
+                self._room_waiters -= 1
 
     def put(self, job: Job, refused: Callable[[], ClientClosed]) -> None:
         """Append ``job`` (room was checked by `check_room`).

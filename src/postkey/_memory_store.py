@@ -26,6 +26,14 @@ _TICK_STEP = 256
 _REGISTER_CHUNK = 256
 
 
+UNKNOWN_HINT = (
+    "no request or value under this key in this process: the embedded store keeps keys in the"
+    " memory of the process that issued them (another process cannot see them), and forgets"
+    " them after their result's TTL and tombstone time"
+)
+EXPIRED_HINT = "its result's TTL passed (or the cache evicted it under its bounds)"
+
+
 class MemoryStore:
     """Where keys live in embedded mode. Thread-safe.
 
@@ -168,8 +176,8 @@ class MemoryStore:
         if isinstance(value, Result):
             return value
         if value is MemCache.MISSING and self.cache.tombstone(key) is not None:
-            return Result(key, State.EXPIRED)
-        return Result(key, State.UNKNOWN)
+            return Result(key, State.EXPIRED, error=EXPIRED_HINT)
+        return Result(key, State.UNKNOWN, error=UNKNOWN_HINT)
 
     # -- waiting ---------------------------------------------------------------------------------
 

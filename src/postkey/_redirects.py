@@ -121,6 +121,7 @@ def next_hop(
         )
     except InvalidRequest as exc:  # only the URL can be new; the rest was valid on submit
         return RedirectRefusal(ErrorKind.PROTOCOL, f"redirect refused: {exc}")
+    nxt.options = request.options  # the client certificate and HTTP version go along
     if policy is not None:
         return hop_refusal(policy, nxt) or nxt
     return nxt

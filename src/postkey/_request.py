@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import math
+import os
 import re
 from functools import lru_cache
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from ._errors import InvalidBody, InvalidMethod, InvalidTimeout, InvalidURL
+from ._errors import InvalidBody, InvalidMethod, InvalidRequest, InvalidTimeout, InvalidURL
 from ._headers import HeaderPairs, HeadersInput, parse_headers
 
 MAX_URL_LENGTH = 8192
@@ -22,12 +24,22 @@ _HOSTNAME_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
 _URL_BAD_CHAR_RE = re.compile(r"[\x00-\x20\x7f-\U0010ffff\\]")
 
 Body = str | bytes | bytearray | memoryview | None
+HTTP_VERSIONS = ("1.1", "2")
+
+
+class ConnectionOptions(NamedTuple):
+    """How to connect, per request, where it differs from the client's settings (None: the
+    client's). Kept apart from `Request` because almost every request has none."""
+
+    client_cert: str | None = None  # PEM file: the TLS client certificate (mTLS)
+    client_key: str | None = None  # PEM file: its private key (None: in client_cert)
+    http_version: str | None = None  # "1.1" pins HTTP/1.1; "2" requires HTTP/2
 
 
 class Request:
     """One HTTP request, already validated. Build it with `build_request`."""
 
-    __slots__ = ("body", "follow_redirects", "headers", "method", "timeout_ms", "url")
+    __slots__ = ("body", "follow_redirects", "headers", "method", "options", "timeout_ms", "url")
 
     def __init__(
         self,
@@ -44,11 +56,12 @@ class Request:
         self.headers = headers
         self.timeout_ms = timeout_ms
         self.follow_redirects = follow_redirects
+        self.options: ConnectionOptions | None = None
 
     def fingerprint(self) -> str:
         """A digest of what goes on the wire (method, URL, headers, body); not the timeout."""
         h = hashlib.blake2b(digest_size=16)
-        for part in (self.method, self.url, repr(self.headers)):
+        for part in (self.method, self.url, repr(self.headers), repr(self.options)):
             h.update(part.encode())
             h.update(b"\0")
         h.update(self.body)
@@ -86,16 +99,55 @@ def build_request(
     )
 
 
-def check_method(method: object) -> str:
-    """Return the method if it is an upper-case token such as GET or POST.
+def check_options(
+    client_cert: object = None, client_key: object = None, http_version: object = None
+) -> ConnectionOptions | None:
+    """Return the connection options (None when all are unset, the common case).
 
     Raises:
-        InvalidMethod: not a str, not an upper-case token, or CONNECT / TRACE.
+        InvalidRequest: a certificate or key that is not a readable file, a key without a
+            certificate, or an ``http_version`` other than "1.1" and "2".
+    """
+    if client_cert is None and client_key is None and http_version is None:
+        return None
+    if http_version is not None and http_version not in HTTP_VERSIONS:
+        raise InvalidRequest(f"http_version must be '1.1', '2' or None, not {http_version!r}")
+    if client_key is not None and client_cert is None:
+        raise InvalidRequest("client_key was given without client_cert")
+    paths: list[str | None] = []
+    for name, path in (("client_cert", client_cert), ("client_key", client_key)):
+        if path is None:
+            paths.append(None)
+            continue
+        if not isinstance(path, str | os.PathLike):
+            raise InvalidRequest(f"{name} must be a path to a PEM file, not {type(path).__name__}")
+        text = os.fsdecode(path)
+        if not os.path.isfile(text) or not os.access(text, os.R_OK):
+            raise InvalidRequest(f"{name} {text!r} is not a readable file")
+        paths.append(text)
+    return ConnectionOptions(paths[0], paths[1], http_version)
+
+
+def check_method(method: object) -> str:
+    """Return the method in upper case if it is an HTTP method token such as GET or post.
+
+    Any case is accepted, as by curl's -X, httpx and requests, and sent in upper case: the
+    methods postkey is asked for are the registered ones, whose names are upper case.
+
+    Raises:
+        InvalidMethod: not a str, not a token of letters, digits, '_' and '-' (at most 32,
+            starting with a letter), or CONNECT / TRACE.
     """
     if method in _COMMON_METHODS:
         return method
-    if not isinstance(method, str) or _METHOD_RE.fullmatch(method) is None:
-        raise InvalidMethod(f"method {method!r} is not an upper-case HTTP method token like 'POST'")
+    # ASCII first: str.upper() maps a few other letters to ASCII ones ('ﬀ' -> 'FF').
+    if (
+        not isinstance(method, str)
+        or not method.isascii()
+        or _METHOD_RE.fullmatch(method.upper()) is None
+    ):
+        raise InvalidMethod(f"method {method!r} is not an HTTP method token like 'POST'")
+    method = method.upper()
     if method in _REFUSED_METHODS:
         raise InvalidMethod(f"method {method} is not supported")
     return method

@@ -10,7 +10,9 @@ import struct
 from enum import StrEnum
 from typing import Any, NamedTuple
 
+from ._errors import HTTPStatusError, NoResponse, RequestFailed
 from ._headers import parse_response_head
+from ._response_headers import Headers
 
 
 class State(StrEnum):
@@ -66,6 +68,7 @@ def _opt(value: float) -> float | None:
     return None if math.isnan(value) else value  # NaN marks "not set"
 
 
+_NO_HEADERS = Headers()
 _CHARSET_RE = re.compile(r"charset\s*=\s*\"?([A-Za-z0-9_.:-]+)", re.IGNORECASE)
 
 
@@ -88,6 +91,7 @@ class Result:
         "key",
         "state",
         "status",
+        "url",
     )
 
     def __init__(
@@ -105,12 +109,13 @@ class Result:
         finished_at: float | None = None,
         attempts: int = 0,
         fingerprint: str | None = None,
+        url: str | None = None,
     ) -> None:
         self.key = key
         self.state = state
         self.status = status
         self._raw_head = raw_head
-        self._head: tuple[str, int, str, list[tuple[str, str]]] | None = None
+        self._head: tuple[str, str, Headers] | None = None
         self.body = body
         self.error_kind = error_kind
         self.error = error
@@ -122,6 +127,8 @@ class Result:
         )
         self.attempts = attempts
         self.fingerprint = fingerprint
+        #: The URL of the final response (after redirects), or the last one tried.
+        self.url = url
 
     def cache_size(self) -> int:
         """Approximate bytes this result holds in a memory cache (for the cache's byte bound)."""
@@ -147,9 +154,12 @@ class Result:
 
     # The header block is kept as raw bytes and parsed on first use: most results are stored
     # and never looked at, and a list of tuples costs several times the bytes it holds.
-    def _parsed_head(self) -> tuple[str, int, str, list[tuple[str, str]]]:
+    def _parsed_head(self) -> tuple[str, str, Headers]:
         if self._head is None:
-            self._head = parse_response_head(self._raw_head.splitlines(keepends=True))
+            version, _, reason, pairs = parse_response_head(
+                self._raw_head.splitlines(keepends=True)
+            )
+            self._head = (version, reason, Headers(pairs))
         return self._head
 
     @property
@@ -160,7 +170,7 @@ class Result:
     @property
     def reason(self) -> str:
         """The reason phrase of the status line ('' for HTTP/2 and for non-responses)."""
-        return self._parsed_head()[2] if self._raw_head else ""
+        return self._parsed_head()[1] if self._raw_head else ""
 
     @property
     def http_version(self) -> str:
@@ -168,27 +178,19 @@ class Result:
         return self._parsed_head()[0] if self._raw_head else ""
 
     @property
-    def headers(self) -> list[tuple[str, str]]:
-        """Response headers in order, duplicates kept (empty when there was no response)."""
-        return list(self._parsed_head()[3]) if self._raw_head else []
+    def headers(self) -> Headers:
+        """Response headers: case-insensitive, duplicates kept in order (empty: no response)."""
+        return self._parsed_head()[2] if self._raw_head else _NO_HEADERS
 
     @property
     def raw_head(self) -> bytes:
         """The final response's status line and header lines, as received."""
         return self._raw_head
 
-    def header(self, name: str, default: str | None = None) -> str | None:
-        """The first value of header ``name`` (case-insensitive), or ``default``."""
-        lname = name.lower()
-        for hname, value in self.headers:
-            if hname.lower() == lname:
-                return value
-        return default
-
     @property
     def charset(self) -> str:
         """The charset named in Content-Type, else 'utf-8'."""
-        m = _CHARSET_RE.search(self.header("content-type") or "")
+        m = _CHARSET_RE.search(self.headers.get("content-type") or "")
         if m is not None:
             try:
                 "".encode(m.group(1))
@@ -199,16 +201,57 @@ class Result:
 
     @property
     def text(self) -> str:
-        """The body decoded with `charset`; undecodable bytes become U+FFFD."""
+        """The body decoded with `charset`; undecodable bytes become U+FFFD.
+
+        Raises:
+            RequestFailed: the request failed (the message names why).
+            NoResponse: there is no response yet (pending, running) or any more (unknown,
+                expired).
+        """
+        self._check_response()
         return self.body.decode(self.charset, "replace")
 
     def json(self) -> Any:
         """The body parsed as JSON.
 
         Raises:
+            RequestFailed, NoResponse: as for `text`.
             ValueError: the body is not valid JSON.
         """
+        self._check_response()
         return json.loads(self.body)
+
+    def raise_for_status(self) -> Result:
+        """Return this Result if a response arrived with a status below 400; raise otherwise.
+
+        Raises:
+            HTTPStatusError: a 4xx or 5xx response (the message has the status and URL).
+            RequestFailed, NoResponse: as for `text`.
+        """
+        self._check_response()
+        assert self.status is not None
+        if self.status >= 400:
+            kind = "client error" if self.status < 500 else "server error"
+            reason = f" {self.reason}" if self.reason else ""
+            raise HTTPStatusError(f"{kind} {self.status}{reason} for {self.url or self.key}", self)
+        return self
+
+    def _check_response(self) -> None:
+        if self.state is State.DONE:
+            return
+        if self.state is State.FAILED:
+            kind = self.error_kind.value if self.error_kind is not None else "failed"
+            raise RequestFailed(f"{kind}: {self.error}", self)
+        raise NoResponse(f"key {self.key} is {self.describe()}", self)
+
+    def describe(self) -> str:
+        """Where this result is, in a few words: ``done: 200 OK``, ``failed: dns: ...``."""
+        if self.state is State.DONE:
+            return f"done: {self.status} {self.reason}".rstrip()
+        if self.state is State.FAILED:
+            kind = self.error_kind.value if self.error_kind is not None else "failed"
+            return f"failed: {kind}: {self.error}"
+        return f"{self.state.value}: {self.error or 'no response yet; wait for it first'}"
 
     @property
     def elapsed_ms(self) -> float | None:
@@ -227,7 +270,7 @@ class Result:
             out["status"] = self.status
             out["reason"] = self.reason
             out["http_version"] = self.http_version
-            out["headers"] = [list(pair) for pair in self.headers]
+            out["headers"] = [list(pair) for pair in self.headers.items()]
             try:
                 out["body"] = self.body.decode("utf-8")
             except UnicodeDecodeError:
@@ -235,8 +278,12 @@ class Result:
         if self.state is State.FAILED:
             out["error_kind"] = self.error_kind.value if self.error_kind else None
             out["error"] = self.error
+        elif self.error:
+            out["error"] = self.error  # why an unknown or expired key has nothing
         if self.timings is not None:
             out["timings"] = self.timings._asdict()
+        if self.url is not None:
+            out["url"] = self.url
         out["submitted_at"] = self.submitted_at
         out["finished_at"] = self.finished_at
         out["elapsed_ms"] = self.elapsed_ms

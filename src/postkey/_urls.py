@@ -48,3 +48,11 @@ def _origin(url: str) -> Origin:
     scheme = parts.scheme.lower()
     port = parts.port or (443 if scheme == "https" else 80)
     return scheme, (parts.hostname or "").lower(), port
+
+
+def redacted(url: str) -> str:
+    """``url`` fit for a log line: no user info, and ``?…`` for the query (tokens live there)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    query = "?…" if parts.query else ""
+    return f"{parts.scheme}://{host}{parts.path}{query}"
