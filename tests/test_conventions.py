@@ -102,6 +102,7 @@ def test_headers_are_case_insensitive_and_keep_duplicates_in_order() -> None:
     assert headers == [("set-cookie", "a=1"), ("content-type", "text/plain"), ("SET-COOKIE", "b=2")]
     assert headers != [("Set-Cookie", "b=2"), ("Content-Type", "text/plain"), ("Set-Cookie", "a=1")]
     assert headers == {"Set-Cookie": "a=1, b=2", "content-type": "text/plain"}
+    assert headers != [1, 2] and headers != [("a",)] and headers != "a"
 
 
 def test_a_result_without_a_response_has_empty_headers(client: Client) -> None:
@@ -188,6 +189,7 @@ def test_params_keep_a_fragment_at_the_end() -> None:
         ({"client_cert": "/nonexistent.pem"}, postkey.InvalidRequest, "not a readable file"),
         ({"client_key": "/etc/hostname"}, postkey.InvalidRequest, "without client_cert"),
         ({"on_done": "print"}, postkey.InvalidRequest, "on_done must be callable"),
+        ({"follow_redirects": "no"}, postkey.InvalidRequest, "follow_redirects must be"),
     ],
 )
 def test_bad_shorthands_are_refused_before_a_key(

@@ -170,9 +170,10 @@ class _ClientCore:
                 body, headers = encode_json(json_value), with_content_type(headers, JSON_TYPE)
             else:
                 body, headers = encode_form(form), with_content_type(headers, FORM_TYPE)
-        request = self._build(
-            method, url, body, headers, timeout_ms, options.get("follow_redirects")
-        )
+        follow = options.get("follow_redirects")
+        if follow is not None and type(follow) is not bool:
+            raise InvalidRequest(f"follow_redirects must be True or False, not {follow!r}")
+        request = self._build(method, url, body, headers, timeout_ms, follow)
         request.options = check_options(
             options.get("client_cert"), options.get("client_key"), options.get("http_version")
         )

@@ -89,7 +89,10 @@ class Headers:
             return {k.lower(): v for k, v in other.items()} == {k: self[k] for k in self}
         else:
             return NotImplemented
-        return _folded(self._pairs) == _folded(other_pairs)
+        try:
+            return _folded(self._pairs) == _folded(other_pairs)
+        except (TypeError, ValueError, AttributeError):
+            return False  # not a list of (str, str) pairs
 
     __hash__ = None  # type: ignore[assignment]  # equal to lists and dicts, so not hashable
 
