@@ -277,6 +277,8 @@ class _ClientCore:
         try:
             if not store.register(job, caller_key=job.fingerprint is not None):
                 return key  # the same request under the same key: sent once, not again
+            if log.isEnabledFor(logging.DEBUG):  # before the engine can log its start
+                log.debug("submit %s %s %s", key, request.method, redacted(request.url))
             engine.enqueue(job)
         except ClientClosed as exc:
             # Closed in between: the key may already be in another caller's hands, so it ends.
@@ -290,8 +292,6 @@ class _ClientCore:
             if store.job(job.key) is job:
                 engine.cancel(job)
             raise
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("submit %s %s %s", key, request.method, redacted(request.url))
         return key
 
     # -- reading ---------------------------------------------------------------------------------

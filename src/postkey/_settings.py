@@ -10,6 +10,7 @@ from typing import Any
 
 from ._errors import InvalidValue
 from ._policy import DestinationPolicy
+from ._request import HTTP_VERSIONS
 
 Resolver = Callable[[str], Sequence[str]]
 ALLOW_ALL = DestinationPolicy()  # frozen: one shared default is safe
@@ -22,7 +23,8 @@ class Settings:
     """How a client behaves. Every field has a default; `Client(**fields)` overrides any of them.
 
     Raises (on construction):
-        InvalidValue: a field of the wrong type or out of range.
+        InvalidValue: a field of the wrong type or out of range, or a client_cert / client_key
+            that is not a readable PEM file of its kind.
     """
 
     #: Timeout used when a request gives none, in ms.
@@ -63,6 +65,15 @@ class Settings:
     ca_file: str | None = None
     #: Proxy URL. Proxy environment variables are ignored unless a proxy is set here.
     proxy: str | None = None
+    #: A PEM file with the TLS client certificate to present (mTLS), and its private key unless
+    #: client_key is set. A request's own client_cert= replaces it.
+    client_cert: str | None = None
+    #: A PEM file with client_cert's private key (unencrypted), when it is not in client_cert.
+    client_key: str | None = None
+    #: None: HTTP/2 when the server offers it over TLS (ALPN), else HTTP/1.1. "1.1": always
+    #: HTTP/1.1. "2": HTTP/2 only (h2 by ALPN over https, h2c with prior knowledge over http);
+    #: a server that does not speak it ends the request as failed / protocol.
+    http_version: str | None = None
     #: The User-Agent header sent unless the request sets one.
     user_agent: str = "postkey/0.1"
     #: At interpreter exit, how long open clients let in-flight requests finish, in ms; the rest
@@ -107,6 +118,7 @@ class Settings:
             raise InvalidValue("resolver must be callable")
         if self.default_timeout_ms > self.max_timeout_ms:
             raise InvalidValue("default_timeout_ms must not exceed max_timeout_ms")
+        _check_connection(self.client_cert, self.client_key, self.http_version)
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed.
@@ -155,3 +167,37 @@ class Settings:
         deny = tuple(r for r in env.get("POSTKEY_DENY", "").split(",") if r.strip())
         changes["policy"] = DestinationPolicy(mode, allow, deny)  # type: ignore[arg-type]
         return cls(**changes)
+
+
+_PEM_CERT = b"-----BEGIN CERTIFICATE-----"
+_PEM_KEY = b"PRIVATE KEY-----"  # BEGIN PRIVATE KEY, BEGIN RSA / EC / ENCRYPTED PRIVATE KEY
+_MAX_PEM_BYTES = 1024 * 1024
+
+
+def _check_connection(cert: object, key: object, http_version: object) -> None:
+    """Check the connection fields: a client's certificate problems surface here, at
+    construction, rather than as a TLS failure of every request."""
+    if http_version is not None and http_version not in HTTP_VERSIONS:
+        raise InvalidValue(f"http_version must be '1.1', '2' or None, not {http_version!r}")
+    if key is not None and cert is None:
+        raise InvalidValue("client_key was given without client_cert")
+    if cert is not None:
+        text = _read_pem("client_cert", cert)
+        if _PEM_CERT not in text:
+            raise InvalidValue(f"client_cert {cert!r} holds no PEM certificate")
+        if key is None and _PEM_KEY not in text:
+            raise InvalidValue(
+                f"client_cert {cert!r} holds no private key; give its key file as client_key"
+            )
+    if key is not None and _PEM_KEY not in _read_pem("client_key", key):
+        raise InvalidValue(f"client_key {key!r} holds no PEM private key")
+
+
+def _read_pem(name: str, path: object) -> bytes:
+    if not isinstance(path, str):
+        raise InvalidValue(f"{name} must be a str path to a PEM file, not {type(path).__name__}")
+    try:
+        with open(path, "rb") as f:
+            return f.read(_MAX_PEM_BYTES)
+    except OSError as exc:
+        raise InvalidValue(f"{name} {path!r} is not a readable file ({exc.strerror})") from None

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pycurl
 
 from ._headers import HeaderPairs
+from ._request import ConnectionOptions
 from ._result import ErrorKind, Result, State
 from ._wakeup import FD_SETSIZE
 
@@ -44,6 +45,19 @@ _ERROR_KINDS: dict[int, ErrorKind] = {
 }
 _HTTP = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
 E_TOO_LARGE = 100
+E_BAD_FUNCTION_ARGUMENT = 43  # what libcurl 8 says of a client certificate without its key
+# TLS alerts a server sends about the client certificate, as OpenSSL words them. Under TLS 1.3
+# they arrive after the client's side of the handshake, so libcurl reports a receive error.
+_CLIENT_CERT_ALERTS = {
+    "alert certificate required": "the server requires a TLS client certificate",
+    "alert unknown ca": "the server does not trust the TLS client certificate's issuer",
+    "alert bad certificate": "the server refused the TLS client certificate",
+    "alert certificate unknown": "the server refused the TLS client certificate",
+    "alert unsupported certificate": "the server refused the TLS client certificate",
+    "alert certificate expired": "the server refused the TLS client certificate as expired",
+    "alert certificate revoked": "the server refused the TLS client certificate as revoked",
+    "alert access denied": "the server denied access to the TLS client certificate",
+}
 
 
 def _curl_header_lines(pairs: HeaderPairs, has_body: bool) -> list[str]:
@@ -145,11 +159,17 @@ class Transport:
         # Header lines of all response blocks (1xx, redirects) plus status lines and blank lines:
         # a cheap upper bound first; the exact count is only needed past it.
         self._max_head_lines = settings.max_response_headers + 2 * (settings.max_redirects + 2)
+        #: The client's connection options (None: none set, the common case).
+        self._conn = _connection(
+            ConnectionOptions(settings.client_cert, settings.client_key, settings.http_version),
+            None,
+        )
 
     def new_handle(self) -> pycurl.Curl:
         """A fresh easy handle (configured on first use by `prepare`)."""
         curl = pycurl.Curl()
         curl.shape = None
+        curl.conn = None
         curl.header_pairs = None
         # The handle keeps its buffers; `result` empties them. Binding the callbacks once saves
         # two setopt calls per request.
@@ -172,20 +192,25 @@ class Transport:
         """Configure ``curl`` for ``job`` with ``timeout_ms`` left on its deadline.
 
         Handles are reused: options that depend only on the settings and on the request's
-        "shape" (method, body or not, redirects) are set when the shape changes, the header
-        list when it changes, and only URL, body and timeout every time: setopt is the
-        costliest call on this path (measured with cProfile).
+        "shape" (method, body or not, scheme, connection options) are set when the shape
+        changes, the header list when it changes, and only URL, body and timeout every time:
+        setopt is the costliest call on this path (measured with cProfile). A shape change
+        resets the handle first, so a client certificate or HTTP version set for one job never
+        carries over to the next job on the same handle.
         """
         req = job.request
         method = req.method
         body = req.body
         has_body = method == "POST" or bool(body)
         https = job.origin[0] == "https"
-        shape = (method, has_body, https)
+        options = req.options
+        conn = self._conn if options is None else _connection(self._conn, options)
+        shape = (method, has_body, https, conn)
         if curl.shape != shape:
             curl.reset()
-            self._configure(curl, method, has_body, https)
+            self._configure(curl, method, has_body, https, conn)
             curl.shape = shape
+            curl.conn = conn
             curl.header_pairs = None
         setopt = curl.setopt
         setopt(pycurl.URL, req.url)
@@ -223,7 +248,14 @@ class Transport:
             self.high_descriptors = True
         return int(pycurl.SOCKOPT_OK)
 
-    def _configure(self, curl: pycurl.Curl, method: str, has_body: bool, https: bool) -> None:
+    def _configure(
+        self,
+        curl: pycurl.Curl,
+        method: str,
+        has_body: bool,
+        https: bool,
+        conn: ConnectionOptions | None,
+    ) -> None:
         # No FOLLOWLOCATION: the engine follows redirects itself, one transfer per hop, so each
         # hop is validated, resolved and judged by the policy as a request of its own.
         s = self._settings
@@ -237,11 +269,31 @@ class Transport:
             setopt(pycurl.OPENSOCKETFUNCTION, curl.guard.open)
         setopt(pycurl.PROTOCOLS, _HTTP)
         setopt(pycurl.MAXFILESIZE_LARGE, s.max_response_bytes)
-        if https:
-            # Wait for a connection that may multiplex (HTTP/2 via ALPN) rather than open more.
-            # Never on plain http: no h2c is offered, and libcurl would queue every request to
-            # one slow host behind a single HTTP/1.1 connection.
+        http_version = None if conn is None else conn.http_version
+        if http_version == "2":
+            # HTTP/2 only. Over https ALPN then offers h2 alone (with 2TLS libcurl would fall
+            # back to HTTP/1.1 and send the request before `result` could refuse it); over
+            # http it is h2c with prior knowledge. A server that does not speak HTTP/2 fails
+            # at its first frame, before any request reaches it as HTTP/1.1.
+            setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE)
             setopt(pycurl.PIPEWAIT, 1)
+        elif http_version == "1.1":
+            # No PIPEWAIT: an HTTP/1.1 connection never multiplexes.
+            setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
+        elif https:
+            # libcurl's default (2TLS): HTTP/2 when ALPN agrees. Wait for a connection that may
+            # multiplex rather than open more. Never on plain http: no h2c is offered, and
+            # libcurl would queue every request to one slow host behind a single HTTP/1.1
+            # connection.
+            setopt(pycurl.PIPEWAIT, 1)
+        if conn is not None and conn.client_cert is not None:
+            # libcurl matches pooled connections and TLS sessions on the client certificate,
+            # so a connection opened with one certificate serves no request with another or
+            # none (tests/test_transport_options.py checks this against a real server).
+            setopt(pycurl.SSLCERT, conn.client_cert)
+            setopt(pycurl.SSLCERTTYPE, "PEM")
+            setopt(pycurl.SSLKEY, conn.client_key or conn.client_cert)
+            setopt(pycurl.SSLKEYTYPE, "PEM")
         # An empty proxy string makes libcurl ignore http_proxy / https_proxy / no_proxy.
         setopt(pycurl.PROXY, s.proxy or "")
         setopt(pycurl.USERAGENT, s.user_agent)
@@ -271,12 +323,19 @@ class Transport:
             info(pycurl.STARTTRANSFER_TIME) * 1000.0,
             info(pycurl.TOTAL_TIME) * 1000.0,
         )
-        if errno == 0 and len(curl.head_lines) > self._max_head_lines:
-            errno, message = E_TOO_LARGE, "too many response header lines"
-            kind_override = f"more than {self._settings.max_response_headers} response headers"
-        else:
-            kind_override = None
+        problem: tuple[ErrorKind, str] | None = None
         if errno == 0:
+            if len(curl.head_lines) > self._max_head_lines:
+                limit = self._settings.max_response_headers
+                problem = (ErrorKind.TOO_LARGE, f"more than {limit} response headers")
+            elif (
+                curl.conn is not None
+                and curl.conn.http_version == "2"
+                and info(pycurl.INFO_HTTP_VERSION) != pycurl.CURL_HTTP_VERSION_2_0
+            ):
+                # A server that chose HTTP/1.1 by ALPN although only h2 was offered.
+                problem = (ErrorKind.PROTOCOL, f"{_NO_H2}: it answered over another version")
+        if errno == 0 and problem is None:
             body = b"".join(curl.body_parts)
             raw_head = _final_head(curl.head_lines)
             # Emptied now, not at the next prepare: an idle handle must not pin a large body.
@@ -293,22 +352,9 @@ class Transport:
                 finished_at=time.time(),
                 attempts=1,
             )
-        kind = _ERROR_KINDS.get(errno, ErrorKind.INTERNAL)
-        guard = curl.guard
         del curl.body_parts[:]
         del curl.head_lines[:]
-        if guard is not None and guard.refusal is not None:
-            kind, message = ErrorKind.BLOCKED, guard.refusal
-        elif curl.meter is not None and curl.meter.problem is not None:
-            kind, message = curl.meter.problem
-        elif kind_override is not None:
-            message = kind_override
-        elif errno == E_TOO_LARGE or "too large response headers" in message.lower():
-            # libcurl caps all response headers together (interim 1xx responses included)
-            kind = ErrorKind.TOO_LARGE
-            message = f"response headers exceed libcurl's 300 KiB limit {message}".rstrip()
-        elif kind is ErrorKind.TOO_LARGE:
-            message = f"response body exceeds {self._settings.max_response_bytes} bytes"
+        kind, message = problem or self._failure(curl, errno, message)
         return Result(
             job.key,
             State.FAILED,
@@ -319,6 +365,75 @@ class Transport:
             finished_at=time.time(),
             attempts=1,
         )
+
+    def _failure(self, curl: pycurl.Curl, errno: int, message: str) -> tuple[ErrorKind, str]:
+        """The error kind and message of a transfer that got no response."""
+        guard = curl.guard
+        if guard is not None and guard.refusal is not None:
+            return ErrorKind.BLOCKED, guard.refusal
+        meter: DecodedMeter | None = curl.meter
+        if meter is not None and meter.problem is not None:
+            return meter.problem
+        kind = _ERROR_KINDS.get(errno, ErrorKind.INTERNAL)
+        if errno == E_TOO_LARGE or "too large response headers" in message.lower():
+            # libcurl caps all response headers together (interim 1xx responses included)
+            return (
+                ErrorKind.TOO_LARGE,
+                f"response headers exceed libcurl's 300 KiB limit {message}".rstrip(),
+            )
+        if kind is ErrorKind.TOO_LARGE:
+            return kind, f"response body exceeds {self._settings.max_response_bytes} bytes"
+        conn = curl.conn
+        if "alert" in message:
+            lowered = message.lower()
+            unset = conn is None or conn.client_cert is None
+            for alert, meaning in _CLIENT_CERT_ALERTS.items():
+                if alert in lowered:
+                    return ErrorKind.TLS, f"{meaning}{_NO_CERT if unset else ''}: {message}"
+            if unset and "alert handshake failure" in lowered:
+                # What a TLS 1.2 server says when it requires a certificate and got none, but
+                # also when no cipher suite or version matched: a hint, not a verdict.
+                return ErrorKind.TLS, f"{message} ({_MAYBE_CERT})"
+        if conn is None:
+            return kind, message
+        if conn.http_version == "2" and "HTTP/2" in message:
+            # "Remote peer returned unexpected data while we expected SETTINGS frame.
+            # Perhaps, peer does not support HTTP/2 properly.": a send or receive error.
+            return ErrorKind.PROTOCOL, f"{_NO_H2}: {message}"
+        if conn.client_cert is not None and errno in (
+            E_BAD_FUNCTION_ARGUMENT,
+            pycurl.E_SSL_CERTPROBLEM,
+        ):
+            return ErrorKind.TLS, f"cannot use client_cert {conn.client_cert!r}: {message}"
+        return kind, message
+
+
+_NO_CERT = " and none was set (client_cert)"
+_MAYBE_CERT = (
+    "the server ended the handshake; if it requires a TLS client certificate, set client_cert"
+)
+_NO_H2 = "the server did not speak HTTP/2, which http_version='2' requires"
+
+
+def _connection(
+    base: ConnectionOptions | None, options: ConnectionOptions | None
+) -> ConnectionOptions | None:
+    """The connection options in force: a request's own over the client's, field by field (a
+    request's client_cert replaces the client's certificate and key together). None when none
+    is set."""
+    if options is None:
+        merged = base
+    elif base is None:
+        merged = options
+    else:
+        cert, key = options.client_cert, options.client_key
+        if cert is None:
+            cert, key = base.client_cert, base.client_key
+        merged = ConnectionOptions(cert, key, options.http_version or base.http_version)
+    return None if merged is None or merged == _NO_OPTIONS else merged
+
+
+_NO_OPTIONS = ConnectionOptions()
 
 
 def _final_head(lines: list[bytes]) -> bytes:
