@@ -1,6 +1,6 @@
 """The seed page's example (HTTPSendPostMessageAsync), ported line by line.
 
-Usage: python examples/seed_post_async.py [URL]   (default: a local echo server is started)
+Usage: python examples/seed_post_async.py [URL]   (default: postkey.testing's local server)
 
 Two honest changes from the Pascal: `var` arguments are `Var` holders (sData), and sBody is a
 `Var` so JSONSetString can update it in place, as MyChat's does.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 
-from postkey._echo import EchoServer
 from postkey.mychat import (
     CRLF,
     CreateGUIDString,
@@ -25,6 +24,7 @@ from postkey.mychat import (
     mLogScript,
     run_script,
 )
+from postkey.testing import LocalServer
 
 
 def post_message_async(url: str) -> None:
@@ -59,8 +59,8 @@ def main() -> int:
     if len(sys.argv) > 1:
         ok = run_script(lambda: post_message_async(sys.argv[1]), "PostMessageAsync")
         return 0 if ok else 1
-    with EchoServer() as echo:
-        ok = run_script(lambda: post_message_async(echo.url + "/post"), "PostMessageAsync")
+    with LocalServer() as server:
+        ok = run_script(lambda: post_message_async(server.url + "/post"), "PostMessageAsync")
     return 0 if ok else 1
 
 

@@ -1,4 +1,5 @@
-"""Fixtures: real servers on 127.0.0.1 (echo, hostile) and clients that are always closed."""
+"""Fixtures: real servers on 127.0.0.1 (postkey.testing's echo, hostile) and clients that are
+always closed."""
 
 from __future__ import annotations
 
@@ -9,23 +10,23 @@ from collections.abc import Iterator
 import pytest
 
 from postkey import Client
-from postkey._echo import EchoServer
+from postkey.testing import LocalServer
 
 from .servers import HostileServer
 
 
 @pytest.fixture(scope="session")
 def echo() -> Iterator[str]:
-    """Base URL of an in-process echo server."""
-    with EchoServer() as server:
+    """Base URL of an in-process `postkey.testing.LocalServer`."""
+    with LocalServer() as server:
         yield server.url
 
 
 @pytest.fixture(scope="session")
 def echo_process() -> Iterator[str]:
-    """Base URL of an echo server in its own process (for load: it does not share our GIL)."""
+    """Base URL of a LocalServer in its own process (for load: it does not share our GIL)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "postkey._echo"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "postkey.testing"], stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None
     url = proc.stdout.readline().strip()

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import IO, Any
 
 from rich.console import Console
@@ -16,11 +17,20 @@ from rich.table import Table
 
 from ._client import Client
 from ._errors import PostkeyError
-from ._result import State
+from ._result import ErrorKind, State
 from ._settings import Settings
 from ._stats import Summary
 
 _END: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """How a batch went: ``ok`` if every line was accepted and got a response; ``blocked``
+    counts the requests the destination policy refused (the CLI says once how to allow them)."""
+
+    ok: bool
+    blocked: int
 
 
 def parse_line(text: str) -> dict[str, Any]:
@@ -62,8 +72,8 @@ def _lines(path: str) -> Iterator[tuple[int, str]]:
             handle.close()
 
 
-def run_batch(path: str, output: str, settings: Settings) -> bool:
-    """Run the batch; True if every line was accepted and every request got a response."""
+def run_batch(path: str, output: str, settings: Settings) -> BatchOutcome:
+    """Run the batch, write a result per line to ``output`` and print a summary."""
     total = None if path == "-" else sum(1 for _ in _lines(path))
     # Submitting waits for room in the queue instead of failing: a batch is bounded by its file.
     client = Client(settings.replace(queue_wait_ms=settings.max_timeout_ms))
@@ -123,7 +133,10 @@ def run_batch(path: str, output: str, settings: Settings) -> bool:
                 out.close()
     elapsed = time.monotonic() - started
     _print_summary(report, summary, rejected, elapsed)
-    return rejected == 0 and summary.states[State.DONE.value] == summary.total
+    return BatchOutcome(
+        ok=rejected == 0 and summary.states[State.DONE.value] == summary.total,
+        blocked=summary.error_kinds[ErrorKind.BLOCKED.value],
+    )
 
 
 def _print_summary(console: Console, summary: Summary, rejected: int, elapsed: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -136,12 +137,31 @@ class Settings:
         """Build settings from ``POSTKEY_<FIELD>`` variables (e.g. ``POSTKEY_MAX_IN_FLIGHT=512``).
 
         The policy comes from ``POSTKEY_POLICY`` (allow_all or public_only) and the comma-separated
-        rule lists ``POSTKEY_ALLOW`` and ``POSTKEY_DENY``.
+        rule lists ``POSTKEY_ALLOW`` and ``POSTKEY_DENY``. Any other ``POSTKEY_`` variable is an
+        error, so that a misspelled one is not silently ignored.
 
         Raises:
-            InvalidValue: a variable that does not parse as its field's type.
+            InvalidValue: a variable that does not parse as its field's type, or a ``POSTKEY_``
+                variable that names no setting (the message suggests the closest real name).
         """
         env = os.environ if environ is None else environ
+        # The names accepted besides the settings' own, all of them here. (The distributed mode
+        # will add its POSTKEY_STORE and POSTKEY_SEND to this set.)
+        other_names = {"POSTKEY_POLICY", "POSTKEY_ALLOW", "POSTKEY_DENY"}
+        known = {f"POSTKEY_{f.name.upper()}" for f in fields(cls) if f.name != "resolver"}
+        known |= other_names
+        unknown = sorted(name for name in env if name.startswith("POSTKEY_") and name not in known)
+        if unknown:
+            named = []
+            for name in unknown:
+                # Compared without the common prefix, which would make every name look close.
+                close = difflib.get_close_matches(name[8:].upper(), [k[8:] for k in known], n=1)
+                hint = f"did you mean POSTKEY_{close[0]}?" if close else "no setting has that name"
+                if name == "POSTKEY_RESOLVER":
+                    hint = "the resolver is a function: it cannot come from the environment"
+                named.append(f"{name} ({hint})")
+            plural = "s" if len(named) > 1 else ""
+            raise InvalidValue(f"unknown environment variable{plural} " + "; ".join(named))
         changes: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get(f"POSTKEY_{f.name.upper()}")

@@ -17,20 +17,36 @@ from ._client import Client
 from ._demo import run_demo
 from ._errors import PostkeyError
 from ._policy import DestinationPolicy
+from ._request import check_timeout
 from ._result import Result, State
 from ._settings import Settings
 
 EXIT_FAILED = 1  # a request ended as failed (no response)
 EXIT_USAGE = 2  # bad input: nothing was sent
+EXIT_HTTP_ERROR = 22  # --fail and a status of 400 or more (curl --fail's code)
+EXIT_ABORTED = 130  # Ctrl-C
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0    success
+  1    a request failed: no response (batch: a line was rejected or failed;
+       demo: not every response was read back)
+  2    bad input or usage: one line on stderr, nothing sent
+  22   with --fail: the response's status was 400 or more
+  130  interrupted"""
+
+ALLOW_HINT = "use --allow-private, or --allow ADDRESS[:PORT] for one destination"
 
 
 def main() -> None:
     """Entry point: run the CLI, turning postkey's errors into one line and exit code 2."""
     logging.basicConfig(level=logging.WARNING, format="postkey: %(levelname)s: %(message)s")
     try:
-        cli(standalone_mode=False)
+        # prog_name: the same name (and completion variable, _POSTKEY_COMPLETE) under
+        # `python -m postkey` as under the installed `postkey` script.
+        cli(standalone_mode=False, prog_name="postkey")
     except click.exceptions.Abort:
-        _die("aborted", 130)
+        _die("aborted", EXIT_ABORTED)
     except click.ClickException as exc:
         _die(exc.format_message(), EXIT_USAGE)
     except click.exceptions.Exit as exc:
@@ -80,13 +96,14 @@ def _guarded_settings(
     return settings.replace(policy=policy)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="postkey")
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
+@click.version_option(package_name="postkey", message="%(prog)s %(version)s")
 def cli() -> None:
     """Send an HTTP request now, get its response later by key.
 
-    Settings come from POSTKEY_* environment variables (see the README). post, request and batch
-    send to public addresses only unless given --allow-private, --allow or POSTKEY_POLICY.
+    Settings come from POSTKEY_* environment variables (see the README); a POSTKEY_ variable that
+    names no setting is an error. post, request and batch send to public addresses only unless
+    given --allow-private, --allow or POSTKEY_POLICY.
     """
 
 
@@ -98,13 +115,17 @@ def _request_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--timeout-ms", type=int, help="One deadline for the whole exchange."),
         click.option("-L", "--location", "follow", is_flag=True, help="Follow redirects."),
         click.option("--key", help="Your own key (makes the submit idempotent)."),
-        click.option("--wait", "wait_", is_flag=True, help="Wait and print the result."),
+        click.option("--wait", "wait_", is_flag=True, help="Print the response (or the failure)."),
         click.option(
             "--format",
             "fmt",
             type=click.Choice(["text", "json"]),
-            default="text",
-            help="How --wait prints the result.",
+            help="How --wait prints the result (default: text). Needs --wait.",
+        ),
+        click.option(
+            "--fail",
+            is_flag=True,
+            help="Exit 22 when the status is 400 or more (still printing what --wait prints).",
         ),
     ]
     for option in reversed(options):
@@ -112,22 +133,34 @@ def _request_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-@cli.command()
+_NO_WAIT_HELP = """
+
+Without --wait the request is still sent, and ends before the command exits, but nothing is
+printed on stdout: in embedded mode its result lives only in this process, so a key would be of
+no use. One line on stderr says how it went."""
+
+
+# Commands' first sentences have no comma: fish's completion cuts descriptions at the first one.
+@cli.command(
+    help="POST to URL; --wait prints the response." + _NO_WAIT_HELP, epilog=EXIT_CODES_HELP
+)
 @click.argument("url")
 @_request_options
 @_policy_options
 def post(url: str, **options: Any) -> None:
-    """POST to URL; print the key (or, with --wait, the result)."""
     _send("POST", url, **options)
 
 
-@cli.command()
+@cli.command(
+    help="Send METHOD (any case) to URL; --wait prints the response." + _NO_WAIT_HELP,
+    epilog=EXIT_CODES_HELP,
+)
 @click.argument("method")
 @click.argument("url")
 @_request_options
 @_policy_options
 def request(method: str, url: str, **options: Any) -> None:
-    """Send METHOD to URL; print the key (or, with --wait, the result)."""
+    # Any case, as with curl's -X: sent in upper case.
     _send(method.upper(), url, **options)
 
 
@@ -156,11 +189,14 @@ def _send(
     follow: bool,
     key: str | None,
     wait_: bool,
-    fmt: str,
+    fmt: str | None,
+    fail: bool,
     allow_private: bool,
     allow: tuple[str, ...],
     deny: tuple[str, ...],
 ) -> None:
+    if fmt is not None and not wait_:
+        raise click.UsageError("--format says how --wait prints the result: add --wait")
     body = _read_data(data, json_data)
     header_lines = list(headers)
     if json_data is not None:
@@ -180,25 +216,47 @@ def _send(
             key=key,
             follow_redirects=follow or None,
         )
-        if not wait_:
-            click.echo(issued)
     finally:
-        # Without --wait the request still goes out before the process ends.
+        # The request ends (response, failure or deadline) before the process does.
         client.close()
     result = client.get(issued)
     if wait_:
-        _print_result(result, fmt)
-    elif result.state is not State.DONE:
-        _print_failure(result)
+        _print_result(result, fmt or "text")
+    else:
+        _report_without_wait(issued, result)
+    sys.exit(_exit_code(result, fail))
+
+
+def _exit_code(result: Result, fail: bool) -> int:
     if result.state is not State.DONE:
-        sys.exit(EXIT_FAILED)
+        return EXIT_FAILED
+    if fail and result.status is not None and result.status >= 400:
+        return EXIT_HTTP_ERROR
+    return 0
+
+
+def _report_without_wait(key: str, result: Result) -> None:
+    """What ``post`` / ``request`` print without --wait: the one place that decides it.
+
+    In embedded mode the result lives in this process, which exits now, so no other process can
+    read ``key``: printing it would invite a read that can only say ``unknown``. Say on stderr
+    how the request went instead. (With a shared store, the distributed mode, print the key.)
+    """
+    if result.state is not State.DONE:
+        _print_failure(result)
+        return
+    elapsed = f" in {result.elapsed_ms:.0f} ms" if result.elapsed_ms is not None else ""
+    click.echo(
+        f"postkey: sent: {result.status} {result.reason}".rstrip() + f"{elapsed}; results live"
+        " only in this process (embedded mode), so no key is printed: use --wait to print"
+        " the response",
+        err=True,
+    )
 
 
 def _print_failure(result: Result) -> None:
     kind = result.error_kind.value if result.error_kind else "?"
-    hint = ""
-    if kind == "blocked":
-        hint = " (use --allow-private, or --allow ADDRESS[:PORT] for one destination)"
+    hint = f" ({ALLOW_HINT})" if kind == "blocked" else ""
     click.echo(f"postkey: {result.state.value}: {kind}: {result.error}{hint}", err=True)
 
 
@@ -211,7 +269,7 @@ def _print_result(result: Result, fmt: str) -> None:
         return
     version = result.http_version or "1.1"
     click.echo(f"HTTP/{version} {result.status} {result.reason}".rstrip())
-    for name, value in result.headers:
+    for name, value in result.headers.items():  # every line as received, repeats kept
         click.echo(f"{name}: {value}")
     click.echo()
     sys.stdout.flush()
@@ -221,7 +279,7 @@ def _print_result(result: Result, fmt: str) -> None:
     sys.stdout.flush()
 
 
-@cli.command()
+@cli.command(short_help="Send a JSONL file of requests concurrently.", epilog=EXIT_CODES_HELP)
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("-o", "--output", help="Results as JSONL (default: FILE.results.jsonl; - = stdout).")
 @click.option("--max-in-flight", type=int, help="Requests on the wire at once.")
@@ -249,18 +307,32 @@ def batch(
             if v is not None
         }
     )
-    ok = run_batch(file, out, settings)
-    sys.exit(0 if ok else EXIT_FAILED)
+    outcome = run_batch(file, out, settings)
+    if outcome.blocked:
+        blocked = f"{outcome.blocked} request(s) blocked by the destination policy"
+        click.echo(f"postkey: {blocked}: {ALLOW_HINT}", err=True)
+    sys.exit(0 if outcome.ok else EXIT_FAILED)
 
 
-@cli.command()
-@click.option("-n", "--requests", "count", type=int, default=200, show_default=True)
-@click.option("--timeout-ms", type=int, default=3000, show_default=True)
+@cli.command(short_help="Run the seed's scenario on a local test server.", epilog=EXIT_CODES_HELP)
+@click.option(
+    "-n",
+    "--requests",
+    "count",
+    type=click.IntRange(1, 100_000),
+    default=200,
+    show_default=True,
+    help="POSTs to send.",
+)
+@click.option(
+    "--timeout-ms", type=int, default=3000, show_default=True, help="Each request's deadline."
+)
 def demo(count: int, timeout_ms: int) -> None:
-    """Start a local echo server and run the seed's scenario: many async POSTs, read back by key."""
-    if not 1 <= count <= 100_000:
-        raise click.UsageError("--requests must be between 1 and 100000")
-    sys.exit(0 if run_demo(count, timeout_ms) else EXIT_FAILED)
+    """Start postkey's local test server and run the seed's scenario: many async POSTs through
+    the MyChat names, each read back by its key. Exit 1 unless every one came back."""
+    settings = _settings()
+    check_timeout(timeout_ms, settings.max_timeout_ms)  # before anything starts
+    sys.exit(0 if run_demo(count, timeout_ms, settings) else EXIT_FAILED)
 
 
 if __name__ == "__main__":

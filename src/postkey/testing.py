@@ -1,0 +1,261 @@
+"""A local httpbin-like HTTP server for tests, demos and examples; not for production.
+
+``with LocalServer() as server:`` serves on 127.0.0.1 (only) at ``server.url`` from a background
+thread, and ``python -m postkey.testing [PORT]`` serves in the foreground and prints its URL.
+Every route accepts every method (so a redirect that turns a POST into a GET still lands):
+
+- ``/post``, ``/get``, ``/anything`` and any path not below: 200 with JSON describing the
+  request: ``method``, ``url``, ``args`` (the query; a repeated field is a list), ``headers``
+  (as received), ``data`` (the body as text), ``json`` (the body parsed, or null), ``origin``.
+- ``/headers``: ``{"headers": {...}}``.
+- ``/status/<code>``: the echo with that status (200 to 599; no body for 204 and 304).
+- ``/delay/<ms>``: the echo after ``ms`` milliseconds (at most 600,000).
+- ``/redirect/<n>``: a 302 chain of ``n`` hops ending at ``/anything``.
+- ``/redirect-to?url=<url>&status=<3xx>``: one redirect to ``url`` (302 unless told).
+- ``/bytes/<n>``: ``n`` bytes of ``x`` (at most 100 MiB), ``application/octet-stream``.
+- ``/gzip``: the echo, gzip-compressed, with ``Content-Encoding: gzip``.
+
+A malformed route argument (``/status/abc``) answers 400 with ``{"error": "..."}``. Each response
+goes out in one write on a socket with ``TCP_NODELAY``, so keep-alive requests are not held up by
+Nagle's algorithm meeting the client's delayed ACK (~40 ms a request).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+__all__ = ["LocalServer"]
+
+HOST = "127.0.0.1"
+MAX_DELAY_MS = 600_000
+MAX_BYTES = 100 * 1024 * 1024
+_NO_BODY_STATUSES = (204, 304)
+
+
+class _BadRoute(Exception):
+    """A route argument out of range: answered 400 with the message."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "postkey-testing"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # quiet: tests and demos print their own lines
+
+    def __getattr__(self, name: str) -> Any:
+        # http.server dispatches on do_<METHOD>: answer every method, standard or not.
+        if name.startswith("do_"):
+            return self._handle
+        raise AttributeError(name)
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            while self.rfile.readline().strip():  # trailers, up to the empty line
+                pass
+            return b"".join(chunks)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _respond(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "application/json",
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        """Send the status line, headers and body in ONE write (see the module docstring)."""
+        reason = self.responses.get(status, ("",))[0]
+        lines = [
+            f"HTTP/1.1 {status} {reason}".rstrip(),
+            f"Server: {self.server_version}",
+            f"Date: {self.date_time_string()}",
+        ]
+        if status in _NO_BODY_STATUSES:
+            body = b""
+        else:
+            lines += [f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
+        lines += [f"{name}: {value}" for name, value in (extra or {}).items()]
+        if self.close_connection:
+            lines.append("Connection: close")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.wfile.write(head if self.command == "HEAD" else head + body)
+
+    def _handle(self) -> None:
+        try:
+            body = self._read_body()
+        except ValueError:
+            self.close_connection = True
+            self._respond(400, json.dumps({"error": "unreadable request body"}).encode())
+            return
+        parts = urlsplit(self.path)
+        segments = [s for s in parts.path.split("/") if s]
+        route = segments[0] if segments else ""
+        arg = segments[1] if len(segments) > 1 else None
+        try:
+            self._route(route, arg, parts.query, body)
+        except _BadRoute as exc:
+            self._respond(400, json.dumps({"error": str(exc)}).encode())
+
+    def _route(self, route: str, arg: str | None, query: str, body: bytes) -> None:
+        if route == "redirect":
+            hops = _number(arg, 1, 100, "/redirect/<n> takes n from 1 to 100")
+            location = f"/redirect/{hops - 1}" if hops > 1 else "/anything"
+            self._respond(302, b"", "text/plain", {"Location": location})
+        elif route == "redirect-to":
+            fields = parse_qs(query)
+            if "url" not in fields:
+                raise _BadRoute("/redirect-to needs ?url=")
+            code = _number(fields.get("status", ["302"])[0], 300, 399, "status must be 3xx")
+            self._respond(code, b"", "text/plain", {"Location": fields["url"][0]})
+        elif route == "bytes":
+            size = _number(arg, 0, MAX_BYTES, f"/bytes/<n> takes n from 0 to {MAX_BYTES}")
+            self._respond(200, b"x" * size, "application/octet-stream")
+        elif route == "headers":
+            self._respond(200, json.dumps({"headers": dict(self.headers.items())}).encode())
+        elif route == "status":
+            status = _number(arg, 200, 599, "/status/<code> takes a code from 200 to 599")
+            self._respond(status, self._echo(query, body))
+        elif route == "delay":
+            delay = _number(arg, 0, MAX_DELAY_MS, f"/delay/<ms> takes 0 to {MAX_DELAY_MS} ms")
+            time.sleep(delay / 1000.0)
+            self._respond(200, self._echo(query, body))
+        elif route == "gzip":
+            payload = gzip.compress(self._echo(query, body))
+            self._respond(200, payload, extra={"Content-Encoding": "gzip"})
+        else:
+            self._respond(200, self._echo(query, body))
+
+    def _echo(self, query: str, body: bytes) -> bytes:
+        text = body.decode("utf-8", "replace")
+        try:
+            parsed = json.loads(text) if text else None
+        except ValueError:
+            parsed = None
+        args = {k: v[0] if len(v) == 1 else v for k, v in parse_qs(query).items()}
+        echo = {
+            "args": args,
+            "data": text,
+            "headers": dict(self.headers.items()),
+            "json": parsed,
+            "method": self.command,
+            "origin": self.client_address[0],
+            "url": f"http://{self.headers.get('Host', '')}{self.path}",
+        }
+        return json.dumps(echo).encode()
+
+
+def _number(text: str | None, lowest: int, highest: int, message: str) -> int:
+    if text is None or not text.isascii() or not text.isdigit():
+        raise _BadRoute(message)
+    value = int(text)
+    if not lowest <= value <= highest:
+        raise _BadRoute(message)
+    return value
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    # The stdlib default backlog of 5 drops SYNs under a few hundred concurrent connects, which
+    # shows up as 1 s / 3 s retransmission stalls on the client.
+    request_queue_size = 1024
+    daemon_threads = True
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = super().get_request()
+        # Responses are one write each; without this a keep-alive client still waits for the
+        # delayed ACK whenever a write follows an unacknowledged one.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, address
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up mid-answer (a cancelled or timed-out request) is normal here.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+class LocalServer:
+    """An httpbin-like server on 127.0.0.1 in a background thread, for tests, demos and examples.
+
+    Not for production: it answers anyone who can reach the loopback interface and runs one
+    thread per connection. Use as a context manager::
+
+        with LocalServer() as server:
+            postkey.post_async(server.url + "/post", json={"a": 1})
+
+    Raises (on construction):
+        OSError: the port is taken (port=0, the default, picks a free one).
+    """
+
+    def __init__(self, port: int = 0) -> None:
+        self._httpd = _HTTPServer((HOST, port), _Handler)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="postkey-testing-server", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        """The TCP port served on."""
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """The base URL without a trailing slash, e.g. ``http://127.0.0.1:54321``."""
+        return f"http://{HOST}:{self.port}"
+
+    def start(self) -> LocalServer:
+        """Start serving in the background; returns self."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the listening socket."""
+        if self._thread.is_alive():
+            self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> LocalServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<LocalServer url={self.url}>"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m postkey.testing [PORT]``: print the base URL, then serve until interrupted."""
+    parser = argparse.ArgumentParser(
+        prog="python -m postkey.testing",
+        description="An httpbin-like server on 127.0.0.1, for tests, demos and examples.",
+    )
+    parser.add_argument("port", nargs="?", type=int, default=0, help="default: a free port")
+    port = parser.parse_args(argv).port
+    try:
+        server = LocalServer(port)
+    except OSError as exc:
+        parser.exit(1, f"postkey.testing: cannot listen on {HOST}:{port}: {exc.strerror}\n")
+    print(server.url, flush=True)
+    try:
+        server._httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server._httpd.server_close()
+
+
+if __name__ == "__main__":
+    main()
