@@ -108,8 +108,8 @@ def cached_result_bytes() -> float:
     """Memory one cached 1 KB result costs in the MemCache, measured with tracemalloc."""
     sys.path.insert(0, str(ROOT / "src"))
     import postkey
-    from postkey._cache import MemCache
     from postkey._result import Timings
+    from postkey._stores.memcache import MemCache
 
     head = (
         b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Wed, 25 Nov 2026 20:00:00 GMT\r\n"

@@ -9,9 +9,9 @@ import pytest
 
 import postkey
 from postkey import Client, State
-from postkey._cache import MemCache
-from postkey._memory_store import MemoryStore
 from postkey._settings import Settings
+from postkey._stores.memcache import MemCache
+from postkey._stores.memory import MemoryStore
 
 
 class FakeClock:

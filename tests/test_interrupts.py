@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from postkey import Client, ErrorKind, InvalidRequest, InvalidValue, State, _client
-from postkey._cache import MemCache
+from postkey._stores.memcache import MemCache
 
 
 def test_a_ttl_the_cache_cannot_hold_is_refused_at_submit(echo: str) -> None:

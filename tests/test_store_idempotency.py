@@ -7,9 +7,9 @@ import pytest
 
 from postkey import IdempotencyKeysFull, KeyConflict, Result, State
 from postkey._job import Job
-from postkey._memory_store import MemoryStore
 from postkey._request import build_request
 from postkey._settings import Settings
+from postkey._stores.memory import MemoryStore
 
 
 class FakeClock:

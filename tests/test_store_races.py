@@ -8,9 +8,9 @@ import time
 
 from postkey import Result, State
 from postkey._job import Job
-from postkey._memory_store import MemoryStore
 from postkey._request import build_request
 from postkey._settings import Settings
+from postkey._stores.memory import MemoryStore
 
 ENDED = (State.DONE, State.FAILED, State.EXPIRED, State.UNKNOWN)
 

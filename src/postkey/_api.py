@@ -9,9 +9,9 @@ from typing import Any
 
 from ._client import Client
 from ._headers import HeadersInput
-from ._memory_store import CacheValue
 from ._request import Body
 from ._result import Result, State
+from ._stores import CacheValue
 
 _default_lock = threading.Lock()
 _default: list[Client] = []

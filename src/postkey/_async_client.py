@@ -12,6 +12,7 @@ from ._errors import QueueFull
 from ._headers import HeadersInput
 from ._request import Body
 from ._result import Result
+from ._stores import MISSING
 from ._waits import check_wait_timeout
 
 
@@ -137,17 +138,17 @@ class AsyncClient(_ClientCore):
         def wake(value: object) -> None:
             _resolve_soon(loop, future, value)
 
-        cache = self._store.cache
-        found = cache.add_waiter(key, wake)
-        if found is not cache.MISSING:
+        store = self._store
+        found = store.cache_watch(key, wake)
+        if found is not MISSING:
             return found
         try:
             found = await asyncio.wait_for(asyncio.shield(future), seconds)
         except TimeoutError:
             return default
         finally:
-            cache.remove_waiter(key, wake)
-        return default if found is cache.MISSING else found  # MISSING: released at exit
+            store.cache_unwatch(key, wake)
+        return default if found is MISSING else found  # MISSING: released at exit
 
     async def aclose(self, drain: bool = True, timeout: float | None = None) -> None:
         """`Client.close` without blocking the event loop."""

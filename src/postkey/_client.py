@@ -18,10 +18,10 @@ from ._errors import ClientClosed, InvalidBody, InvalidRequest, QueueFull, Unkno
 from ._headers import HeadersInput
 from ._job import Job
 from ._keys import check_key, mychat_key, new_key
-from ._memory_store import CacheValue, MemoryStore
 from ._request import Body, Request, build_request, check_options
 from ._result import ErrorKind, Result, State
 from ._settings import Settings
+from ._stores import CacheValue, Store, open_store
 from ._transport import Transport
 from ._urls import redacted
 from ._waits import MAX_WAIT_S
@@ -82,8 +82,8 @@ class _ClientCore:
     def _start(self) -> None:
         """Build this client's store, callback thread and engine (again, after a fork)."""
         self._generation = _lifecycle.generation
-        self._store_ = MemoryStore(self.settings)
-        _lifecycle.track_cache(self._store_.cache)
+        self._store_ = open_store(self.settings)
+        _lifecycle.track_cache(self._store_)
         self._callbacks_ = CallbackRunner(
             self.settings.max_callback_backlog, self.settings.callback_grace_ms
         )
@@ -115,7 +115,7 @@ class _ClientCore:
                 if self._closed:
                     # Nothing inherited is touched (its locks may be held for good): a closed
                     # client gets an empty store, where every key reads unknown.
-                    self._store_ = MemoryStore(self.settings)
+                    self._store_ = open_store(self.settings)
                     self._generation = _lifecycle.generation
                 else:
                     self._start()
@@ -127,7 +127,7 @@ class _ClientCore:
         return self
 
     @property
-    def _store(self) -> MemoryStore:
+    def _store(self) -> Store:
         return self._here()._store_
 
     @property
@@ -339,19 +339,19 @@ class _ClientCore:
 
     def cache_exists(self, key: str) -> bool:
         """True if ``key`` holds a live value or result."""
-        return self._store.cache.exists(key)
+        return self._store.cache_exists(key)
 
     def cache_delete(self, key: str) -> bool:
         """Remove ``key``'s value or result; True if there was one."""
-        return self._store.cache.delete(key)
+        return self._store.cache_delete(key)
 
     def cache_count(self) -> int:
         """Number of live entries (values and results)."""
-        return self._store.cache.count()
+        return self._store.cache_count()
 
     def cache_clear(self) -> None:
         """Remove every value and result (pending requests are not affected)."""
-        self._store.cache.clear()
+        self._store.cache_clear()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -370,7 +370,7 @@ class _ClientCore:
         state = "closed" if self._closed else "open"
         return (
             f"<{type(self).__name__} {state} queued={self._engine.queued}"
-            f" in_flight={self._engine.in_flight} cached={self._store.cache.count()}>"
+            f" in_flight={self._engine.in_flight} cached={self._store.cache_count()}>"
         )
 
 
@@ -488,7 +488,7 @@ class Client(_ClientCore):
         _lifecycle.run_exit_hook_first()  # the caller may be a thread joined at exit
         if _lifecycle.exiting() and timeout is None:
             timeout = _lifecycle.time_left_at_exit(float(MAX_WAIT_S))
-        return self._store.cache.wait(key, timeout, default)
+        return self._store.cache_wait(key, timeout, default)
 
     def close(self, drain: bool = True, timeout: float | None = None) -> None:
         """Stop accepting; with ``drain``, let queued and in-flight requests finish for up to
@@ -512,7 +512,7 @@ class _ResultSink:
 
     __slots__ = ("_callbacks", "_store")
 
-    def __init__(self, store: MemoryStore, callbacks: CallbackRunner) -> None:
+    def __init__(self, store: Store, callbacks: CallbackRunner) -> None:
         self._store = store
         self._callbacks = callbacks
 

@@ -23,7 +23,8 @@ from collections.abc import Callable
 from heapq import heappop, heappush
 from typing import Any
 
-from ._waits import check_wait_timeout, wake_all
+from .._waits import check_wait_timeout, wake_all
+from .base import MISSING
 
 # Approximate bytes an entry costs beyond its value: the key string, the entry object, its slot
 # in the LRU dict and its item in the expiry heap. Used for the byte bound, measured with
@@ -43,7 +44,7 @@ EVICT_PER_HOLD = 256
 # shows in the count until a later call or the tick reclaims them.
 COUNT_REAP = 1024
 MiB = 1024 * 1024
-_MISSING: Any = object()
+_MISSING: Any = MISSING
 
 
 def value_size(value: object) -> int:

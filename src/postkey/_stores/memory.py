@@ -8,16 +8,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ._cache import MemCache
-from ._errors import IdempotencyKeysFull, InvalidValue, KeyConflict
-from ._job import Job
-from ._result import Result, State
-from ._settings import Settings
-from ._waits import check_wait_timeout, wake_all
+from .._errors import IdempotencyKeysFull, InvalidValue, KeyConflict
+from .._job import Job
+from .._result import Result, State
+from .._settings import Settings
+from .._waits import check_wait_timeout, wake_all
+from .base import CacheValue
+from .memcache import MemCache
 
 log = logging.getLogger(__name__)
 
-CacheValue = str | bytes
 # A tick reclaims in steps of _TICK_STEP under the cache lock, releasing it in between (each
 # step holds it well under 1 ms), and at most `tick`'s limit per call.
 _TICK_STEP = 256
@@ -122,11 +122,14 @@ class MemoryStore:
         return self._jobs.get(key)
 
     def finish(self, job: Job, result: Result) -> None:
-        """Store ``job``'s terminal result and wake its waiters (called once per job).
+        """Store ``job``'s terminal result and wake its waiters; a later call for the same job
+        changes nothing (the first terminal result wins).
 
         The job leaves ``_jobs`` and its waiters are woken even if storing raised; a waiter
         that raises is logged and cannot stop the others.
         """
+        if self._jobs.get(job.key) is not job:
+            return  # finished already: the first terminal result wins
         result.fingerprint = job.fingerprint
         try:
             try:
@@ -299,3 +302,39 @@ class MemoryStore:
     def cache_get(self, key: str, default: Any = None) -> Any:
         """The value under ``key`` (a Result for request keys), or ``default``."""
         return self.cache.get(key, default)
+
+    def cache_exists(self, key: str) -> bool:
+        """True if ``key`` holds a live value or result."""
+        return self.cache.exists(key)
+
+    def cache_delete(self, key: str) -> bool:
+        """Remove ``key``'s value or result; True if there was one."""
+        return self.cache.delete(key)
+
+    def cache_count(self) -> int:
+        """Live entries (values and results)."""
+        return self.cache.count()
+
+    def cache_clear(self) -> None:
+        """Remove every value and result (pending requests are not affected)."""
+        self.cache.clear()
+
+    def cache_watch(self, key: str, wake: Callable[[object], None]) -> Any:
+        """The value, or `MISSING` after registering ``wake`` (see `Store.cache_watch`)."""
+        return self.cache.add_waiter(key, wake)
+
+    def cache_unwatch(self, key: str, wake: Callable[[object], None]) -> None:
+        """Forget ``wake`` (see `Store.cache_unwatch`)."""
+        self.cache.remove_waiter(key, wake)
+
+    def cache_wait(self, key: str, timeout: float | None, default: Any = None) -> Any:
+        """Block until ``key`` holds a value or ``timeout`` seconds pass.
+
+        Raises:
+            InvalidValue: a bad ``timeout``.
+        """
+        return self.cache.wait(key, timeout, default)
+
+    def release_waiters(self) -> None:
+        """Wake every cache waiter with its default (interpreter exit)."""
+        self.cache.release_waiters()
