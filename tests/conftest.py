@@ -12,7 +12,7 @@ import pytest
 from postkey import Client
 from postkey.testing import LocalServer
 
-from .servers import HostileServer
+from .servers import HostileServer, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +53,16 @@ def client() -> Iterator[Client]:
     c = Client()
     yield c
     c.close(drain=False)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of our own on a free port (never the machine's 6379), killed at the end."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url

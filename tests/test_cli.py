@@ -308,8 +308,9 @@ def test_settings_from_env_refuses_postkey_variables_that_name_no_setting() -> N
         Settings.from_env({"POSTKEY_VERIFY_SSL": "0"})
     with pytest.raises(InvalidValue, match=r"POSTKEY_max_in_flight \(did you mean POSTKEY_MAX_IN"):
         Settings.from_env({"POSTKEY_max_in_flight": "8"})
-    with pytest.raises(InvalidValue, match=r"variables POSTKEY_STORE \(no setting has that name\)"):
-        Settings.from_env({"POSTKEY_STORE": "redis://", "POSTKEY_ZZZ": "1"})
+    with pytest.raises(InvalidValue, match=r"variables POSTKEY_QQQ \(no setting has that name\)"):
+        Settings.from_env({"POSTKEY_QQQ": "redis://", "POSTKEY_ZZZ": "1"})
+    assert Settings.from_env({"POSTKEY_STORE": "redis://h:1/0"}).store == "redis://h:1/0"
     with pytest.raises(InvalidValue, match="resolver is a function"):
         Settings.from_env({"POSTKEY_RESOLVER": "dns"})
     assert Settings.from_env({"OTHER_POSTKEY_X": "1", "_POSTKEY_COMPLETE": "x"}) == Settings()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -23,14 +24,24 @@ from postkey._stores import MISSING, Store, open_store
 StoreFactory = Callable[..., Store]
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(params=["memory", "redis"])
 def make_store(request: pytest.FixtureRequest) -> Iterator[StoreFactory]:
-    """Builds stores of one kind with the given settings overrides."""
+    """Builds stores of one kind with the given settings overrides (for Redis: a server of the
+    test session's own, and a prefix of each test's own)."""
+    made: list[Store] = []
+    base: dict[str, object] = {}
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        base = {"store": url, "store_prefix": f"t{uuid.uuid4().hex[:12]}"}
 
     def make(**overrides: object) -> Store:
-        return open_store(Settings().replace(**overrides))
+        store = open_store(Settings().replace(**{**base, **overrides}))
+        made.append(store)
+        return store
 
     yield make
+    for store in made:
+        store.close()
 
 
 @pytest.fixture

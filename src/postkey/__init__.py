@@ -47,6 +47,7 @@ from ._errors import (
     QueueFull,
     RequestFailed,
     ResultError,
+    StoreUnavailable,
     UnknownArgument,
 )
 from ._policy import DestinationPolicy
@@ -82,6 +83,7 @@ __all__ = [
     "ResultError",
     "Settings",
     "State",
+    "StoreUnavailable",
     "Timings",
     "UnknownArgument",
     "__version__",

@@ -11,6 +11,7 @@ from ._client import Client
 from ._headers import HeadersInput
 from ._request import Body
 from ._result import Result, State
+from ._settings import Settings
 from ._stores import CacheValue
 
 _default_lock = threading.Lock()
@@ -32,12 +33,20 @@ def existing_default_client() -> Client | None:
 
 
 def default_client() -> Client:
-    """The client the module-level functions use, created on first use with default settings
-    (and again after it was closed, or its engine stopped)."""
+    """The client the module-level functions and the MyChat names use, created on first use
+    (and again after it was closed, or its engine stopped) with the settings of the
+    ``POSTKEY_*`` environment variables (`Settings.from_env`), defaults otherwise.
+
+    Raises:
+        InvalidValue: a POSTKEY_* variable is malformed or names no setting.
+    """
     if not _default or _default[0].closed:
         with _default_lock:
             if not _default or _default[0].closed:
-                _default[:] = [Client()]
+                # The one place the library reads POSTKEY_* variables: so that code written
+                # against the module functions or the MyChat names (which use this client) can
+                # be pointed at a shared store without a change.
+                _default[:] = [Client(Settings.from_env())]
     return _default[0]
 
 

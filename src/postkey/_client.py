@@ -365,6 +365,7 @@ class _ClientCore:
         self._closed = True
         self._engine.close(drain_ms)
         self._callbacks.close()
+        self._store.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

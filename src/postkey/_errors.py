@@ -14,6 +14,7 @@
     ├── QueueFull: the engine's submission queue (or the callback backlog) is at its bound
     │   └── IdempotencyKeysFull: max_idempotency_keys caller keys are remembered already
     ├── ClientClosed: the client (or its engine) was closed
+    ├── StoreUnavailable: a shared store (Redis) did not answer within its timeout
     └── ResultError: a Result cannot give what was asked of it (``.result`` is the Result)
         ├── NoResponse: its body was read with no response there (pending, unknown, expired)
         │   └── RequestFailed: the request failed (state ``failed``): names the error kind
@@ -86,6 +87,11 @@ class IdempotencyKeysFull(QueueFull):
 
 class ClientClosed(PostkeyError):
     """The client was closed; it accepts no more submissions."""
+
+
+class StoreUnavailable(PostkeyError):
+    """The shared store (Redis) could not be reached or did not answer within
+    ``store_timeout_ms`` (after one retry); the message names the store and the cause."""
 
 
 class ResultError(PostkeyError):

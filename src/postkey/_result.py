@@ -45,6 +45,7 @@ class ErrorKind(StrEnum):
     CANCELLED = "cancelled"
     BLOCKED = "blocked"
     INTERNAL = "internal"
+    WORKER_LOST = "worker_lost"  # the sending process stopped before the request ended
 
 
 class Timings(NamedTuple):

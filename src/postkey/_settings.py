@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -17,6 +18,8 @@ Resolver = Callable[[str], Sequence[str]]
 ALLOW_ALL = DestinationPolicy()  # frozen: one shared default is safe
 
 MiB = 1024 * 1024
+STORE_SCHEMES = frozenset({"memory", "redis", "rediss", "unix"})
+_PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,18 @@ class Settings:
     #: its pending time + result TTL + tombstone_ttl_ms whatever the cache's pressure; a submit
     #: that would remember one more is refused (nothing is sent).
     max_idempotency_keys: int = 100_000
+    #: Where keys, results and cache values live: "memory://" (this process only, the default)
+    #: or a Redis URL ("redis://host:6379/0", "rediss://...", "unix:///path?db=0"), readable and
+    #: waitable from every process that uses the same Redis and store_prefix.
+    store: str = "memory://"
+    #: The prefix of every Redis key postkey writes (several deployments can share a Redis).
+    store_prefix: str = "postkey"
+    #: A sending process's lease in a shared store, in ms: renewed every third of it; when it
+    #: lapses (the process died), its unfinished keys end as failed / worker_lost.
+    lease_ms: int = 10_000
+    #: Socket timeout of every Redis call, in ms; a Redis that does not answer within it (after
+    #: one retry) raises StoreUnavailable.
+    store_timeout_ms: int = 2_000
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -120,6 +135,19 @@ class Settings:
         if self.default_timeout_ms > self.max_timeout_ms:
             raise InvalidValue("default_timeout_ms must not exceed max_timeout_ms")
         _check_connection(self.client_cert, self.client_key, self.http_version)
+        scheme, sep, _ = (
+            self.store.partition("://") if isinstance(self.store, str) else ("", "", "")
+        )
+        if not sep or scheme not in STORE_SCHEMES:
+            raise InvalidValue(
+                f"store must be 'memory://' or a redis://, rediss:// or unix:// URL, not"
+                f" {self.store!r}"
+            )
+        if not isinstance(self.store_prefix, str) or not _PREFIX_RE.fullmatch(self.store_prefix):
+            raise InvalidValue(
+                "store_prefix must be 1 to 64 letters, digits, '_', '-' or '.', not"
+                f" {self.store_prefix!r}"
+            )
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed.
@@ -145,8 +173,7 @@ class Settings:
                 variable that names no setting (the message suggests the closest real name).
         """
         env = os.environ if environ is None else environ
-        # The names accepted besides the settings' own, all of them here. (The distributed mode
-        # will add its POSTKEY_STORE and POSTKEY_SEND to this set.)
+        # The names accepted besides the settings' own (POSTKEY_STORE is the setting `store`).
         other_names = {"POSTKEY_POLICY", "POSTKEY_ALLOW", "POSTKEY_DENY"}
         known = {f"POSTKEY_{f.name.upper()}" for f in fields(cls) if f.name != "resolver"}
         known |= other_names

@@ -6,6 +6,7 @@ client gets its store from `open_store`.
 
 from __future__ import annotations
 
+from .._errors import InvalidValue
 from .._settings import Settings
 from .base import MISSING, CacheValue, Store
 from .memory import MemoryStore
@@ -14,5 +15,19 @@ __all__ = ["MISSING", "CacheValue", "MemoryStore", "Store", "open_store"]
 
 
 def open_store(settings: Settings) -> Store:
-    """The store ``settings`` ask for (today: the in-process memory store)."""
-    return MemoryStore(settings)
+    """The store ``settings.store`` names: the in-process memory store, or Redis.
+
+    Raises:
+        InvalidValue: a Redis URL without the redis extra installed, or a malformed URL.
+        StoreUnavailable: Redis did not answer.
+    """
+    if settings.store == "memory://":
+        return MemoryStore(settings)
+    try:
+        from .redis import RedisStore  # noqa: PLC0415  # redis-py is optional: import on use
+    except ImportError as exc:  # redis-py is the extra postkey[redis]
+        raise InvalidValue(
+            f"store {settings.store.partition('://')[0]}:// needs redis-py: pip install"
+            f" 'postkey[redis]' ({exc})"
+        ) from None
+    return RedisStore(settings)

@@ -136,3 +136,6 @@ class Store(Protocol):
 
     def release_waiters(self) -> None:
         """Wake every cache waiter with its default (interpreter exit)."""
+
+    def close(self) -> None:
+        """Let go of what the store holds (connections, threads); after the engine closed."""

@@ -338,3 +338,6 @@ class MemoryStore:
     def release_waiters(self) -> None:
         """Wake every cache waiter with its default (interpreter exit)."""
         self.cache.release_waiters()
+
+    def close(self) -> None:
+        """Nothing to let go of: the store is this process's memory (results stay readable)."""

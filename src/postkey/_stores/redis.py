@@ -1,0 +1,534 @@
+"""`RedisStore`: keys, results and cache values in Redis, readable and waitable from anywhere.
+
+This process's engine still sends (the shared-store mode). Each key has one record
+(`codec`: pending, then the result or a cache value) and, after its result, a tombstone that
+says ``expired`` once the result's TTL has passed and remembers a caller key's fingerprint; both
+under the key's hash tag (`names`). Every write that changes what a key is runs as one Lua
+script, which also publishes on the key's sharded channel, so a waiter never misses it.
+
+Pending records name their owner, the sending process, whose lease (a key renewed every third of
+``lease_ms``) shows it is alive. A reader that finds a pending key whose owner's lease has lapsed
+ends it as ``failed`` / ``worker_lost``, with the same check-and-set the owner uses: whichever
+terminal write comes first wins, the later one is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from .._errors import IdempotencyKeysFull, InvalidValue, KeyConflict, StoreUnavailable
+from .._job import Job
+from .._result import ErrorKind, Result, State
+from .._settings import Settings
+from .._waits import check_wait_timeout
+from . import codec
+from .base import MISSING, CacheValue
+from .names import Names
+from .redis_waits import WaitHub
+
+log = logging.getLogger("postkey")
+
+# Register a key: KEYS record, tombstone; ARGV pending record, fingerprint ('' for a postkey
+# key), pending TTL ms. Returns 1 registered, 0 the same request is known, -1 a conflict.
+_REGISTER = """
+local fp = ARGV[2]
+if fp == '' then
+  if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[3]) then return 1 end
+  return -1
+end
+local t = redis.call('GET', KEYS[2])
+if t then
+  if t == 'F:' .. fp then return 0 end
+  return -1
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+redis.call('SET', KEYS[2], 'F:' .. fp, 'PX', ARGV[3])
+return 1
+"""
+
+# The one terminal write: KEYS record, tombstone, channel; ARGV result record, owner, result TTL
+# ms, result TTL + tombstone TTL ms. Only a pending record of that owner is replaced.
+_FINISH = """
+local cur = redis.call('GET', KEYS[1])
+if not cur or string.sub(cur, 4, 4) ~= 'P' then return 0 end
+local meta = cjson.decode(string.sub(cur, 5))
+if meta['owner'] ~= ARGV[2] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+local t = redis.call('GET', KEYS[2]) or 'E'
+redis.call('SET', KEYS[2], t, 'PX', ARGV[4])
+redis.call('SPUBLISH', KEYS[3], 'r')
+return 1
+"""
+
+# A cache value: KEYS record, tombstone, channel; ARGV value record, TTL ms. Refused (-1) over a
+# request's record or a remembered key.
+_CACHE_SET = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local kind = string.sub(cur, 4, 4)
+  if kind == 'P' or kind == 'R' then return -1 end
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SPUBLISH', KEYS[3], 'v')
+return 1
+"""
+
+# Delete a value or result (never a pending record); a caller key's fingerprint stays.
+_CACHE_DELETE = """
+local cur = redis.call('GET', KEYS[1])
+if not cur or string.sub(cur, 4, 4) == 'P' then return 0 end
+redis.call('DEL', KEYS[1])
+local t = redis.call('GET', KEYS[2])
+if t == 'E' then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
+_RECHECK_S = 1.0  # the last-resort re-read of every watched key
+_OWNER_CACHE_S = 0.5  # how long "that owner is alive" is believed without asking again
+
+
+class RedisStore:
+    """A `Store` on Redis (or Valkey). Thread-safe."""
+
+    def __init__(self, settings: Settings) -> None:
+        timeout_s = settings.store_timeout_ms / 1000.0
+        self._url = settings.store
+        try:
+            self._redis = redis.Redis.from_url(
+                settings.store,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
+                retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+                health_check_interval=30,
+            )
+        except ValueError as exc:
+            raise InvalidValue(f"store URL {settings.store!r}: {exc}") from None
+        self._names = Names(settings.store_prefix)
+        self._result_ttl_ms = settings.result_ttl_ms
+        self._tombstone_ttl_ms = settings.tombstone_ttl_ms
+        self._max_ttl_ms = max(settings.result_ttl_ms, settings.max_timeout_ms, 30 * 86_400_000)
+        self._max_idempotency_keys = settings.max_idempotency_keys
+        self._lease_ms = settings.lease_ms
+        self._register = self._redis.register_script(_REGISTER)
+        self._finish = self._redis.register_script(_FINISH)
+        self._cache_set = self._redis.register_script(_CACHE_SET)
+        self._cache_delete = self._redis.register_script(_CACHE_DELETE)
+        self.owner = secrets.token_hex(8)
+        self._jobs: dict[str, Job] = {}
+        self._caller_jobs = 0
+        self._lock = threading.Lock()
+        self._alive: dict[str, float] = {}  # owner -> until when it is believed alive
+        self._cache_unwatches: dict[tuple[str, Callable[[object], None]], Callable[[], None]] = {}
+        #: Terminal writes that lost to an earlier one (a reader's worker_lost, say).
+        self.dropped_writes = 0
+        self._closing = threading.Event()
+        self._call(self._renew_lease)  # fails here, clearly, if Redis is not there
+        self._leases = threading.Thread(target=self._keep_lease, name="postkey-lease", daemon=True)
+        self._leases.start()
+        self._hub = WaitHub(self._redis, self._names, self._check, _RECHECK_S)
+
+    @property
+    def max_ttl_ms(self) -> int:
+        """The longest TTL a result or cache value may be given, in ms."""
+        return self._max_ttl_ms
+
+    # -- talking to Redis ------------------------------------------------------------------------
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StoreUnavailable(
+                f"the store {self._redacted_url()} did not answer: {exc}"
+            ) from None
+
+    def _redacted_url(self) -> str:
+        scheme, sep, rest = self._url.partition("://")
+        return f"{scheme}{sep}{rest.rpartition('@')[2]}"
+
+    def _renew_lease(self) -> None:
+        self._redis.set(self._names.owner(self.owner), b"1", px=self._lease_ms)
+
+    def _keep_lease(self) -> None:
+        while not self._closing.wait(self._lease_ms / 3000.0):
+            try:
+                self._renew_lease()
+            except redis.RedisError as exc:
+                log.warning("could not renew this process's lease in the store: %s", exc)
+
+    def _owner_alive(self, owner: str) -> bool:
+        if owner == self.owner:
+            return True
+        now = time.monotonic()
+        if self._alive.get(owner, 0.0) > now:
+            return True
+        alive = bool(self._redis.exists(self._names.owner(owner)))
+        if alive:
+            self._alive[owner] = now + _OWNER_CACHE_S
+        return alive
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def register(self, job: Job, caller_key: bool) -> bool:
+        """Make ``job``'s key visible as pending (see `Store.register`).
+
+        Raises:
+            KeyConflict, IdempotencyKeysFull: see `Store.register`.
+            StoreUnavailable: Redis did not answer.
+        """
+        fingerprint = job.fingerprint if caller_key and job.fingerprint is not None else ""
+        if fingerprint:
+            with self._lock:
+                if self._caller_jobs >= self._max_idempotency_keys:
+                    raise IdempotencyKeysFull(
+                        f"{self._max_idempotency_keys} idempotency keys are pending in this"
+                        " process (max_idempotency_keys); nothing was sent"
+                    )
+        record = codec.encode_pending(self.owner, job.fingerprint, job.submitted_at, "pending")
+        # The pending record outlives the request's own deadline: the engine ends it by then.
+        pending_ttl = job.request.timeout_ms + 60_000 + self._lease_ms
+        names = self._names
+        outcome = self._call(
+            self._register,
+            [names.record(job.key), names.tombstone(job.key)],
+            [record, fingerprint, pending_ttl],
+        )
+        if outcome == 1:
+            # Known here only once registered: a duplicate must not replace the first job.
+            with self._lock:
+                self._jobs[job.key] = job
+                if fingerprint:
+                    self._caller_jobs += 1
+            return True
+        if outcome == 0:
+            return False
+        raise KeyConflict(f"key {job.key!r} already names a different request (or a cache value)")
+
+    def _forget(self, job: Job) -> None:
+        with self._lock:
+            if self._jobs.get(job.key) is job:
+                del self._jobs[job.key]
+                if job.fingerprint is not None:
+                    self._caller_jobs -= 1
+
+    def job(self, key: str) -> Job | None:
+        """The pending job under ``key`` that this process sends."""
+        return self._jobs.get(key)
+
+    def finish(self, job: Job, result: Result) -> None:
+        """Store ``job``'s terminal result, publish it, and forget the job here. A Redis that
+        does not answer is retried for up to one lease; then the result is logged as lost and
+        the key ends as worker_lost for its readers."""
+        if self._jobs.get(job.key) is not job:
+            return  # finished already: the first terminal result wins
+        result.fingerprint = job.fingerprint
+        ttl = job.ttl_ms or self._result_ttl_ms
+        try:
+            self._write_terminal(job.key, result, self.owner, ttl)
+        finally:
+            self._forget(job)
+
+    def _write_terminal(self, key: str, result: Result, owner: str, ttl_ms: int) -> bool:
+        names = self._names
+        keys = [names.record(key), names.tombstone(key), names.channel(key)]
+        args: list[bytes | str | int] = [
+            codec.encode_result(result),
+            owner,
+            ttl_ms,
+            ttl_ms + self._tombstone_ttl_ms,
+        ]
+        deadline = time.monotonic() + self._lease_ms / 1000.0
+        delay = 0.05
+        while True:
+            try:
+                written = bool(self._finish(keys, args))
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if time.monotonic() + delay > deadline:
+                    log.error("the result of %s could not be stored: %s", key, exc)
+                    return False
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            if not written:
+                with self._lock:
+                    self.dropped_writes += 1
+            return written
+
+    def lookup(self, key: str) -> Result:
+        """What is known of ``key`` now.
+
+        Raises:
+            StoreUnavailable: Redis did not answer.
+        """
+        result: Result = self._call(self._lookup, key)
+        return result
+
+    def _lookup(self, key: str) -> Result:
+        pair: list[Any] = self._redis.mget(self._names.record(key), self._names.tombstone(key))
+        return self._settled_or_pending(key, pair[0], pair[1])
+
+    def _settled_or_pending(
+        self, key: str, record: bytes | None, tombstone: bytes | None
+    ) -> Result:
+        if record is None:
+            if tombstone is not None:  # "E", or a caller key's "F:<fingerprint>"
+                return Result(key, State.EXPIRED, error=_EXPIRED_HINT)
+            return Result(key, State.UNKNOWN, error=_UNKNOWN_HINT)
+        try:
+            kind = codec.kind_of(record)
+            if kind == b"R":
+                return codec.decode_result(key, record)
+            if kind != b"P":
+                return Result(key, State.UNKNOWN, error=_VALUE_HINT)
+            meta = codec.decode_pending(record)
+        except (codec.RecordError, ValueError) as exc:
+            return Result(
+                key, State.UNKNOWN, error=f"the store holds a record postkey cannot read: {exc}"
+            )
+        local = self._jobs.get(key)
+        if local is not None:
+            return Result(key, local.state, submitted_at=local.submitted_at)
+        if self._owner_alive(meta["owner"]):
+            return Result(key, State.PENDING, submitted_at=meta["submitted_at"])
+        return self._end_as_lost(key, meta)
+
+    def _end_as_lost(self, key: str, meta: dict[str, Any]) -> Result:
+        lost = Result(
+            key,
+            State.FAILED,
+            error_kind=ErrorKind.WORKER_LOST,
+            error="the process sending this request stopped (its lease in the store lapsed)"
+            " before the request ended; it may or may not have reached the server",
+            submitted_at=meta["submitted_at"],
+            finished_at=time.time(),
+            fingerprint=meta.get("fingerprint"),
+        )
+        self._write_terminal(key, lost, meta["owner"], self._result_ttl_ms)
+        return self._lookup(key)  # whatever won: this failure, or the owner's late result
+
+    # -- waiting ---------------------------------------------------------------------------------
+
+    def _check(self, wanted: list[tuple[str, str]]) -> list[object]:
+        """For the wait hub: what each (key, kind) settles to now, or MISSING."""
+        names = self._names
+        flat: list[str] = []
+        for key, _kind in wanted:
+            flat += [names.record(key), names.tombstone(key)]
+        values: list[Any] = self._redis.mget(flat)
+        out: list[object] = []
+        for i, (key, kind) in enumerate(wanted):
+            record, tombstone = values[2 * i], values[2 * i + 1]
+            if kind == "value":
+                out.append(self._value_of(key, record))
+                continue
+            result = self._settled_or_pending(key, record, tombstone)
+            out.append(MISSING if result.state in (State.PENDING, State.RUNNING) else result)
+        return out
+
+    def watch(
+        self, key: str, wake: Callable[[Result], None]
+    ) -> tuple[Result, None] | tuple[None, Callable[[], None]]:
+        """See `Store.watch`.
+
+        Raises:
+            StoreUnavailable: Redis did not answer.
+        """
+        now = self.lookup(key)
+        if now.state not in (State.PENDING, State.RUNNING):
+            return now, None
+        return None, self._hub.watch(key, "result", wake)  # type: ignore[arg-type]
+
+    def wait(self, key: str, timeout: float | None) -> Result:
+        """See `Store.wait`."""
+        return self.wait_many([key], timeout)[0]
+
+    def wait_many(self, keys: list[str], timeout: float | None) -> list[Result]:
+        """See `Store.wait_many`: one sleep, woken when the last key settles.
+
+        Raises:
+            InvalidValue: a bad ``timeout``, before anything is registered.
+            StoreUnavailable: Redis did not answer.
+        """
+        seconds = check_wait_timeout(timeout)
+        results = self._call(self._check, [(k, "result") for k in keys])
+        waiting = {k for k, r in zip(keys, results, strict=True) if r is MISSING}
+        if waiting:
+            self._sleep_until_settled(waiting, seconds)
+        return [self.lookup(k) for k in keys]
+
+    def _sleep_until_settled(self, keys: set[str], seconds: float | None) -> None:
+        gate = threading.Event()
+        left = [len(keys)]
+        count_lock = threading.Lock()
+
+        def one_done(_value: object) -> None:
+            with count_lock:
+                left[0] -= 1
+                if left[0] == 0:
+                    gate.set()
+
+        undo = [self._hub.watch(key, "result", one_done) for key in keys]
+        try:
+            gate.wait(seconds)
+        finally:
+            for unwatch in undo:
+                unwatch()
+
+    def subscriptions(self) -> int:
+        """Channels this store is subscribed to now (0 when nobody waits)."""
+        return self._hub.subscriptions()
+
+    # -- the general cache -----------------------------------------------------------------------
+
+    def _check_ttl(self, ttl_ms: int | None) -> int:
+        if ttl_ms is None:
+            return self._result_ttl_ms
+        if type(ttl_ms) is not int or not 1 <= ttl_ms <= self._max_ttl_ms:
+            raise InvalidValue(
+                f"ttl_ms must be an int between 1 and {self._max_ttl_ms}, got {ttl_ms!r}"
+            )
+        return ttl_ms
+
+    def cache_set(self, key: str, value: CacheValue, ttl_ms: int | None) -> None:
+        """See `Store.cache_set`."""
+        if not isinstance(value, str | bytes):
+            raise InvalidValue(f"cache values must be str or bytes, not {type(value).__name__}")
+        ttl = self._check_ttl(ttl_ms)
+        names = self._names
+        keys = [names.record(key), names.tombstone(key), names.channel(key)]
+        if self._call(self._cache_set, keys, [codec.encode_value(value), ttl]) != 1:
+            raise KeyConflict(f"key {key!r} names a request; cache_set cannot overwrite it")
+
+    def _value_of(self, key: str, record: bytes | None) -> object:
+        if record is None:
+            return MISSING
+        try:
+            kind = codec.kind_of(record)
+            if kind == b"R":
+                return codec.decode_result(key, record)
+            if kind == b"P":
+                return MISSING
+            return codec.decode_value(record)
+        except codec.RecordError:
+            return MISSING
+
+    def cache_get(self, key: str, default: Any = None) -> Any:
+        """See `Store.cache_get`."""
+        record: Any = self._call(self._redis.get, self._names.record(key))
+        value = self._value_of(key, record)
+        return default if value is MISSING else value
+
+    def cache_exists(self, key: str) -> bool:
+        """See `Store.cache_exists`."""
+        return self.cache_get(key, MISSING) is not MISSING
+
+    def cache_delete(self, key: str) -> bool:
+        """See `Store.cache_delete`."""
+        names = self._names
+        return bool(self._call(self._cache_delete, [names.record(key), names.tombstone(key)], []))
+
+    def _records(self) -> list[bytes]:
+        return list(self._redis.scan_iter(match=self._names.records_pattern(), count=1000))
+
+    def cache_count(self) -> int:
+        """Live values and results under this prefix (a SCAN: O(keys), for operators)."""
+
+        def count() -> int:
+            names = self._records()
+            total = 0
+            for start in range(0, len(names), 1000):
+                pipe = self._redis.pipeline(transaction=False)
+                for name in names[start : start + 1000]:
+                    pipe.getrange(name, 3, 3)
+                total += sum(1 for kind in pipe.execute() if kind in (b"R", b"S", b"B"))
+            return total
+
+        return int(self._call(count))
+
+    def cache_clear(self) -> None:
+        """Remove every value and result under this prefix (pending keys stay)."""
+
+        def clear() -> None:
+            for name in self._records():
+                self._cache_delete([name, name[:-1] + b"t"], [])
+
+        self._call(clear)
+
+    def cache_watch(self, key: str, wake: Callable[[object], None]) -> Any:
+        """See `Store.cache_watch`."""
+        found = self.cache_get(key, MISSING)
+        if found is not MISSING:
+            return found
+        unwatch = self._hub.watch(key, "value", wake)
+        with self._lock:
+            self._cache_unwatches[(key, wake)] = unwatch
+        return MISSING
+
+    def cache_unwatch(self, key: str, wake: Callable[[object], None]) -> None:
+        """See `Store.cache_unwatch`."""
+        with self._lock:
+            unwatch = self._cache_unwatches.pop((key, wake), None)
+        if unwatch is not None:
+            unwatch()
+
+    def cache_wait(self, key: str, timeout: float | None, default: Any = None) -> Any:
+        """See `Store.cache_wait`."""
+        seconds = check_wait_timeout(timeout)
+        box: list[object] = []
+        gate = threading.Event()
+
+        def wake(value: object) -> None:
+            box.append(value)
+            gate.set()
+
+        found = self.cache_watch(key, wake)
+        if found is not MISSING:
+            return found
+        try:
+            gate.wait(seconds)
+        finally:
+            self.cache_unwatch(key, wake)
+        return box[0] if box and box[0] is not MISSING else default
+
+    # -- upkeep ----------------------------------------------------------------------------------
+
+    def tick(self) -> int:
+        """Nothing to reclaim: Redis expires what postkey writes (every key has a TTL)."""
+        return 0
+
+    def release_waiters(self) -> None:
+        """Wake every waiter with its default (interpreter exit)."""
+        self._hub.release_all()
+
+    def close(self) -> None:
+        """Stop the lease and the waits; the lease is given up, so anything still pending here
+        ends as worker_lost for its readers."""
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        self._hub.close()
+        try:
+            self._redis.delete(self._names.owner(self.owner))
+        except redis.RedisError:
+            pass
+        self._redis.close()
+
+
+_UNKNOWN_HINT = (
+    "no request or value under this key in the store: never issued, or forgotten after its"
+    " result's TTL and tombstone time"
+)
+_EXPIRED_HINT = "its result's TTL passed"
+_VALUE_HINT = "the key holds a cache value, not a request (read it with cache_get)"

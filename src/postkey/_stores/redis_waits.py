@@ -1,0 +1,221 @@
+"""Push-based waiting on a Redis store: one sharded pub/sub connection per store for all waiters.
+
+A waiter registers a callback for a key; the hub thread subscribes (``SSUBSCRIBE`` to the key's
+channel, which shares the key's hash slot), and once Redis confirms the subscription it reads the
+key: a result that landed before the subscription is found by that read, one that lands after is
+announced on the channel (the writer stores and publishes in one script). Every watched key is
+read again after a reconnect and, as a last resort, every ``recheck_s``; a key with no waiters
+left is unsubscribed, so the subscription count returns to zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+import redis
+
+from .._waits import wake_all
+from .base import MISSING
+from .names import Names
+
+log = logging.getLogger("postkey")
+
+Wake = Callable[[object], None]
+#: (key, kind) pairs -> what to wake each with, or MISSING while it is not settled. kind is
+#: "result" (a settled Result) or "value" (a cache value or a result).
+Check = Callable[[list[tuple[str, str]]], list[object]]
+
+_BACKOFF_MAX_S = 2.0
+
+
+class WaitHub:
+    """Waiters of one store, woken from one pub/sub connection on one thread."""
+
+    def __init__(self, client: redis.Redis, names: Names, check: Check, recheck_s: float) -> None:
+        self._client = client
+        self._names = names
+        self._check = check
+        self._recheck_s = recheck_s
+        self._lock = threading.Lock()
+        self._waiters: dict[tuple[str, str], dict[Wake, None]] = {}
+        self._subscribed: set[str] = set()  # keys whose channel we asked for
+        self._requests: deque[tuple[bool, str]] = deque()  # (subscribe?, key)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._stopping = False
+        self._pubsub: redis.client.PubSub | None = None
+        self._thread = threading.Thread(target=self._run, name="postkey-redis-waits", daemon=True)
+        self._thread.start()
+
+    # -- called by waiting threads ---------------------------------------------------------------
+
+    def watch(self, key: str, kind: str, wake: Wake) -> Callable[[], None]:
+        """Call ``wake(value)`` once ``key`` settles (see `Check`); returns the undo."""
+        with self._lock:
+            waiters = self._waiters.setdefault((key, kind), {})
+            waiters[wake] = None
+            if key not in self._subscribed:
+                self._subscribed.add(key)
+                self._requests.append((True, key))
+                self._poke()
+        return lambda: self._unwatch(key, kind, wake)
+
+    def _unwatch(self, key: str, kind: str, wake: Wake) -> None:
+        with self._lock:
+            waiters = self._waiters.get((key, kind))
+            if waiters is not None:
+                waiters.pop(wake, None)
+                if not waiters:
+                    del self._waiters[(key, kind)]
+            self._drop_if_idle(key)
+
+    def _drop_if_idle(self, key: str) -> None:
+        # Under _lock. Unsubscribe once no waiter of either kind is left for the key.
+        if key in self._subscribed and not any(
+            (key, k) in self._waiters for k in ("result", "value")
+        ):
+            self._subscribed.discard(key)
+            self._requests.append((False, key))
+            self._poke()
+
+    def subscriptions(self) -> int:
+        """Keys subscribed to now (0 when nobody waits)."""
+        with self._lock:
+            return len(self._subscribed)
+
+    def release_all(self) -> None:
+        """Wake every waiter with MISSING (interpreter exit, or the store closing)."""
+        with self._lock:
+            everything = list(self._waiters.items())
+            self._waiters.clear()
+            for key in list(self._subscribed):
+                self._drop_if_idle(key)
+        for (key, _kind), gone in everything:
+            wake_all(list(gone), MISSING, f"key {key!r}")
+
+    def close(self) -> None:
+        """Release every waiter and stop the thread."""
+        self.release_all()
+        self._stopping = True
+        self._poke()
+        self._thread.join(5)
+
+    def _poke(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full: the thread will look anyway
+
+    # -- the hub thread ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self._stopping:
+            try:
+                self._serve()
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                if self._stopping:
+                    break
+                log.warning("redis wait connection lost (%s); reconnecting in %.2fs", exc, backoff)
+                self._reset_connection()
+                time.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                continue
+            except Exception:  # a bug: keep serving waiters rather than leave them hanging
+                log.exception("redis wait hub failed; restarting it")
+                self._reset_connection()
+                time.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                continue
+            backoff = 0.05
+        self._reset_connection()
+
+    def _reset_connection(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except Exception:
+                pass
+        # Everything must be subscribed again on the new connection, then read again.
+        with self._lock:
+            self._requests = deque((True, key) for key in self._subscribed)
+
+    def _serve(self) -> None:
+        if self._pubsub is None:
+            self._pubsub = self._client.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
+        pubsub = self._pubsub
+        next_recheck = time.monotonic() + self._recheck_s
+        while not self._stopping:
+            self._send_requests(pubsub)
+            ready: set[str] = set()
+            while True:  # drain what hiredis has buffered as well as what the socket holds
+                message = pubsub.get_message(timeout=0)
+                if message is None:
+                    break
+                channel = message.get("channel")
+                if message["type"] in ("ssubscribe", "smessage") and channel is not None:
+                    name = channel.decode() if isinstance(channel, bytes) else str(channel)
+                    ready.add(self._names.key_of_channel(name))
+            now = time.monotonic()
+            if now >= next_recheck:
+                with self._lock:
+                    ready |= self._subscribed
+                next_recheck = now + self._recheck_s
+            if ready:
+                self._settle(ready)
+                continue
+            self._sleep(pubsub, max(0.0, next_recheck - time.monotonic()))
+
+    def _send_requests(self, pubsub: redis.client.PubSub) -> None:
+        with self._lock:
+            requests, self._requests = self._requests, deque()
+        subscribe = [self._names.channel(k) for wanted, k in requests if wanted]
+        unsubscribe = [self._names.channel(k) for wanted, k in requests if not wanted]
+        if subscribe:
+            pubsub.ssubscribe(*subscribe)
+        if unsubscribe and pubsub.connection is not None:
+            pubsub.sunsubscribe(*unsubscribe)
+
+    def _sleep(self, pubsub: redis.client.PubSub, timeout: float) -> None:
+        watched = [self._wake_r]
+        connection = pubsub.connection
+        sock = getattr(connection, "_sock", None) if connection is not None else None
+        if sock is not None:
+            watched.append(sock.fileno())
+        readable, _, _ = select.select(watched, [], [], timeout)
+        if self._wake_r in readable:
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def _settle(self, keys: set[str]) -> None:
+        with self._lock:
+            wanted = [
+                (key, kind)
+                for key in keys
+                for kind in ("result", "value")
+                if (key, kind) in self._waiters
+            ]
+        if not wanted:
+            return
+        values = self._check(wanted)
+        woken: list[tuple[str, list[Wake], object]] = []
+        with self._lock:
+            for (key, kind), value in zip(wanted, values, strict=True):
+                if value is MISSING:
+                    continue
+                found = self._waiters.pop((key, kind), None)
+                if found:
+                    woken.append((key, list(found), value))
+                self._drop_if_idle(key)
+        for key, wakes, value in woken:
+            wake_all(wakes, value, f"key {key!r}")
