@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from postkey import InvalidValue, Settings
+from postkey import Client, InvalidValue, Settings
 from postkey.testing import LocalServer
 
 CLI = [sys.executable, "-m", "postkey"]
@@ -284,7 +284,8 @@ def test_help_lists_the_exit_codes(command: list[str]) -> None:
 
 def test_post_help_says_why_no_key_is_printed_without_wait() -> None:
     text = " ".join(run("post", "--help").stdout.split())
-    assert "nothing is printed on stdout: in embedded mode its result lives only in this" in text
+    assert "In embedded mode nothing is printed on stdout: the result lives only in this" in text
+    assert "With a shared store (--store or POSTKEY_STORE) the key is printed" in text
 
 
 # -- environment -----------------------------------------------------------------------------
@@ -401,3 +402,44 @@ def test_fish_completes_commands_and_choices() -> None:
     lines = out.stdout.splitlines()
     assert "post\tPOST to URL; --wait prints the response." in lines
     assert {"json", "text"} <= set(lines)
+
+
+# -- the shared store: keys readable from other commands ------------------------------------
+
+
+def test_with_a_shared_store_post_prints_a_key_that_get_exists_and_wait_read(
+    redis_url: str, echo: str, hostile: str
+) -> None:
+    env = {"POSTKEY_STORE": redis_url, "POSTKEY_STORE_PREFIX": "cli1"}
+    sent = run("post", echo + "/post", "-d", "shared", env=env)
+    assert sent.returncode == 0, sent.stderr
+    key = sent.stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{32}", key)
+    got = run("get", key, "--format", "json", env=env)
+    assert got.returncode == 0 and json.loads(got.stdout)["body"].count("shared") == 1
+    assert run("exists", key, env=env).stdout.strip() == "true"
+    missing = run("exists", "never-sent", env=env)
+    assert missing.returncode == 1 and missing.stdout.strip() == "false"
+    unknown = run("get", "never-sent", env=env)
+    assert unknown.returncode == 3 and "is unknown" in unknown.stderr
+    waited = run(
+        "wait", key, "--timeout", "5", "--store", redis_url, env={"POSTKEY_STORE_PREFIX": "cli1"}
+    )
+    assert waited.returncode == 0 and waited.stdout.startswith("HTTP/1.1 200 OK")
+
+
+def test_wait_in_another_command_is_woken_when_the_result_lands(
+    redis_url: str, echo: str
+) -> None:
+    env = {"POSTKEY_STORE": redis_url, "POSTKEY_STORE_PREFIX": "cli2"}
+    with Client(store=redis_url, store_prefix="cli2") as client:
+        key = client.get_async(echo + "/delay/1500", timeout_ms=5000)
+        waited = run("wait", key, "--timeout", "10", "--format", "json", env=env)
+    assert waited.returncode == 0, waited.stderr
+    assert json.loads(waited.stdout)["status"] == 200
+
+
+def test_reading_keys_without_a_shared_store_is_a_usage_error() -> None:
+    for args in (("get", "k"), ("exists", "k"), ("wait", "k")):
+        out = run(*args)
+        assert out.returncode == 2 and "needs a shared store" in out.stderr

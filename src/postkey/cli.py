@@ -24,6 +24,7 @@ from ._settings import Settings
 EXIT_FAILED = 1  # a request ended as failed (no response)
 EXIT_USAGE = 2  # bad input: nothing was sent
 EXIT_HTTP_ERROR = 22  # --fail and a status of 400 or more (curl --fail's code)
+EXIT_NO_RESULT = 3  # get / wait: the key has no result (yet, or any more)
 EXIT_ABORTED = 130  # Ctrl-C
 
 EXIT_CODES_HELP = """\b
@@ -32,6 +33,7 @@ Exit codes:
   1    a request failed: no response (batch: a line was rejected or failed;
        demo: not every response was read back)
   2    bad input or usage: one line on stderr, nothing sent
+  3    get / wait: the key has no result (pending, running, unknown or expired)
   22   with --fail: the response's status was 400 or more
   130  interrupted"""
 
@@ -127,6 +129,11 @@ def _request_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             is_flag=True,
             help="Exit 22 when the status is 400 or more (still printing what --wait prints).",
         ),
+        click.option(
+            "--store",
+            help="Shared store URL (redis://host:6379/0): results readable from anywhere."
+            " Default: POSTKEY_STORE, else this process only.",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -135,9 +142,10 @@ def _request_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 _NO_WAIT_HELP = """
 
-Without --wait the request is still sent, and ends before the command exits, but nothing is
-printed on stdout: in embedded mode its result lives only in this process, so a key would be of
-no use. One line on stderr says how it went."""
+Without --wait the request is still sent, and ends before the command exits. With a shared store
+(--store or POSTKEY_STORE) the key is printed: read it later with get, exists or wait, from
+anywhere. In embedded mode nothing is printed on stdout: the result lives only in this process,
+so a key would be of no use; one line on stderr says how it went."""
 
 
 # Commands' first sentences have no comma: fish's completion cuts descriptions at the first one.
@@ -194,6 +202,7 @@ def _send(
     allow_private: bool,
     allow: tuple[str, ...],
     deny: tuple[str, ...],
+    store: str | None,
 ) -> None:
     if fmt is not None and not wait_:
         raise click.UsageError("--format says how --wait prints the result: add --wait")
@@ -205,7 +214,8 @@ def _send(
             header_lines.append("Content-Type: application/json")
         if "accept" not in names:
             header_lines.append("Accept: application/json")
-    client = Client(_guarded_settings(allow_private, allow, deny))
+    settings = _guarded_settings(allow_private, allow, deny)
+    client = Client(settings.replace(store=store) if store else settings)
     try:
         issued = client.request_async(
             method,
@@ -223,7 +233,7 @@ def _send(
     if wait_:
         _print_result(result, fmt or "text")
     else:
-        _report_without_wait(issued, result)
+        _report_without_wait(issued, result, client.settings.store != "memory://")
     sys.exit(_exit_code(result, fail))
 
 
@@ -235,13 +245,19 @@ def _exit_code(result: Result, fail: bool) -> int:
     return 0
 
 
-def _report_without_wait(key: str, result: Result) -> None:
+def _report_without_wait(key: str, result: Result, shared: bool) -> None:
     """What ``post`` / ``request`` print without --wait: the one place that decides it.
 
-    In embedded mode the result lives in this process, which exits now, so no other process can
-    read ``key``: printing it would invite a read that can only say ``unknown``. Say on stderr
-    how the request went instead. (With a shared store, the distributed mode, print the key.)
+    With a shared store (Redis) the key is readable from anywhere: print it. In embedded mode the
+    result lives in this process, which exits now, so no other process can read ``key``:
+    printing it would invite a read that can only say ``unknown``. Say on stderr how the request
+    went instead.
     """
+    if shared:
+        click.echo(key)
+        if result.state is State.FAILED:
+            _print_failure(result)
+        return
     if result.state is not State.DONE:
         _print_failure(result)
         return
@@ -252,6 +268,75 @@ def _report_without_wait(key: str, result: Result) -> None:
         " the response",
         err=True,
     )
+
+
+def _store_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--store",
+        help="Shared store URL (redis://host:6379/0); default: POSTKEY_STORE.",
+    )(fn)
+
+
+def _shared_client(store: str | None) -> Client:
+    """A client on the shared store that get / exists / wait read from."""
+    settings = _settings(store=store)
+    if settings.store == "memory://":
+        raise click.UsageError(
+            "reading a key from another process needs a shared store: give --store"
+            " redis://HOST:PORT/DB or set POSTKEY_STORE (in embedded mode a key lives only in"
+            " the process that sent it)"
+        )
+    return Client(settings)
+
+
+def _show(result: Result, fmt: str) -> None:
+    if result.state.terminal:
+        _print_result(result, fmt)
+    elif fmt == "json":
+        click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+    else:
+        click.echo(f"postkey: {result.key} is {result.describe()}", err=True)
+    code = 0 if result.state is State.DONE else EXIT_FAILED
+    sys.exit(code if result.state.terminal else EXIT_NO_RESULT)
+
+
+_FORMAT = click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+
+
+@cli.command(short_help="Print a key's result from the shared store.", epilog=EXIT_CODES_HELP)
+@click.argument("key")
+@_store_option
+@_FORMAT
+def get(key: str, store: str | None, fmt: str) -> None:
+    """Print KEY's result (status line, headers, body; or JSON) from the shared store, now."""
+    with _shared_client(store) as client:
+        result = client.get(key)
+    _show(result, fmt)
+
+
+@cli.command(short_help="Exit 0 if a key has a result in the shared store.")
+@click.argument("key")
+@_store_option
+def exists(key: str, store: str | None) -> None:
+    """Print true and exit 0 if KEY has a result (done or failed); else print false, exit 1."""
+    with _shared_client(store) as client:
+        found = client.exists(key)
+    click.echo("true" if found else "false")
+    sys.exit(0 if found else 1)
+
+
+@cli.command(short_help="Wait for a key's result in the shared store.", epilog=EXIT_CODES_HELP)
+@click.argument("key")
+@click.option("--timeout", type=float, help="Seconds to wait at most (default: forever).")
+@_store_option
+@_FORMAT
+def wait(key: str, timeout: float | None, store: str | None, fmt: str) -> None:
+    """Wait until KEY has a result (woken by the store, no polling), then print it like get."""
+    with _shared_client(store) as client:
+        result = client.wait(key, timeout)
+    _show(result, fmt)
 
 
 def _print_failure(result: Result) -> None:
