@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import pytest
 
 from postkey import Client
-from postkey.testing import LocalServer
+from postkey.testing import LocalRedis, LocalServer
 
-from .servers import HostileServer, RedisServer
+from .servers import HostileServer
 
 
 @pytest.fixture(scope="session")
@@ -56,13 +56,7 @@ def client() -> Iterator[Client]:
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A redis-server of our own on a free port (never the machine's 6379), killed at the end."""
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    return redis_server.url
+def redis_url() -> Iterator[str]:
+    """A redis-server of our own on a free port (never the machine's 6379), stopped at the end."""
+    with LocalRedis() as url:
+        yield url

@@ -317,3 +317,24 @@ def test_module_entry_says_when_the_port_is_taken() -> None:
         )
     assert out.returncode == 1
     assert f"cannot listen on 127.0.0.1:{s.port}" in out.stderr
+
+
+def test_local_redis_is_its_own_server_and_can_be_killed_and_restarted() -> None:
+    import redis
+
+    from postkey.testing import LocalRedis
+
+    server = LocalRedis()
+    with server as url:
+        assert url != "redis://127.0.0.1:6379/0" and url.startswith("redis://127.0.0.1:")
+        r = redis.Redis.from_url(url, socket_timeout=2)
+        assert r.ping()
+        assert r.config_get("appendonly")["appendonly"] == "no"
+        server.kill()
+        with pytest.raises(redis.ConnectionError):
+            r.ping()
+        server.start()
+        assert r.ping()  # the same port again
+        r.close()
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(url, socket_timeout=1).ping()

@@ -18,6 +18,9 @@ Every route accepts every method (so a redirect that turns a POST into a GET sti
 A malformed route argument (``/status/abc``) answers 400 with ``{"error": "..."}``. Each response
 goes out in one write on a socket with ``TCP_NODELAY``, so keep-alive requests are not held up by
 Nagle's algorithm meeting the client's delayed ACK (~40 ms a request).
+
+``with LocalRedis() as redis_url:`` runs a ``redis-server`` of its own on a free loopback port
+(without persistence, in a temporary directory) for trying or testing the shared store.
 """
 
 from __future__ import annotations
@@ -25,15 +28,18 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import shutil
 import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["LocalServer"]
+__all__ = ["LocalRedis", "LocalServer"]
 
 HOST = "127.0.0.1"
 MAX_DELAY_MS = 600_000
@@ -234,6 +240,84 @@ class LocalServer:
 
     def __repr__(self) -> str:
         return f"<LocalServer url={self.url}>"
+
+
+class LocalRedis:
+    """A ``redis-server`` process of its own on a free 127.0.0.1 port, for tests and examples.
+
+    No persistence, a temporary working directory, stopped (and the directory removed) on exit;
+    never the machine's own Redis. ``kill()`` and ``start()`` again are there for fault tests
+    (the same port). Use as a context manager, which gives the URL::
+
+        with LocalRedis() as url:
+            client = postkey.Client(store=url)
+
+    Raises (on start):
+        FileNotFoundError: no ``redis-server`` on PATH (``apt-get install redis-server``).
+        RuntimeError: it did not answer PING within 10 s.
+    """
+
+    def __init__(self, *args: str) -> None:
+        self._args = args
+        self._dir = tempfile.mkdtemp(prefix="postkey-redis-")
+        with socket.socket() as sock:
+            sock.bind((HOST, 0))
+            self.port: int = sock.getsockname()[1]
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:<port>/0``."""
+        return f"redis://{HOST}:{self.port}/0"
+
+    def start(self) -> LocalRedis:
+        """Start the server (again, after `kill`) and wait until it answers; returns self."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise FileNotFoundError("redis-server is not installed (apt-get install redis-server)")
+        # Persistence off unless the caller's args turn it on (a fault test's appendonly).
+        argv = [binary, "--port", str(self.port), "--bind", HOST, "--dir", self._dir]
+        argv += ["--save", "", "--appendonly", "no", *self._args]
+        self._process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((HOST, self.port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server did not answer on {HOST}:{self.port} within 10 s")
+
+    def kill(self) -> None:
+        """SIGKILL the server (it can be started again on the same port)."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(10)
+            self._process = None
+
+    def stop(self) -> None:
+        """Stop the server and remove its directory."""
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(10)
+            self._process = None
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> str:
+        return self.start().url
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<LocalRedis url={self.url}>"
 
 
 def main(argv: list[str] | None = None) -> None:
