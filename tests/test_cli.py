@@ -428,9 +428,7 @@ def test_with_a_shared_store_post_prints_a_key_that_get_exists_and_wait_read(
     assert waited.returncode == 0 and waited.stdout.startswith("HTTP/1.1 200 OK")
 
 
-def test_wait_in_another_command_is_woken_when_the_result_lands(
-    redis_url: str, echo: str
-) -> None:
+def test_wait_in_another_command_is_woken_when_the_result_lands(redis_url: str, echo: str) -> None:
     env = {"POSTKEY_STORE": redis_url, "POSTKEY_STORE_PREFIX": "cli2"}
     with Client(store=redis_url, store_prefix="cli2") as client:
         key = client.get_async(echo + "/delay/1500", timeout_ms=5000)
