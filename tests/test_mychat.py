@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import subprocess
 import sys
@@ -93,7 +94,8 @@ def test_key_is_the_mychat_form_with_local_submission_time(echo: str) -> None:
 )
 def test_siblings_use_their_own_prefix(echo: str, name: str, prefix: str) -> None:
     fn = getattr(mychat, name)
-    key = fn(echo, "x", "", 3000) if fn.__code__.co_argcount == 4 else fn(echo, "", 3000)
+    takes_body = "ABody" in inspect.signature(fn).parameters
+    key = fn(echo, "x", "", 3000) if takes_body else fn(echo, "", 3000)
     assert key.startswith(prefix + "{")
     assert postkey.wait(key, 5).status == 200
 

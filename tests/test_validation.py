@@ -395,7 +395,7 @@ def test_module_level_functions_validate_too() -> None:
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(postkey.InvalidValue, match="max_in_flight"):
         postkey.Settings(max_in_flight=0)
-    with pytest.raises(postkey.InvalidValue, match="unknown setting"):
+    with pytest.raises(postkey.InvalidValue, match="unknown argument"):
         Client(no_such_setting=1)
     with pytest.raises(postkey.InvalidValue, match="bool"):
         postkey.Settings(verify_tls="yes")  # type: ignore[arg-type]

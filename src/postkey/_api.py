@@ -37,8 +37,10 @@ def default_client() -> Client:
     (and again after it was closed, or its engine stopped) with the settings of the
     ``POSTKEY_*`` environment variables (`Settings.from_env`), defaults otherwise.
 
+    A ``POSTKEY_`` variable that names no setting is logged as a WARNING and ignored.
+
     Raises:
-        InvalidValue: a POSTKEY_* variable is malformed or names no setting.
+        InvalidValue: a POSTKEY_* setting variable is malformed.
     """
     if not _default or _default[0].closed:
         with _default_lock:
@@ -46,7 +48,7 @@ def default_client() -> Client:
                 # The one place the library reads POSTKEY_* variables: so that code written
                 # against the module functions or the MyChat names (which use this client) can
                 # be pointed at a shared store without a change.
-                _default[:] = [Client(Settings.from_env())]
+                _default[:] = [Client(Settings.from_env(strict=False))]
     return _default[0]
 
 

@@ -7,8 +7,8 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ._client import _ClientCore, _Submit
-from ._errors import QueueFull
+from ._client import _ClientCore, _str_key, _Submit
+from ._errors import IdempotencyKeysFull, QueueFull
 from ._headers import HeadersInput
 from ._request import Body
 from ._result import Result
@@ -73,24 +73,42 @@ class AsyncClient(_ClientCore):
         return keys
 
     async def _submit_soon(self, prepared: _Submit) -> str:
-        # Never block the loop: when the queue is full, wait for room on a worker thread (the
-        # engine signals room from its own thread), then submit without waiting. The callback
-        # backlog and the idempotency table are not waited for, as in the blocking Client.
+        # Never block the loop, nor hold a thread: when the queue is full, the engine calls back
+        # (through the loop) whenever room may have been made, and the submit tries again. The
+        # callback backlog and the idempotency table are not waited for, as in Client.
         engine = self._engine
-        deadline = time.monotonic() + self.settings.queue_wait_ms / 1000.0
+        deadline = None
         while True:
-            if not engine.has_room():
-                left = deadline - time.monotonic()
-                if left > 0:
-                    loop = asyncio.get_running_loop()
-                    await loop.run_in_executor(None, engine.wait_for_room, left)
-                    continue
             try:
                 return self._submit(*prepared, wait_for_room=False)
+            except IdempotencyKeysFull:
+                raise
             except QueueFull:
-                # Someone else took the room first: go round while there is time left.
-                if engine.has_room() or time.monotonic() >= deadline:
+                if engine.has_room():
+                    raise  # full for another reason (the callback backlog): no waiting for it
+                now = time.monotonic()
+                if deadline is None:  # counted from when the wait starts
+                    deadline = now + self.settings.queue_wait_ms / 1000.0
+                if now >= deadline:
                     raise
+                await self._room_or_timeout(deadline - now)
+
+    async def _room_or_timeout(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        room: asyncio.Future[None] = loop.create_future()
+
+        def made(_: None) -> None:
+            _resolve_soon(loop, room, None)
+
+        engine = self._engine
+        engine.add_room_callback(made)
+        try:
+            if not engine.has_room():  # room made before the callback was in place
+                await asyncio.wait_for(asyncio.shield(room), seconds)
+        except TimeoutError:
+            pass
+        finally:
+            engine.remove_room_callback(made)
 
     async def wait(self, key: str, timeout: float | None = None) -> Result:
         """Await the end of ``key`` (see `Client.wait`); woken by the store via the event loop.
@@ -105,7 +123,7 @@ class AsyncClient(_ClientCore):
         def wake(result: Result) -> None:
             _resolve_soon(loop, future, result)
 
-        found, unwatch = self._store.watch(key, wake)
+        found, unwatch = self._store.watch(_str_key(key), wake)
         if found is not None:
             return found
         assert unwatch is not None
@@ -139,7 +157,7 @@ class AsyncClient(_ClientCore):
             _resolve_soon(loop, future, value)
 
         store = self._store
-        found = store.cache_watch(key, wake)
+        found = store.cache_watch(_str_key(key), wake)
         if found is not MISSING:
             return found
         try:

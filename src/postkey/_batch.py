@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ._client import Client
-from ._errors import PostkeyError
+from ._errors import InvalidValue, PostkeyError
 from ._result import ErrorKind, State
 from ._settings import Settings
 from ._stats import Summary
@@ -39,7 +39,7 @@ def parse_line(text: str) -> dict[str, Any]:
     Raises:
         ValueError: not a JSON object, unknown fields, or both "body" and "json".
     """
-    spec = json.loads(text)
+    spec = json.loads(text, parse_constant=_no_constants)
     if not isinstance(spec, dict):
         raise ValueError("a line must be a JSON object")
     unknown = set(spec) - {"method", "url", "body", "json", "headers", "timeout_ms", "key"}
@@ -62,14 +62,30 @@ def parse_line(text: str) -> dict[str, Any]:
 
 
 def _lines(path: str) -> Iterator[tuple[int, str]]:
-    handle = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    """(line number, text) of every non-blank line.
+
+    Raises:
+        InvalidValue: a line that is not UTF-8 (a file is checked whole before anything is sent).
+    """
+    handle = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
     try:
-        for number, line in enumerate(handle, 1):
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                shown = "stdin" if path == "-" else path
+                raise InvalidValue(
+                    f"{shown} line {number} is not UTF-8 ({exc.reason} at byte {exc.start})"
+                ) from None
             if line.strip():
                 yield number, line
     finally:
-        if handle is not sys.stdin:
+        if handle is not sys.stdin.buffer:
             handle.close()
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")
 
 
 def run_batch(path: str, output: str, settings: Settings) -> BatchOutcome:
@@ -93,13 +109,16 @@ def run_batch(path: str, output: str, settings: Settings) -> BatchOutcome:
 
     def write_results() -> None:
         while (item := pending.get()) is not _END:
-            number, key, error = item
+            number, key, error, own_key = item
             if key is None:
                 row = {"line": number, "state": "rejected", "error": error}
             else:
                 result = client.wait(key)
                 summary.add(result)
-                client.cache_delete(key)  # written out: free the memory now
+                if not own_key:
+                    # Written out: free the memory now. A line's own key stays until its TTL:
+                    # another line may name it again (sent once, reported on both lines).
+                    client.cache_delete(key)
                 row = {"line": number, **result.to_dict()}
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
             progress.advance(task)
@@ -121,10 +140,10 @@ def run_batch(path: str, output: str, settings: Settings) -> BatchOutcome:
                         spec.get("timeout_ms"),
                         key=spec.get("key"),
                     )
-                    pending.put((number, key, None))
+                    pending.put((number, key, None, spec.get("key") is not None))
                 except (ValueError, TypeError, PostkeyError) as exc:
                     rejected += 1
-                    pending.put((number, None, str(exc)))
+                    pending.put((number, None, str(exc), False))
         finally:
             pending.put(_END)
             writer.join()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import threading
@@ -14,7 +13,15 @@ from . import _lifecycle
 from ._callbacks import CallbackRunner
 from ._encoders import FORM_TYPE, JSON_TYPE, add_params, encode_form, encode_json, with_content_type
 from ._engine import Engine
-from ._errors import ClientClosed, InvalidBody, InvalidRequest, QueueFull, UnknownArgument
+from ._errors import (
+    ClientClosed,
+    InvalidBody,
+    InvalidKey,
+    InvalidRequest,
+    QueueFull,
+    UnknownArgument,
+    unknown_argument,
+)
 from ._headers import HeadersInput
 from ._job import Job
 from ._keys import check_key, mychat_key, new_key
@@ -46,8 +53,24 @@ SUBMIT_OPTIONS = frozenset(
     }
 )
 _REQUEST_FIELDS = ("method", "url", "body", "headers", "timeout_ms")
+# What each submit call takes besides the options, for the message of an unknown argument.
+_POSITIONAL = {
+    "post_async": ("url", "body", "headers", "timeout_ms"),
+    "get_async": ("url", "headers", "timeout_ms"),
+}
 
 log = logging.getLogger("postkey")
+
+
+def _str_key(key: object) -> str:
+    """``key`` if it is a str (reads take any str: an unknown one reads as unknown).
+
+    Raises:
+        InvalidKey: not a str.
+    """
+    if type(key) is not str:
+        raise InvalidKey(f"a key is a str, not {type(key).__name__}")
+    return key
 
 
 class _Submit(NamedTuple):
@@ -58,16 +81,6 @@ class _Submit(NamedTuple):
     key_format: KeyFormat
     ttl_ms: int | None
     on_done: OnDone | None
-
-
-def unknown_argument(call: str, name: str, allowed: Iterable[str]) -> UnknownArgument:
-    """The error for a keyword ``call`` does not take, with the closest real name."""
-    choices = sorted(set(allowed) | set(_REQUEST_FIELDS))
-    close = difflib.get_close_matches(name, choices, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return UnknownArgument(
-        f"{call}: unknown argument {name!r}{hint}; the options are {', '.join(sorted(allowed))}"
-    )
 
 
 class _ClientCore:
@@ -158,7 +171,14 @@ class _ClientCore:
         """
         unknown = options.keys() - SUBMIT_OPTIONS
         if unknown:
-            raise unknown_argument(call, sorted(unknown)[0], SUBMIT_OPTIONS)
+            name = sorted(unknown)[0]
+            if call == "get_async" and name == "body":
+                raise UnknownArgument(
+                    "get_async: unknown argument 'body': a GET sends no body here (use"
+                    " post_async, or request_async with the method you need)"
+                )
+            takes = _POSITIONAL.get(call, _REQUEST_FIELDS)
+            raise unknown_argument(call, name, (*takes, *SUBMIT_OPTIONS))
         params = options.get("params")
         if params is not None:
             url = add_params(url, params)
@@ -298,15 +318,15 @@ class _ClientCore:
 
     def exists(self, key: str) -> bool:
         """True if ``key`` has a terminal result (done or failed) to read."""
-        return self._store.lookup(key).state.terminal
+        return self._store.lookup(_str_key(key)).state.terminal
 
     def status(self, key: str) -> State:
         """The state of ``key``: unknown, pending, running, done, failed or expired."""
-        return self._store.lookup(key).state
+        return self._store.lookup(_str_key(key)).state
 
     def get(self, key: str) -> Result:
         """What is known of ``key`` now, as a Result (check ``.state``); never blocks."""
-        return self._store.lookup(key)
+        return self._store.lookup(_str_key(key))
 
     def cancel(self, key: str, timeout: float = 5.0) -> bool:
         """End a pending or running request as failed / cancelled.
@@ -314,7 +334,7 @@ class _ClientCore:
         Returns True if this call cancelled it, False if the key was not pending or running (or
         finished first). Waits up to ``timeout`` seconds for the engine to record it.
         """
-        job = self._store.job(key)
+        job = self._store.job(_str_key(key))
         if job is None:
             return False
         self._engine.cancel(job)
@@ -335,15 +355,15 @@ class _ClientCore:
 
     def cache_get(self, key: str, default: Any = None) -> Any:
         """The value under ``key`` (a Result for request keys), or ``default``."""
-        return self._store.cache_get(key, default)
+        return self._store.cache_get(_str_key(key), default)
 
     def cache_exists(self, key: str) -> bool:
         """True if ``key`` holds a live value or result."""
-        return self._store.cache_exists(key)
+        return self._store.cache_exists(_str_key(key))
 
     def cache_delete(self, key: str) -> bool:
         """Remove ``key``'s value or result; True if there was one."""
-        return self._store.cache_delete(key)
+        return self._store.cache_delete(_str_key(key))
 
     def cache_count(self) -> int:
         """Number of live entries (values and results)."""
@@ -467,7 +487,7 @@ class Client(_ClientCore):
             InvalidValue: ``timeout`` is not None or a number of seconds from 0 to 31 days.
         """
         _lifecycle.run_exit_hook_first()  # the caller may be a thread joined at exit
-        return self._store.wait(key, timeout)
+        return self._store.wait(_str_key(key), timeout)
 
     def wait_many(self, keys: Iterable[str], timeout: float | None = None) -> list[Result]:
         """`wait` for every key under one overall ``timeout``; Results in the keys' order.
@@ -478,7 +498,7 @@ class Client(_ClientCore):
             InvalidValue: ``timeout`` is not None or a number of seconds from 0 to 31 days.
         """
         _lifecycle.run_exit_hook_first()  # the caller may be a thread joined at exit
-        return self._store.wait_many(list(keys), timeout)
+        return self._store.wait_many([_str_key(k) for k in keys], timeout)
 
     def cache_wait(self, key: str, timeout: float | None = None, default: Any = None) -> Any:
         """Block until ``key`` holds a value (or result) or ``timeout`` seconds pass.
@@ -489,7 +509,7 @@ class Client(_ClientCore):
         _lifecycle.run_exit_hook_first()  # the caller may be a thread joined at exit
         if _lifecycle.exiting() and timeout is None:
             timeout = _lifecycle.time_left_at_exit(float(MAX_WAIT_S))
-        return self._store.cache_wait(key, timeout, default)
+        return self._store.cache_wait(_str_key(key), timeout, default)
 
     def close(self, drain: bool = True, timeout: float | None = None) -> None:
         """Stop accepting; with ``drain``, let queued and in-flight requests finish for up to
@@ -520,7 +540,10 @@ class _ResultSink:
     def __call__(self, job: Job, result: Result) -> None:
         result.url = job.request.url
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("end %s %s in %.1f ms", job.key, result.describe(), result.elapsed_ms or 0.0)
+            # A failure's message can quote URLs (redirect targets): the kind alone goes here.
+            kind = result.error_kind
+            outcome = result.describe() if kind is None else f"failed: {kind.value}"
+            log.debug("end %s %s in %.1f ms", job.key, outcome, result.elapsed_ms or 0.0)
         try:
             self._store.finish(job, result)
         finally:

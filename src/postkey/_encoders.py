@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json as jsonlib
+import math
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
@@ -26,6 +27,8 @@ def encode_json(value: object) -> bytes:
         text = jsonlib.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidBody(f"json= cannot be encoded as JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidBody("json= is nested too deeply to encode") from None
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -90,12 +93,17 @@ def _urlencoded(fields: object, what: str, error: type[InvalidRequest]) -> str:
             raise error(f"{what} names must be str, not {_kind(name)}")
         for one in value if isinstance(value, list | tuple) else (value,):
             flat.append((name, _field_text(one, what, error)))
-    return urlencode(flat)
+    try:
+        return urlencode(flat)
+    except UnicodeEncodeError as exc:  # a lone surrogate has no UTF-8 form
+        raise error(f"{what} holds text that is not valid Unicode: {exc.reason}") from None
 
 
 def _field_text(value: Any, what: str, error: type[InvalidRequest]) -> str:
     if isinstance(value, bool):  # before int: True is an int
         return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        raise error(f"{what} values must be finite numbers, not {value!r}")
     if isinstance(value, _SCALARS):
         return str(value)
     raise error(f"{what} values must be str, int, float or bool, not {_kind(value)}")

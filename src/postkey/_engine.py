@@ -128,9 +128,14 @@ class Engine:
         submit raises ClientClosed at once rather than waiting)."""
         return not self._intake.accepting or self._backlog() < self._max_queue
 
-    def wait_for_room(self, timeout_s: float) -> None:
-        """Block up to ``timeout_s`` seconds until `has_room` (for `AsyncClient`, in a thread)."""
-        self._intake.wait_for_room(self._backlog, timeout_s)
+    def add_room_callback(self, callback: Callable[[None], object]) -> None:
+        """Call ``callback(None)`` on the engine's thread whenever room may have been made (or
+        the engine stops), until `remove_room_callback` (for `AsyncClient`'s submits)."""
+        self._intake.add_room_callback(callback)
+
+    def remove_room_callback(self, callback: Callable[[None], object]) -> None:
+        """Stop calling ``callback``."""
+        self._intake.remove_room_callback(callback)
 
     def _backlog(self) -> int:
         return self.queued

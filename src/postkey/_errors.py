@@ -7,7 +7,8 @@
     │   ├── InvalidHeader
     │   ├── InvalidBody
     │   ├── InvalidTimeout
-    │   └── UnknownArgument (also TypeError): a keyword argument postkey does not take
+    │   └── UnknownArgument (also InvalidValue and TypeError): a keyword or setting postkey
+    │       does not take
     ├── InvalidKey (also ValueError): a key with characters or a length postkey does not accept
     ├── InvalidValue (also ValueError): a cache value, TTL or setting out of range
     ├── KeyConflict (also ValueError): the key is taken by a different request or by a result
@@ -27,9 +28,16 @@ A failed *remote* request is never raised by a submit or a wait: it is a `Result
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class PostkeyError(Exception):
     """Root of every exception postkey raises."""
+
+
+class InvalidValue(PostkeyError, ValueError):
+    """A cache value, TTL or setting is of the wrong type or out of range."""
 
 
 class InvalidRequest(PostkeyError, ValueError):
@@ -56,16 +64,23 @@ class InvalidTimeout(InvalidRequest):
     """The timeout is not a positive integer number of milliseconds within the maximum."""
 
 
-class UnknownArgument(InvalidRequest, TypeError):
-    """A keyword argument that the call does not take (the message lists those it does)."""
+class UnknownArgument(InvalidRequest, InvalidValue, TypeError):
+    """A keyword argument that the call does not take, or a setting that does not exist (the
+    message names the closest real one)."""
+
+
+def unknown_argument(call: str, name: str, allowed: Iterable[str]) -> UnknownArgument:
+    """The error for ``name``, which ``call`` does not take, naming the closest of ``allowed``."""
+    choices = sorted(set(allowed) - {name})
+    close = difflib.get_close_matches(name, choices, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return UnknownArgument(
+        f"{call}: unknown argument {name!r}{hint}; it takes {', '.join(choices)}"
+    )
 
 
 class InvalidKey(PostkeyError, ValueError):
     """A caller-supplied key is empty, too long or has characters outside the key alphabet."""
-
-
-class InvalidValue(PostkeyError, ValueError):
-    """A cache value, TTL or setting is of the wrong type or out of range."""
 
 
 class KeyConflict(PostkeyError, ValueError):

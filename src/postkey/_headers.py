@@ -151,12 +151,18 @@ def parse_response_head(lines: Iterable[bytes]) -> tuple[str, int, str, list[tup
     """
     block: list[str] = []
     status_line = ""
+    block_start = True
     for raw in lines:
         line = raw.decode("latin-1").rstrip("\r\n")
-        if line.startswith("HTTP/"):
-            status_line, block = line, []
-        elif line:
+        if not line:
+            block_start = True  # the blank line that ends a response block
+        elif block_start and line.startswith("HTTP/"):
+            # Only the first line of a block is a status line: a header named "HTTP/2" (which
+            # libcurl passes on) must not start a block and hide the headers before it.
+            status_line, block, block_start = line, [], False
+        else:
             block.append(line)
+            block_start = False
     version, _, rest = status_line.partition(" ")
     code, _, reason = rest.partition(" ")
     headers: list[tuple[str, str]] = []

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from ._errors import ClientClosed, QueueFull
 from ._job import Job
+from ._waits import wake_all
 
 NEVER = float("inf")
 
@@ -30,6 +31,8 @@ class Intake:
         self._lock = threading.Lock()
         self._room = threading.Condition(threading.Lock())
         self._room_waiters = 0
+        # Callbacks of asyncio submits waiting for room: they must not hold a thread each.
+        self._room_callbacks: dict[Callable[[None], object], None] = {}
         #: The earliest deadline among the jobs here (NEVER if none); kept under the lock.
         self.soonest = NEVER
         #: Jobs here that were cancelled (engine thread): their places are free already.
@@ -107,6 +110,17 @@ class Intake:
         if self._room_waiters or not self.accepting:
             with self._room:
                 self._room.notify_all()
+        if self._room_callbacks:
+            wake_all(list(self._room_callbacks), None, "queue room")
+
+    def add_room_callback(self, callback: Callable[[None], object]) -> None:
+        """Call ``callback(None)`` (on the engine's thread) whenever room may have been made,
+        until `remove_room_callback`; it must be quick and must not block."""
+        self._room_callbacks[callback] = None
+
+    def remove_room_callback(self, callback: Callable[[None], object]) -> None:
+        """Stop calling ``callback`` (no error if it is not registered)."""
+        self._room_callbacks.pop(callback, None)
 
     def stop_accepting(self) -> None:
         """Refuse new submits from now on (jobs already here are still taken in)."""

@@ -138,7 +138,7 @@ def check_method(method: object) -> str:
         InvalidMethod: not a str, not a token of letters, digits, '_' and '-' (at most 32,
             starting with a letter), or CONNECT / TRACE.
     """
-    if method in _COMMON_METHODS:
+    if type(method) is str and method in _COMMON_METHODS:
         return method
     # ASCII first: str.upper() maps a few other letters to ASCII ones ('ﬀ' -> 'FF').
     if (

@@ -86,6 +86,8 @@ class Headers:
         elif isinstance(other, list | tuple):
             other_pairs = tuple(other)
         elif isinstance(other, Mapping):
+            if not all(isinstance(k, str) for k in other):
+                return False
             return {k.lower(): v for k, v in other.items()} == {k: self[k] for k in self}
         else:
             return NotImplemented

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import codecs
 import json
 import math
 import re
@@ -13,6 +14,7 @@ from typing import Any, NamedTuple
 from ._errors import HTTPStatusError, NoResponse, RequestFailed
 from ._headers import parse_response_head
 from ._response_headers import Headers
+from ._urls import redacted
 
 
 class State(StrEnum):
@@ -70,6 +72,7 @@ def _opt(value: float) -> float | None:
 
 
 _NO_HEADERS = Headers()
+_NOT_TEXT = frozenset({"idna", "punycode", "undefined", "unicode-escape", "raw-unicode-escape"})
 _CHARSET_RE = re.compile(r"charset\s*=\s*\"?([A-Za-z0-9_.:-]+)", re.IGNORECASE)
 
 
@@ -194,10 +197,13 @@ class Result:
         m = _CHARSET_RE.search(self.headers.get("content-type") or "")
         if m is not None:
             try:
-                "".encode(m.group(1))
+                info = codecs.lookup(m.group(1))
             except LookupError:
                 return "utf-8"
-            return m.group(1).lower()
+            # The server names the charset: only a text encoding may decode (not idna,
+            # punycode, base64 or "undefined", which raise or are not text at all).
+            if getattr(info, "_is_text_encoding", True) and info.name not in _NOT_TEXT:
+                return m.group(1).lower()
         return "utf-8"
 
     @property
@@ -210,7 +216,10 @@ class Result:
                 expired).
         """
         self._check_response()
-        return self.body.decode(self.charset, "replace")
+        try:
+            return self.body.decode(self.charset, "replace")
+        except UnicodeError:  # a codec that fails whatever the error handler
+            return self.body.decode("utf-8", "replace")
 
     def json(self) -> Any:
         """The body parsed as JSON.
@@ -234,7 +243,9 @@ class Result:
         if self.status >= 400:
             kind = "client error" if self.status < 500 else "server error"
             reason = f" {self.reason}" if self.reason else ""
-            raise HTTPStatusError(f"{kind} {self.status}{reason} for {self.url or self.key}", self)
+            # The URL without user info or query: these messages end up in applications' logs.
+            where = redacted(self.url) if self.url else self.key
+            raise HTTPStatusError(f"{kind} {self.status}{reason} for {where}", self)
         return self
 
     def _check_response(self) -> None:

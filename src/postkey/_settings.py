@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ._errors import InvalidValue
+from ._errors import InvalidValue, unknown_argument
 from ._policy import DestinationPolicy
 from ._request import HTTP_VERSIONS
 
@@ -155,18 +156,21 @@ class Settings:
         Raises:
             InvalidValue: an unknown field name, or a value out of range.
         """
-        unknown = set(changes) - {f.name for f in fields(self)}
+        names = {f.name for f in fields(self)}
+        unknown = set(changes) - names
         if unknown:
-            raise InvalidValue(f"unknown setting(s): {', '.join(sorted(unknown))}")
+            raise unknown_argument("settings", sorted(unknown)[0], names)
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, strict: bool = True) -> Settings:
         """Build settings from ``POSTKEY_<FIELD>`` variables (e.g. ``POSTKEY_MAX_IN_FLIGHT=512``).
 
         The policy comes from ``POSTKEY_POLICY`` (allow_all or public_only) and the comma-separated
         rule lists ``POSTKEY_ALLOW`` and ``POSTKEY_DENY``. Any other ``POSTKEY_`` variable is an
-        error, so that a misspelled one is not silently ignored.
+        error, so that a misspelled one is not silently ignored; with ``strict=False`` (the
+        default client: an application may have POSTKEY_ variables of its own) it is logged as a
+        WARNING instead.
 
         Raises:
             InvalidValue: a variable that does not parse as its field's type, or a ``POSTKEY_``
@@ -188,7 +192,10 @@ class Settings:
                     hint = "the resolver is a function: it cannot come from the environment"
                 named.append(f"{name} ({hint})")
             plural = "s" if len(named) > 1 else ""
-            raise InvalidValue(f"unknown environment variable{plural} " + "; ".join(named))
+            message = f"unknown environment variable{plural} " + "; ".join(named)
+            if strict:
+                raise InvalidValue(message)
+            logging.getLogger("postkey").warning("%s: ignored", message)
         changes: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get(f"POSTKEY_{f.name.upper()}")

@@ -138,9 +138,16 @@ MAX_STACKED_ENCODINGS = 2
 
 def _content_codings(head_lines: list[bytes]) -> list[str]:
     codings: list[str] = []
+    block_start = True
     for line in head_lines:
-        if line.startswith(b"HTTP/"):
-            codings = []  # a new response block
+        if not line.strip():
+            block_start = True  # the blank line that ends a response block
+            continue
+        if block_start and line.startswith(b"HTTP/"):
+            codings = []  # a new response block: only its first line is a status line
+            block_start = False
+            continue
+        block_start = False
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-encoding":
             codings += [c.strip() for c in value.decode("latin-1").split(",") if c.strip()]

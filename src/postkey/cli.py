@@ -168,8 +168,11 @@ def post(url: str, **options: Any) -> None:
 @_request_options
 @_policy_options
 def request(method: str, url: str, **options: Any) -> None:
-    # Any case, as with curl's -X: sent in upper case.
-    _send(method.upper(), url, **options)
+    _send(method, url, **options)  # any case: the library checks and upper-cases it
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")
 
 
 def _read_data(data: str | None, json_data: str | None) -> bytes | str | None:
@@ -177,7 +180,7 @@ def _read_data(data: str | None, json_data: str | None) -> bytes | str | None:
         raise click.UsageError("give either --data or --json, not both")
     if json_data is not None:
         try:
-            json.loads(json_data)
+            json.loads(json_data, parse_constant=_no_constants)
         except ValueError as exc:
             raise click.UsageError(f"--json is not valid JSON: {exc}") from None
         return json_data

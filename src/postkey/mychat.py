@@ -11,6 +11,8 @@ Ported scripts keep their lines. Where MyChat passes an argument by reference (`
 from __future__ import annotations
 
 import contextvars
+import functools
+import inspect
 import json
 import sys
 import time
@@ -21,7 +23,7 @@ from typing import Any
 
 from ._api import default_client
 from ._client import Client
-from ._errors import InvalidValue
+from ._errors import InvalidValue, unknown_argument
 from ._result import Result, State
 
 __all__ = [
@@ -347,3 +349,24 @@ def run_script(
 
 def _elapsed_ms(started: float) -> int:
     return round((time.monotonic() - started) * 1000)
+
+
+def _keywords_checked(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn``, raising UnknownArgument (with the closest real name) for a keyword it does not
+    take, like the rest of postkey, instead of Python's bare TypeError."""
+    names = tuple(inspect.signature(fn).parameters)
+
+    @functools.wraps(fn)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        for name in kwargs:
+            if name not in names:
+                raise unknown_argument(fn.__name__, name, names)
+        return fn(*args, **kwargs)
+
+    return checked
+
+
+for _name in __all__:
+    _fn = globals()[_name]
+    if inspect.isfunction(_fn):
+        globals()[_name] = _keywords_checked(_fn)

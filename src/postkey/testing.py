@@ -44,6 +44,7 @@ __all__ = ["LocalRedis", "LocalServer"]
 HOST = "127.0.0.1"
 MAX_DELAY_MS = 600_000
 MAX_BYTES = 100 * 1024 * 1024
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
 _NO_BODY_STATUSES = (204, 304)
 
 
@@ -65,15 +66,26 @@ class _Handler(BaseHTTPRequestHandler):
         raise AttributeError(name)
 
     def _read_body(self) -> bytes:
+        """The request body, at most MAX_REQUEST_BYTES.
+
+        Raises:
+            ValueError: malformed framing, or a body over the limit.
+        """
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             chunks = []
-            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+            total = 0
+            while size := int(self.rfile.readline(64).split(b";")[0].strip() or b"0", 16):
+                total += size
+                if size < 0 or total > MAX_REQUEST_BYTES:
+                    raise ValueError("request body too large")
                 chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-            while self.rfile.readline().strip():  # trailers, up to the empty line
+                self.rfile.readline(64)
+            while self.rfile.readline(8192).strip():  # trailers, up to the empty line
                 pass
             return b"".join(chunks)
         length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_REQUEST_BYTES:
+            raise ValueError("request body too large")
         return self.rfile.read(length) if length > 0 else b""
 
     def _respond(
@@ -98,14 +110,20 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        self.wfile.write(head if self.command == "HEAD" else head + body)
+        if self.command == "HEAD":
+            self.wfile.write(head)
+        elif len(body) > 65536:  # no copy of a large body; TCP_NODELAY sends both at once
+            self.wfile.write(head)
+            self.wfile.write(body)
+        else:
+            self.wfile.write(head + body)
 
     def _handle(self) -> None:
         try:
             body = self._read_body()
-        except ValueError:
+        except (ValueError, OverflowError) as exc:
             self.close_connection = True
-            self._respond(400, json.dumps({"error": "unreadable request body"}).encode())
+            self._respond(400, json.dumps({"error": f"unreadable request body: {exc}"}).encode())
             return
         parts = urlsplit(self.path)
         segments = [s for s in parts.path.split("/") if s]
@@ -179,12 +197,35 @@ class _HTTPServer(ThreadingHTTPServer):
     request_queue_size = 1024
     daemon_threads = True
 
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        # Open connections, so that stop() can end kept-alive ones too.
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, address = super().get_request()
         # Responses are one write each; without this a keep-alive client still waits for the
         # delayed ACK whenever a write follows an unacknowledged one.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self.connections_lock:
+            self.connections.add(sock)
         return sock, address
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """End every open connection (their threads see EOF and finish)."""
+        with self.connections_lock:
+            open_now = list(self.connections)
+        for sock in open_now:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that hangs up mid-answer (a cancelled or timed-out request) is normal here.
@@ -208,7 +249,10 @@ class LocalServer:
     def __init__(self, port: int = 0) -> None:
         self._httpd = _HTTPServer((HOST, port), _Handler)
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="postkey-testing-server", daemon=True
+            target=self._httpd.serve_forever,
+            args=(0.05,),  # poll interval: stop() returns within ~50 ms
+            name="postkey-testing-server",
+            daemon=True,
         )
 
     @property
@@ -231,6 +275,7 @@ class LocalServer:
         if self._thread.is_alive():
             self._httpd.shutdown()
         self._httpd.server_close()
+        self._httpd.close_connections()  # a kept-alive connection must not go on answering
 
     def __enter__(self) -> LocalServer:
         return self.start()
@@ -330,8 +375,9 @@ def main(argv: list[str] | None = None) -> None:
     port = parser.parse_args(argv).port
     try:
         server = LocalServer(port)
-    except OSError as exc:
-        parser.exit(1, f"postkey.testing: cannot listen on {HOST}:{port}: {exc.strerror}\n")
+    except (OSError, OverflowError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        parser.exit(1, f"postkey.testing: cannot listen on {HOST}:{port}: {reason}\n")
     print(server.url, flush=True)
     try:
         server._httpd.serve_forever()
