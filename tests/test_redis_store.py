@@ -3,6 +3,7 @@ dead sender's keys end as worker_lost, a Redis that is not there gives a clear e
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 
 import postkey
 from postkey import Client, State
+from postkey.testing import LocalRedis
 
 
 def prefix() -> str:
@@ -158,3 +160,104 @@ def test_a_bad_store_setting_is_refused() -> None:
             Client(store=bad)  # type: ignore[arg-type]
     with pytest.raises(postkey.InvalidValue, match="store_prefix"):
         Client(store="redis://127.0.0.1:1/0", store_prefix="a b")
+
+
+def test_ten_thousand_async_waiters_share_one_connection(redis_url: str, echo: str) -> None:
+    import redis as redis_py
+
+    p = prefix()
+    spy = redis_py.Redis.from_url(redis_url)
+
+    async def main() -> list[postkey.Result]:
+        async with postkey.AsyncClient(store=redis_url, store_prefix=p) as client:
+            # The response takes 4 s: long enough for all 10,000 waits to be registered first.
+            key = await client.get_async(echo + "/delay/4000", timeout_ms=10_000)
+            waits = [asyncio.ensure_future(client.wait(key, 15)) for _ in range(10_000)]
+            await asyncio.sleep(0.1)
+            pubsubs = [c for c in spy.client_list() if int(c.get("ssub", 0) or 0) > 0]
+            assert len(pubsubs) == 1, pubsubs  # one sharded pub/sub connection for them all
+            results = await asyncio.gather(*waits)
+            assert client._store.subscriptions() == 0  # type: ignore[attr-defined]
+            return results
+
+    results = asyncio.run(main())
+    assert len(results) == 10_000 and {r.status for r in results} == {200}
+    spy.close()
+
+
+def test_waits_survive_a_redis_restart(echo: str) -> None:
+    server = LocalRedis()
+    url = server.start().url
+    try:
+        p = prefix()
+        with Client(store=url, store_prefix=p, lease_ms=1_500) as client:
+            key = client.get_async(echo + "/delay/2500", timeout_ms=10_000)
+            got: list[postkey.Result] = []
+            waiter = threading.Thread(target=lambda: got.append(client.wait(key, 15)))
+            waiter.start()
+            time.sleep(0.3)
+            server.kill()  # no persistence: the pending record is gone with it
+            time.sleep(0.3)
+            server.start()
+            time.sleep(1.0)  # the lease renewal finds its lease gone and restores the record
+            with Client(store=url, store_prefix=p) as other:
+                assert other.status(key) is State.PENDING
+            waiter.join(20)
+            # The sender writes its result even though the record was lost, and the waiter,
+            # resubscribed after the reconnect, is woken by it.
+            assert got and got[0].state is State.DONE and got[0].status == 200
+    finally:
+        server.stop()
+
+
+def test_no_waiter_misses_a_result_that_lands_as_it_subscribes(redis_url: str) -> None:
+    import redis as redis_py
+
+    from postkey._job import Job
+    from postkey._request import build_request
+    from postkey._settings import Settings
+    from postkey._stores import open_store
+
+    store = open_store(Settings(store=redis_url, store_prefix=prefix()))
+    killer = redis_py.Redis.from_url(redis_url)
+    request = build_request(
+        "GET", "http://127.0.0.1:9/", None, None, 5000, max_timeout_ms=60_000, max_body_bytes=0
+    )
+    try:
+        slow = 0
+        for i in range(300):
+            job = Job(f"race-{i}", request)
+            store.register(job, caller_key=False)
+            got: list[postkey.Result] = []
+            waiter = threading.Thread(
+                target=lambda k=job.key, out=got: out.append(store.wait(k, 10))
+            )
+            waiter.start()
+            if i % 50 == 0:
+                killer.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+            time.sleep((i % 5) / 1000)  # finish before, during and after the subscription
+            store.finish(job, job.failure(postkey.ErrorKind.CANCELLED, "race"))
+            started = time.monotonic()
+            waiter.join(10)
+            assert got and got[0].state is State.FAILED, f"round {i} hung"
+            slow += time.monotonic() - started > 0.1
+        assert slow <= 12  # only rounds that met a killed connection wait for the re-read
+    finally:
+        store.close()
+        killer.close()
+
+
+def test_every_key_written_goes_away_with_its_ttl(redis_url: str, echo: str) -> None:
+    import redis as redis_py
+
+    p = prefix()
+    spy = redis_py.Redis.from_url(redis_url)
+    with Client(store=redis_url, store_prefix=p, result_ttl_ms=300, tombstone_ttl_ms=300) as c:
+        keys = [c.get_async(echo + "/get", timeout_ms=5000) for _ in range(200)]
+        c.wait_many(keys, 10)
+        c.cache_set("value", "v", ttl_ms=300)
+        assert len(list(spy.scan_iter(match=f"{p}:*"))) > 200
+        time.sleep(1.0)
+        assert list(spy.scan_iter(match=f"{p}:{{*")) == []  # records and tombstones: gone
+    assert list(spy.scan_iter(match=f"{p}:*")) == []  # and the lease, at close
+    spy.close()

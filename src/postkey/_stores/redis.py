@@ -57,12 +57,18 @@ return 1
 """
 
 # The one terminal write: KEYS record, tombstone, channel; ARGV result record, owner, result TTL
-# ms, result TTL + tombstone TTL ms. Only a pending record of that owner is replaced.
+# ms, result TTL + tombstone TTL ms, and '1' if the owner itself writes. Only a pending record of
+# that owner is replaced; the owner also writes when the record is gone (a Redis restarted
+# without persistence lost it: nobody else can have ended the key).
 _FINISH = """
 local cur = redis.call('GET', KEYS[1])
-if not cur or string.sub(cur, 4, 4) ~= 'P' then return 0 end
-local meta = cjson.decode(string.sub(cur, 5))
-if meta['owner'] ~= ARGV[2] then return 0 end
+if not cur then
+  if ARGV[5] ~= '1' then return 0 end
+else
+  if string.sub(cur, 4, 4) ~= 'P' then return 0 end
+  local meta = cjson.decode(string.sub(cur, 5))
+  if meta['owner'] ~= ARGV[2] then return 0 end
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 local t = redis.call('GET', KEYS[2]) or 'E'
 redis.call('SET', KEYS[2], t, 'PX', ARGV[4])
@@ -158,15 +164,35 @@ class RedisStore:
         scheme, sep, rest = self._url.partition("://")
         return f"{scheme}{sep}{rest.rpartition('@')[2]}"
 
-    def _renew_lease(self) -> None:
-        self._redis.set(self._names.owner(self.owner), b"1", px=self._lease_ms)
+    def _renew_lease(self) -> bool:
+        """Renew the lease; False if it was gone (first time, or Redis lost it)."""
+        old = self._redis.set(self._names.owner(self.owner), b"1", px=self._lease_ms, get=True)
+        return old is not None
 
     def _keep_lease(self) -> None:
         while not self._closing.wait(self._lease_ms / 3000.0):
             try:
-                self._renew_lease()
+                if not self._renew_lease():
+                    self._restore_pending()
             except redis.RedisError as exc:
                 log.warning("could not renew this process's lease in the store: %s", exc)
+
+    def _restore_pending(self) -> None:
+        # Redis lost this process's lease, so perhaps its pending records too (a restart
+        # without persistence): put back those that are missing, so other processes see the
+        # keys as pending rather than unknown. SET NX: a record there already stays.
+        with self._lock:
+            jobs = list(self._jobs.values())
+        if not jobs:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for job in jobs:
+            record = codec.encode_pending(self.owner, job.fingerprint, job.submitted_at, "pending")
+            ttl = job.request.timeout_ms + 60_000 + self._lease_ms
+            pipe.set(self._names.record(job.key), record, nx=True, px=ttl)
+        restored = sum(1 for done in pipe.execute() if done)
+        if restored:
+            log.warning("the store had lost %d pending keys of this process: restored", restored)
 
     def _owner_alive(self, owner: str) -> bool:
         if owner == self.owner:
@@ -248,6 +274,7 @@ class RedisStore:
             owner,
             ttl_ms,
             ttl_ms + self._tombstone_ttl_ms,
+            "1" if owner == self.owner else "0",
         ]
         deadline = time.monotonic() + self._lease_ms / 1000.0
         delay = 0.05
@@ -283,6 +310,9 @@ class RedisStore:
         self, key: str, record: bytes | None, tombstone: bytes | None
     ) -> Result:
         if record is None:
+            local = self._jobs.get(key)
+            if local is not None:  # this process still sends it (a restarted Redis lost it)
+                return Result(key, local.state, submitted_at=local.submitted_at)
             if tombstone is not None:  # "E", or a caller key's "F:<fingerprint>"
                 return Result(key, State.EXPIRED, error=_EXPIRED_HINT)
             return Result(key, State.UNKNOWN, error=_UNKNOWN_HINT)
