@@ -32,6 +32,8 @@ class _Finisher(Protocol):
 class _Releasable(Protocol):
     def release_waiters(self) -> None: ...
 
+    def flush(self, timeout: float) -> None: ...
+
 
 _lock = threading.Lock()
 _engines: dict[Engine, None] = {}
@@ -113,6 +115,8 @@ def _at_exit() -> None:
     with _lock:
         caches = list(_caches)
     for cache in caches:
+        # Results a store writes in the background land before the process ends.
+        cache.flush(max(deadline - time.monotonic(), 0.0) + 0.5)
         cache.release_waiters()
 
 

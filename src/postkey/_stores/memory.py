@@ -339,5 +339,8 @@ class MemoryStore:
         """Wake every cache waiter with its default (interpreter exit)."""
         self.cache.release_waiters()
 
+    def flush(self, timeout: float) -> None:
+        """Nothing is written in the background here."""
+
     def close(self) -> None:
         """Nothing to let go of: the store is this process's memory (results stay readable)."""

@@ -34,6 +34,7 @@ from . import codec
 from .base import MISSING, CacheValue
 from .names import Names
 from .redis_waits import WaitHub
+from .redis_writes import WriteBehind
 
 log = logging.getLogger("postkey")
 
@@ -100,6 +101,7 @@ if t == 'E' then redis.call('DEL', KEYS[2]) end
 return 1
 """
 
+_NOT_ENDED = (State.PENDING, State.RUNNING)
 _RECHECK_S = 1.0  # the last-resort re-read of every watched key
 _OWNER_CACHE_S = 0.5  # how long "that owner is alive" is believed without asking again
 
@@ -137,6 +139,8 @@ class RedisStore:
         self._lock = threading.Lock()
         self._alive: dict[str, float] = {}  # owner -> until when it is believed alive
         self._cache_unwatches: dict[tuple[str, Callable[[object], None]], Callable[[], None]] = {}
+        # Results written behind and not landed yet: this process reads them from here.
+        self._ending: dict[str, Result] = {}
         #: Terminal writes that lost to an earlier one (a reader's worker_lost, say).
         self.dropped_writes = 0
         self._closing = threading.Event()
@@ -144,6 +148,7 @@ class RedisStore:
         self._leases = threading.Thread(target=self._keep_lease, name="postkey-lease", daemon=True)
         self._leases.start()
         self._hub = WaitHub(self._redis, self._names, self._check, _RECHECK_S)
+        self._writes = WriteBehind(self._redis, give_up_s=self._lease_ms / 1000.0)
 
     @property
     def max_ttl_ms(self) -> int:
@@ -226,11 +231,12 @@ class RedisStore:
         # The pending record outlives the request's own deadline: the engine ends it by then.
         pending_ttl = job.request.timeout_ms + 60_000 + self._lease_ms
         names = self._names
-        outcome = self._call(
-            self._register,
-            [names.record(job.key), names.tombstone(job.key)],
-            [record, fingerprint, pending_ttl],
-        )
+        keys = [names.record(job.key), names.tombstone(job.key)]
+        args: list[Any] = [record, fingerprint, pending_ttl]
+        # Written before the submit returns (and so before anything is sent): a key handed out
+        # is visible everywhere, and a sender killed right after still leaves it pending, to
+        # end as worker_lost.
+        outcome = self._call(self._register, keys, args)
         if outcome == 1:
             # Known here only once registered: a duplicate must not replace the first job.
             with self._lock:
@@ -250,21 +256,39 @@ class RedisStore:
                     self._caller_jobs -= 1
 
     def job(self, key: str) -> Job | None:
-        """The pending job under ``key`` that this process sends."""
-        return self._jobs.get(key)
+        """The pending job under ``key`` that this process sends (not one whose result is
+        already on its way to the store)."""
+        return None if key in self._ending else self._jobs.get(key)
 
     def finish(self, job: Job, result: Result) -> None:
-        """Store ``job``'s terminal result, publish it, and forget the job here. A Redis that
-        does not answer is retried for up to one lease; then the result is logged as lost and
-        the key ends as worker_lost for its readers."""
-        if self._jobs.get(job.key) is not job:
-            return  # finished already: the first terminal result wins
+        """Store ``job``'s terminal result and publish it (written behind, in order after the
+        key's pending record); the job is forgotten here once the write has landed. A Redis that
+        does not answer is retried for up to one lease; then the result is logged as lost."""
+        with self._lock:
+            if self._jobs.get(job.key) is not job or job.key in self._ending:
+                return  # finished already: the first terminal result wins
+            self._ending[job.key] = result
         result.fingerprint = job.fingerprint
         ttl = job.ttl_ms or self._result_ttl_ms
-        try:
-            self._write_terminal(job.key, result, self.owner, ttl)
-        finally:
+        names = self._names
+        keys = [names.record(job.key), names.tombstone(job.key), names.channel(job.key)]
+        args: list[Any] = [
+            codec.encode_result(result),
+            self.owner,
+            ttl,
+            ttl + self._tombstone_ttl_ms,
+            "1",
+        ]
+
+        def written(answer: Any) -> None:
+            if answer == 0:
+                with self._lock:
+                    self.dropped_writes += 1
+            with self._lock:
+                self._ending.pop(job.key, None)
             self._forget(job)
+
+        self._writes.put(self._finish, keys, args, written)
 
     def _write_terminal(self, key: str, result: Result, owner: str, ttl_ms: int) -> bool:
         names = self._names
@@ -303,14 +327,27 @@ class RedisStore:
         return result
 
     def _lookup(self, key: str) -> Result:
+        mine = self._local(key)  # before the read: see _local
         pair: list[Any] = self._redis.mget(self._names.record(key), self._names.tombstone(key))
-        return self._settled_or_pending(key, pair[0], pair[1])
+        return self._settled_or_pending(key, pair[0], pair[1], mine)
+
+    def _local(self, key: str) -> tuple[Result | None, Job | None]:
+        """What this process knows of ``key``: a result written behind, its job. Taken BEFORE
+        reading Redis: a read that started before a result landed shows the pending record, and
+        must still be answered with the result this process was writing."""
+        return self._ending.get(key), self._jobs.get(key)
 
     def _settled_or_pending(
-        self, key: str, record: bytes | None, tombstone: bytes | None
+        self,
+        key: str,
+        record: bytes | None,
+        tombstone: bytes | None,
+        mine: tuple[Result | None, Job | None],
     ) -> Result:
+        ending, local = mine
+        if ending is not None and (record is None or record[3:4] == b"P"):
+            return ending  # written behind: on its way to the store
         if record is None:
-            local = self._jobs.get(key)
             if local is not None:  # this process still sends it (a restarted Redis lost it)
                 return Result(key, local.state, submitted_at=local.submitted_at)
             if tombstone is not None:  # "E", or a caller key's "F:<fingerprint>"
@@ -327,9 +364,12 @@ class RedisStore:
             return Result(
                 key, State.UNKNOWN, error=f"the store holds a record postkey cannot read: {exc}"
             )
-        local = self._jobs.get(key)
         if local is not None:
             return Result(key, local.state, submitted_at=local.submitted_at)
+        if meta["owner"] == self.owner:
+            # Ours, and not in the table taken before the read: ended since (the next read
+            # finds the result). Never a lease check against ourselves.
+            return Result(key, State.PENDING, submitted_at=meta["submitted_at"])
         if self._owner_alive(meta["owner"]):
             return Result(key, State.PENDING, submitted_at=meta["submitted_at"])
         return self._end_as_lost(key, meta)
@@ -356,6 +396,7 @@ class RedisStore:
         flat: list[str] = []
         for key, _kind in wanted:
             flat += [names.record(key), names.tombstone(key)]
+        mine = [self._local(key) for key, _kind in wanted]
         values: list[Any] = self._redis.mget(flat)
         out: list[object] = []
         for i, (key, kind) in enumerate(wanted):
@@ -363,7 +404,7 @@ class RedisStore:
             if kind == "value":
                 out.append(self._value_of(key, record))
                 continue
-            result = self._settled_or_pending(key, record, tombstone)
+            result = self._settled_or_pending(key, record, tombstone, mine[i])
             out.append(MISSING if result.state in (State.PENDING, State.RUNNING) else result)
         return out
 
@@ -392,11 +433,27 @@ class RedisStore:
             StoreUnavailable: Redis did not answer.
         """
         seconds = check_wait_timeout(timeout)
-        results = self._call(self._check, [(k, "result") for k in keys])
-        waiting = {k for k, r in zip(keys, results, strict=True) if r is MISSING}
+        found = self._read_many(keys)
+        waiting = {k for k, r in zip(keys, found, strict=True) if r.state in _NOT_ENDED}
         if waiting:
             self._sleep_until_settled(waiting, seconds)
-        return [self.lookup(k) for k in keys]
+            found = self._read_many(keys)
+        return found
+
+    def _read_many(self, keys: list[str]) -> list[Result]:
+        """What is known of each key now, read in batches (one MGET per 512 keys)."""
+        out: list[Result] = []
+        names = self._names
+        for start in range(0, len(keys), 512):
+            chunk = keys[start : start + 512]
+            flat = [name for k in chunk for name in (names.record(k), names.tombstone(k))]
+            mine = [self._local(k) for k in chunk]
+            values: list[Any] = self._call(self._redis.mget, flat)
+            out += [
+                self._settled_or_pending(k, values[2 * i], values[2 * i + 1], mine[i])
+                for i, k in enumerate(chunk)
+            ]
+        return out
 
     def _sleep_until_settled(self, keys: set[str], seconds: float | None) -> None:
         gate = threading.Event()
@@ -456,6 +513,9 @@ class RedisStore:
 
     def cache_get(self, key: str, default: Any = None) -> Any:
         """See `Store.cache_get`."""
+        ending = self._ending.get(key)
+        if ending is not None:
+            return ending  # written behind, not landed yet: read your own write
         record: Any = self._call(self._redis.get, self._names.record(key))
         value = self._value_of(key, record)
         return default if value is MISSING else value
@@ -542,12 +602,17 @@ class RedisStore:
         """Wake every waiter with its default (interpreter exit)."""
         self._hub.release_all()
 
+    def flush(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the results written behind to land."""
+        self._writes.flush(timeout)
+
     def close(self) -> None:
         """Stop the lease and the waits; the lease is given up, so anything still pending here
         ends as worker_lost for its readers."""
         if self._closing.is_set():
             return
         self._closing.set()
+        self._writes.close(self._lease_ms / 1000.0)  # what is queued lands first
         self._hub.close()
         try:
             self._redis.delete(self._names.owner(self.owner))

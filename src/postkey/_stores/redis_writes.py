@@ -1,0 +1,111 @@
+"""Write-behind for a Redis store: the writes of new keys and of results, pipelined in batches.
+
+One Redis round trip per write would cap a process at a few thousand requests a second (each
+blocking call also hands the GIL back and forth with the engine thread). Writes go instead to one
+thread that sends whatever has queued up as one pipeline, in submission order, so a key's
+pending record is always written before its result. A batch that meets a connection error is
+sent again with backoff for up to ``give_up_s``; then its writes are reported as failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from redis.commands.core import Script
+
+log = logging.getLogger("postkey")
+
+#: Called with the script's answer, or None when the write could not be made.
+Done = Callable[[Any], None]
+
+_BATCH = 512
+
+
+class WriteBehind:
+    """Queued script calls, sent in order, a batch per round trip, from one thread."""
+
+    def __init__(self, client: redis.Redis, give_up_s: float) -> None:
+        self._client = client
+        self._give_up_s = give_up_s
+        self._ops: deque[tuple[Script, list[str], list[Any], Done | None]] = deque()
+        self._ready = threading.Condition(threading.Lock())
+        self._busy = False  # a batch is on its way
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="postkey-redis-writes", daemon=True)
+        self._thread.start()
+
+    def put(self, script: Script, keys: list[str], args: list[Any], done: Done | None) -> None:
+        """Queue one call of ``script``; ``done(answer)`` runs on the writer's thread."""
+        with self._ready:
+            self._ops.append((script, keys, args, done))
+            if len(self._ops) == 1:
+                self._ready.notify()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until everything queued has been sent."""
+        deadline = time.monotonic() + timeout
+        with self._ready:
+            while self._ops or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._ready.wait(min(left, 0.05))
+        return True
+
+    def close(self, timeout: float) -> None:
+        """Send what is queued (for up to ``timeout`` seconds), then stop the thread."""
+        self.flush(timeout)
+        with self._ready:
+            self._stopping = True
+            self._ready.notify_all()
+        self._thread.join(timeout + 1)
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not self._ops and not self._stopping:
+                    self._ready.wait()
+                if not self._ops:
+                    return
+                batch = [self._ops.popleft() for _ in range(min(_BATCH, len(self._ops)))]
+                self._busy = True
+            try:
+                self._send(batch)
+            finally:
+                with self._ready:
+                    self._busy = False
+                    self._ready.notify_all()
+
+    def _send(self, batch: list[tuple[Script, list[str], list[Any], Done | None]]) -> None:
+        deadline = time.monotonic() + self._give_up_s
+        delay = 0.05
+        while True:
+            try:
+                pipe = self._client.pipeline(transaction=False)
+                for script, keys, args, _done in batch:
+                    script(keys, args, client=pipe)
+                answers = pipe.execute(raise_on_error=False)
+                break
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if time.monotonic() + delay > deadline or self._stopping:
+                    log.error("%d writes to the store were lost: %s", len(batch), exc)
+                    answers = [None] * len(batch)
+                    break
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        for (_script, _keys, _args, done), raw in zip(batch, answers, strict=True):
+            answer = raw
+            if isinstance(raw, Exception):
+                log.error("a write to the store failed: %s", raw)
+                answer = None
+            if done is not None:
+                try:
+                    done(answer)
+                except Exception:  # a bug in a completion must not stop the writer
+                    log.exception("a store write's completion raised")
