@@ -29,6 +29,7 @@ ROOT = HERE.parent
 CLIENTS = {
     "postkey": ("postkey (public API, end to end)", "postkey_w1.py"),
     "postkey-guard": ("postkey, public_only + allow 127.0.0.1", "postkey_w1.py"),
+    "postkey-redis": ("postkey, shared store on Redis (issue 8, first cut)", "postkey_w1_redis.py"),
     "pycurl": ("bare pycurl CurlMulti loop", "pycurl_bare.py"),
     "aiohttp": ("aiohttp, 256 worker tasks", "aiohttp_w1.py"),
     "requests-futures": ("requests-futures, 256 threads", "requests_futures_w1.py"),
