@@ -4,6 +4,7 @@ dead sender's keys end as worker_lost, a Redis that is not there gives a clear e
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import subprocess
 import sys
@@ -261,3 +262,40 @@ def test_every_key_written_goes_away_with_its_ttl(redis_url: str, echo: str) -> 
         assert list(spy.scan_iter(match=f"{p}:{{*")) == []  # records and tombstones: gone
     assert list(spy.scan_iter(match=f"{p}:*")) == []  # and the lease, at close
     spy.close()
+
+
+def test_an_async_client_on_a_slow_redis_never_stalls_its_event_loop(echo: str) -> None:
+    import redis as redis_py
+
+    server = LocalRedis("--enable-debug-command", "yes")
+    url = server.start().url
+    stall = redis_py.Redis.from_url(url)
+
+    async def main() -> tuple[int, list[float]]:
+        async with postkey.AsyncClient(store=url, store_prefix=prefix()) as client:
+            ticks: list[float] = []
+
+            async def ticker() -> None:
+                while True:
+                    ticks.append(time.monotonic())
+                    await asyncio.sleep(0.01)
+
+            task = asyncio.create_task(ticker())
+            # Redis answers nobody for 0.6 s; meanwhile a submit and a wait go to it.
+            sleeper = threading.Thread(target=stall.execute_command, args=("DEBUG", "SLEEP", "0.6"))
+            sleeper.start()
+            await asyncio.sleep(0.05)
+            key = await client.get_async(echo + "/get", timeout_ms=5000)
+            result = await client.wait(key, 10)
+            sleeper.join()
+            task.cancel()
+            gaps = [b - a for a, b in itertools.pairwise(ticks)]
+            return result.status or 0, gaps
+
+    try:
+        status, gaps = asyncio.run(main())
+    finally:
+        stall.close()
+        server.stop()
+    assert status == 200
+    assert max(gaps) < 0.3  # the loop kept ticking while Redis was asleep

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from ._client import _ClientCore, _str_key, _Submit
 from ._errors import IdempotencyKeysFull, QueueFull
@@ -14,6 +14,8 @@ from ._request import Body
 from ._result import Result
 from ._stores import MISSING
 from ._waits import check_wait_timeout
+
+_T = TypeVar("_T")
 
 
 class AsyncClient(_ClientCore):
@@ -80,7 +82,7 @@ class AsyncClient(_ClientCore):
         deadline = None
         while True:
             try:
-                return self._submit(*prepared, wait_for_room=False)
+                return await self._off_loop(self._submit, *prepared, False)
             except IdempotencyKeysFull:
                 raise
             except QueueFull:
@@ -92,6 +94,13 @@ class AsyncClient(_ClientCore):
                 if now >= deadline:
                     raise
                 await self._room_or_timeout(deadline - now)
+
+    async def _off_loop(self, fn: Callable[..., _T], *args: Any) -> _T:
+        # A store that talks to a server (Redis) is called from a worker thread, so a slow
+        # answer never stalls the event loop; the in-process store answers at once, here.
+        if not self._store.remote:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     async def _room_or_timeout(self, seconds: float) -> None:
         loop = asyncio.get_running_loop()
@@ -123,14 +132,14 @@ class AsyncClient(_ClientCore):
         def wake(result: Result) -> None:
             _resolve_soon(loop, future, result)
 
-        found, unwatch = self._store.watch(_str_key(key), wake)
+        found, unwatch = await self._off_loop(self._store.watch, _str_key(key), wake)
         if found is not None:
             return found
         assert unwatch is not None
         try:
             return await asyncio.wait_for(asyncio.shield(future), seconds)
         except TimeoutError:
-            return self._store.lookup(key)
+            return await self._off_loop(self._store.lookup, key)
         finally:
             unwatch()
 
@@ -157,7 +166,7 @@ class AsyncClient(_ClientCore):
             _resolve_soon(loop, future, value)
 
         store = self._store
-        found = store.cache_watch(_str_key(key), wake)
+        found = await self._off_loop(store.cache_watch, _str_key(key), wake)
         if found is not MISSING:
             return found
         try:
@@ -165,7 +174,7 @@ class AsyncClient(_ClientCore):
         except TimeoutError:
             return default
         finally:
-            store.cache_unwatch(key, wake)
+            await self._off_loop(store.cache_unwatch, key, wake)
         return default if found is MISSING else found  # MISSING: released at exit
 
     async def aclose(self, drain: bool = True, timeout: float | None = None) -> None:

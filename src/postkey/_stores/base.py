@@ -42,6 +42,9 @@ MISSING: Final = _Missing()
 class Store(Protocol):
     """Where keys, results and cache values live. Thread-safe."""
 
+    #: True if calls may wait on a server (AsyncClient then makes them off the event loop).
+    remote: bool
+
     @property
     def max_ttl_ms(self) -> int:
         """The longest TTL a result or cache value may be given, in ms."""

@@ -48,6 +48,9 @@ class MemoryStore:
     woken by `finish`, or sees it gone and reads the result (or what is left of it) at once.
     """
 
+    #: Calls may wait on a server: AsyncClient makes them off the event loop.
+    remote = False
+
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.cache = MemCache(
             max_entries=settings.cache_max_entries,

@@ -109,6 +109,9 @@ _OWNER_CACHE_S = 0.5  # how long "that owner is alive" is believed without askin
 class RedisStore:
     """A `Store` on Redis (or Valkey). Thread-safe."""
 
+    #: Calls may wait on a server: AsyncClient makes them off the event loop.
+    remote = True
+
     def __init__(self, settings: Settings) -> None:
         timeout_s = settings.store_timeout_ms / 1000.0
         self._url = settings.store
