@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ._client import Client
+from ._encoders import load_json
 from ._errors import InvalidValue, PostkeyError
 from ._result import ErrorKind, State
 from ._settings import Settings
@@ -39,7 +40,7 @@ def parse_line(text: str) -> dict[str, Any]:
     Raises:
         ValueError: not a JSON object, unknown fields, or both "body" and "json".
     """
-    spec = json.loads(text, parse_constant=_no_constants)
+    spec = load_json(text)
     if not isinstance(spec, dict):
         raise ValueError("a line must be a JSON object")
     unknown = set(spec) - {"method", "url", "body", "json", "headers", "timeout_ms", "key"}
@@ -82,10 +83,6 @@ def _lines(path: str) -> Iterator[tuple[int, str]]:
     finally:
         if handle is not sys.stdin.buffer:
             handle.close()
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")
 
 
 def run_batch(path: str, output: str, settings: Settings) -> BatchOutcome:

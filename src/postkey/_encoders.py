@@ -17,6 +17,19 @@ FORM_TYPE = "application/x-www-form-urlencoded"
 _SCALARS = (str, int, float)
 
 
+def load_json(text: str | bytes) -> Any:
+    """Parse JSON as RFC 8259 has it: NaN and Infinity, which Python's parser accepts, are not.
+
+    Raises:
+        ValueError: not JSON.
+    """
+    return jsonlib.loads(text, parse_constant=_no_constants)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")
+
+
 def encode_json(value: object) -> bytes:
     """``value`` as compact UTF-8 JSON.
 

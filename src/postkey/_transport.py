@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pycurl
 
-from ._headers import HeaderPairs
+from ._headers import HeaderPairs, parse_response_head
 from ._request import ConnectionOptions
 from ._result import ErrorKind, Result, State
 from ._wakeup import FD_SETSIZE
@@ -137,21 +137,15 @@ MAX_STACKED_ENCODINGS = 2
 
 
 def _content_codings(head_lines: list[bytes]) -> list[str]:
-    codings: list[str] = []
-    block_start = True
-    for line in head_lines:
-        if not line.strip():
-            block_start = True  # the blank line that ends a response block
-            continue
-        if block_start and line.startswith(b"HTTP/"):
-            codings = []  # a new response block: only its first line is a status line
-            block_start = False
-            continue
-        block_start = False
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-encoding":
-            codings += [c.strip() for c in value.decode("latin-1").split(",") if c.strip()]
-    return codings
+    # The final response block's headers, read by the one parser of response heads.
+    headers = parse_response_head(head_lines)[3]
+    return [
+        coding.strip()
+        for name, value in headers
+        if name.lower() == "content-encoding"
+        for coding in value.split(",")
+        if coding.strip()
+    ]
 
 
 class Transport:

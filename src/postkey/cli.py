@@ -15,6 +15,7 @@ import click
 from ._batch import run_batch
 from ._client import Client
 from ._demo import run_demo
+from ._encoders import load_json
 from ._errors import PostkeyError
 from ._policy import DestinationPolicy
 from ._request import check_timeout
@@ -171,16 +172,12 @@ def request(method: str, url: str, **options: Any) -> None:
     _send(method, url, **options)  # any case: the library checks and upper-cases it
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")
-
-
 def _read_data(data: str | None, json_data: str | None) -> bytes | str | None:
     if data is not None and json_data is not None:
         raise click.UsageError("give either --data or --json, not both")
     if json_data is not None:
         try:
-            json.loads(json_data, parse_constant=_no_constants)
+            load_json(json_data)
         except ValueError as exc:
             raise click.UsageError(f"--json is not valid JSON: {exc}") from None
         return json_data

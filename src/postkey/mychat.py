@@ -23,6 +23,7 @@ from typing import Any
 
 from ._api import default_client
 from ._client import Client
+from ._encoders import load_json
 from ._errors import InvalidValue, unknown_argument
 from ._result import Result, State
 
@@ -212,12 +213,8 @@ def CreateGUIDString() -> str:
     return "{" + str(uuid.uuid4()).upper() + "}"
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _load(text: str | Var) -> Any:
-    return json.loads(_text(text), parse_constant=_no_constants)
+    return load_json(_text(text))
 
 
 def JSONValid(AJSON: str | Var) -> bool:

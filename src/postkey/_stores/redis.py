@@ -203,8 +203,6 @@ class RedisStore:
             log.warning("the store had lost %d pending keys of this process: restored", restored)
 
     def _owner_alive(self, owner: str) -> bool:
-        if owner == self.owner:
-            return True
         now = time.monotonic()
         if self._alive.get(owner, 0.0) > now:
             return True
@@ -272,53 +270,26 @@ class RedisStore:
                 return  # finished already: the first terminal result wins
             self._ending[job.key] = result
         result.fingerprint = job.fingerprint
-        ttl = job.ttl_ms or self._result_ttl_ms
-        names = self._names
-        keys = [names.record(job.key), names.tombstone(job.key), names.channel(job.key)]
-        args: list[Any] = [
-            codec.encode_result(result),
-            self.owner,
-            ttl,
-            ttl + self._tombstone_ttl_ms,
-            "1",
-        ]
+        keys, args = self._terminal_write(job.key, result, self.owner, job.ttl_ms)
 
         def written(answer: Any) -> None:
-            if answer == 0:
-                with self._lock:
-                    self.dropped_writes += 1
             with self._lock:
+                if answer == 0:
+                    self.dropped_writes += 1
                 self._ending.pop(job.key, None)
             self._forget(job)
 
         self._writes.put(self._finish, keys, args, written)
 
-    def _write_terminal(self, key: str, result: Result, owner: str, ttl_ms: int) -> bool:
+    def _terminal_write(
+        self, key: str, result: Result, owner: str, ttl_ms: int | None
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of `_FINISH` for ``result`` on behalf of ``owner``."""
+        ttl = ttl_ms or self._result_ttl_ms
         names = self._names
         keys = [names.record(key), names.tombstone(key), names.channel(key)]
-        args: list[bytes | str | int] = [
-            codec.encode_result(result),
-            owner,
-            ttl_ms,
-            ttl_ms + self._tombstone_ttl_ms,
-            "1" if owner == self.owner else "0",
-        ]
-        deadline = time.monotonic() + self._lease_ms / 1000.0
-        delay = 0.05
-        while True:
-            try:
-                written = bool(self._finish(keys, args))
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if time.monotonic() + delay > deadline:
-                    log.error("the result of %s could not be stored: %s", key, exc)
-                    return False
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
-                continue
-            if not written:
-                with self._lock:
-                    self.dropped_writes += 1
-            return written
+        own = "1" if owner == self.owner else "0"
+        return keys, [codec.encode_result(result), owner, ttl, ttl + self._tombstone_ttl_ms, own]
 
     def lookup(self, key: str) -> Result:
         """What is known of ``key`` now.
@@ -388,7 +359,10 @@ class RedisStore:
             finished_at=time.time(),
             fingerprint=meta.get("fingerprint"),
         )
-        self._write_terminal(key, lost, meta["owner"], self._result_ttl_ms)
+        keys, args = self._terminal_write(key, lost, meta["owner"], None)
+        if not self._finish(keys, args):
+            with self._lock:
+                self.dropped_writes += 1  # the owner's late result (or another reader) won
         return self._lookup(key)  # whatever won: this failure, or the owner's late result
 
     # -- waiting ---------------------------------------------------------------------------------
