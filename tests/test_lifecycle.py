@@ -332,3 +332,45 @@ def test_exit_stays_bounded_whatever_other_threads_do_inside_postkey(
     )
     assert out.returncode == 0, out.stderr
     assert took < grace + 2.5, f"{scenario}: exit took {took:.1f} s"
+
+
+def test_a_forked_child_exits_even_if_the_parents_store_lock_was_held_at_fork() -> None:
+    # Another thread of the parent holds the store's lock at the moment of fork(): in the child
+    # nobody will ever release it, so the child's exit must not touch the inherited store.
+    code = textwrap.dedent(
+        """
+        import os, sys, threading, time
+        import postkey
+
+        client = postkey.Client()
+        lock = client._store.cache._lock
+        held, release = threading.Event(), threading.Event()
+
+        def hold():
+            with lock:
+                held.set()
+                release.wait()
+
+        threading.Thread(target=hold, daemon=True).start()
+        held.wait()
+        pid = os.fork()
+        if pid == 0:
+            sys.exit(0)  # a normal exit: exit hooks run
+        release.set()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                print("child exited", os.waitstatus_to_exitcode(status))
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            print("child hung at exit")
+        client.close()
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.stdout.strip() == "child exited 0", out.stdout + out.stderr

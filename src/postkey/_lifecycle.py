@@ -132,6 +132,9 @@ def _after_fork_in_child() -> None:
     global _lock, generation
     _lock = threading.Lock()
     generation += 1
+    # The parent's stores are the parent's: their locks may be held for good here, so exit must
+    # not touch them (the child's clients make and track stores of their own).
+    _caches.clear()
     if not _engines and not _runners:
         return
     for engine in _engines:
