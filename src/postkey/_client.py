@@ -28,7 +28,8 @@ from ._keys import check_key, mychat_key, new_key
 from ._request import Body, Request, build_request, check_options
 from ._result import ErrorKind, Result, State
 from ._settings import Settings
-from ._stores import CacheValue, Store, open_store
+from ._stores import CacheValue, QueueingStore, Store, open_store
+from ._stores.delivery import DELIVERIES, delivery_of
 from ._transport import Transport
 from ._urls import redacted
 from ._waits import MAX_WAIT_S
@@ -50,6 +51,7 @@ SUBMIT_OPTIONS = frozenset(
         "client_cert",
         "client_key",
         "http_version",
+        "delivery",
     }
 )
 _REQUEST_FIELDS = ("method", "url", "body", "headers", "timeout_ms")
@@ -81,6 +83,7 @@ class _Submit(NamedTuple):
     key_format: KeyFormat
     ttl_ms: int | None
     on_done: OnDone | None
+    delivery: str | None = None
 
 
 class _ClientCore:
@@ -109,6 +112,11 @@ class _ClientCore:
             sink,
             housekeeping=self._store_.tick,
         )
+        self._queue: QueueingStore | None = None
+        if isinstance(self._store_, QueueingStore):
+            self._queue = self._store_
+            # Another process's cancel() ends a key in the store; this engine then stops it.
+            self._queue.on_ended_elsewhere = self._engine_.cancel
         # A client dropped without close() still lets its requests finish by their own
         # deadlines (at interpreter exit, by exit_grace_ms): nobody can read their results,
         # but what they send still matters.
@@ -129,6 +137,7 @@ class _ClientCore:
                     # Nothing inherited is touched (its locks may be held for good): a closed
                     # client gets an empty store, where every key reads unknown.
                     self._store_ = open_store(self.settings)
+                    self._queue = None
                     self._generation = _lifecycle.generation
                 else:
                     self._start()
@@ -200,12 +209,18 @@ class _ClientCore:
         on_done = options.get("on_done")
         if on_done is not None and not callable(on_done):
             raise InvalidRequest(f"on_done must be callable, not {type(on_done).__name__}")
+        delivery = options.get("delivery")
+        if delivery is not None and delivery not in DELIVERIES:
+            raise InvalidRequest(
+                f"delivery must be 'at_least_once' or 'at_most_once', not {delivery!r}"
+            )
         return _Submit(
             request,
             options.get("key"),
             options.get("key_format", "hex"),
             options.get("ttl_ms"),
             on_done,
+            delivery,
         )
 
     def _prepare_many(self, requests: Iterable[Mapping[str, Any]]) -> list[_Submit]:
@@ -265,6 +280,7 @@ class _ClientCore:
         key_format: KeyFormat = "hex",
         ttl_ms: int | None = None,
         on_done: OnDone | None = None,
+        delivery: str | None = None,
         wait_for_room: bool = True,
     ) -> str:
         if self._closed:
@@ -287,6 +303,8 @@ class _ClientCore:
             job = Job(check_key(key), request, on_done=on_done, ttl_ms=ttl_ms)
             job.fingerprint = request.fingerprint()
         self._here()
+        if self.settings.send == "workers":
+            return self._enqueue(job, delivery)
         store = self._store_
         engine = self._engine_
         # Room first, before the key becomes visible: once another caller can see it (the same
@@ -314,6 +332,29 @@ class _ClientCore:
             raise
         return key
 
+    def _enqueue(self, job: Job, delivery: str | None) -> str:
+        """Queued mode: the request goes to the store's queue, for a worker to send."""
+        store = self._queue
+        if store is None:  # Settings refuses send='workers' without a shared store
+            raise InvalidRequest("send='workers' needs a Redis store")
+        mode = delivery_of(job.request, delivery)
+        if store.enqueue(job, job.fingerprint is not None, mode):
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("queued %s %s %s", job.key, job.request.method, redacted(job.request.url))
+            if job.on_done is not None:
+                self._call_back_when_done(job.key, job.on_done)
+        return job.key
+
+    def _call_back_when_done(self, key: str, on_done: OnDone) -> None:
+        callbacks = self._callbacks_
+
+        def wake(result: Result) -> None:
+            callbacks.call(on_done, result)
+
+        found, _unwatch = self._store_.watch(key, wake)
+        if found is not None:
+            callbacks.call(on_done, found)
+
     # -- reading ---------------------------------------------------------------------------------
 
     def exists(self, key: str) -> bool:
@@ -336,6 +377,10 @@ class _ClientCore:
         """
         job = self._store.job(_str_key(key))
         if job is None:
+            # Sent by another process (a worker, or another client on the shared store).
+            store = self._here()._queue
+            if store is not None:
+                return store.end_pending(key, ErrorKind.CANCELLED, _CANCELLED_ELSEWHERE)
             return False
         self._engine.cancel(job)
         final = self._store.wait(key, timeout)
@@ -550,6 +595,8 @@ class _ResultSink:
             if job.on_done is not None:
                 self._callbacks.call(job.on_done, result)
 
+
+_CANCELLED_ELSEWHERE = "cancelled by cancel() from another process"
 
 _rebuild_lock = threading.Lock()
 

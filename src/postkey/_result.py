@@ -48,6 +48,11 @@ class ErrorKind(StrEnum):
     BLOCKED = "blocked"
     INTERNAL = "internal"
     WORKER_LOST = "worker_lost"  # the sending process stopped before the request ended
+    #: At-most-once delivery: its worker stopped mid-request, so it may or may not have been
+    #: sent, and it is not sent again.
+    UNKNOWN_OUTCOME = "unknown_outcome"
+    #: Queued mode: the store did not answer, so the request was never queued (nor sent).
+    NOT_QUEUED = "not_queued"
 
 
 class Timings(NamedTuple):

@@ -20,6 +20,7 @@ ALLOW_ALL = DestinationPolicy()  # frozen: one shared default is safe
 
 MiB = 1024 * 1024
 STORE_SCHEMES = frozenset({"memory", "redis", "rediss", "unix"})
+SEND_MODES = ("local", "workers")
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -116,6 +117,15 @@ class Settings:
     #: Socket timeout of every Redis call, in ms; a Redis that does not answer within it (after
     #: one retry) raises StoreUnavailable.
     store_timeout_ms: int = 2_000
+    #: Who sends: "local" (this process's engine, the default) or "workers" (the submit goes
+    #: to a queue in the Redis store, and `postkey worker` processes anywhere send it).
+    send: str = "local"
+    #: Queued mode: a request its worker has not touched for this long (the worker died) is
+    #: taken over by another worker; live workers renew theirs every third of it, in ms.
+    claim_idle_ms: int = 30_000
+    #: Queued mode: deliveries of one request at most; a request whose every worker died
+    #: ends as failed / worker_lost and goes to the dead-letter stream.
+    max_deliveries: int = 3
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -143,6 +153,13 @@ class Settings:
             raise InvalidValue(
                 f"store must be 'memory://' or a redis://, rediss:// or unix:// URL, not"
                 f" {self.store!r}"
+            )
+        if self.send not in SEND_MODES:
+            raise InvalidValue(f"send must be 'local' or 'workers', not {self.send!r}")
+        if self.send == "workers" and self.store == "memory://":
+            raise InvalidValue(
+                "send='workers' queues requests in a shared store: give store='redis://...'"
+                " (the memory store lives in this process; no worker could read it)"
             )
         if not isinstance(self.store_prefix, str) or not _PREFIX_RE.fullmatch(self.store_prefix):
             raise InvalidValue(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -135,6 +136,12 @@ def _request_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="Shared store URL (redis://host:6379/0): results readable from anywhere."
             " Default: POSTKEY_STORE, else this process only.",
         ),
+        click.option(
+            "--send",
+            type=click.Choice(["local", "workers"]),
+            help="Who sends: this process (local), or `postkey worker` processes (workers:"
+            " queued in the --store, the command returns at once). Default: POSTKEY_SEND.",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -203,6 +210,7 @@ def _send(
     allow: tuple[str, ...],
     deny: tuple[str, ...],
     store: str | None,
+    send: str | None,
 ) -> None:
     if fmt is not None and not wait_:
         raise click.UsageError("--format says how --wait prints the result: add --wait")
@@ -215,7 +223,8 @@ def _send(
         if "accept" not in names:
             header_lines.append("Accept: application/json")
     settings = _guarded_settings(allow_private, allow, deny)
-    client = Client(settings.replace(store=store) if store else settings)
+    changes = {k: v for k, v in (("store", store), ("send", send)) if v}
+    client = Client(settings.replace(**changes) if changes else settings)
     try:
         issued = client.request_async(
             method,
@@ -226,10 +235,13 @@ def _send(
             key=key,
             follow_redirects=follow or None,
         )
+        # Queued: a worker sends it; --wait waits for its result, else the key is the answer.
+        result = client.wait(issued) if wait_ else client.get(issued)
     finally:
-        # The request ends (response, failure or deadline) before the process does.
+        # Sent here: the request ends (response, failure or deadline) before the process does.
         client.close()
-    result = client.get(issued)
+    if client.settings.send == "local":
+        result = client.get(issued)
     if wait_:
         _print_result(result, fmt or "text")
     else:
@@ -337,6 +349,85 @@ def wait(key: str, timeout: float | None, store: str | None, fmt: str) -> None:
     with _shared_client(store) as client:
         result = client.wait(key, timeout)
     _show(result, fmt)
+
+
+@cli.command(short_help="Cancel a pending request in the shared store.")
+@click.argument("key")
+@_store_option
+def cancel(key: str, store: str | None) -> None:
+    """End KEY as failed / cancelled if it has not ended yet, whichever process or worker
+    sends it (a worker stops sending it within a third of claim_idle_ms). Prints true and
+    exits 0 if this call cancelled it; else prints false and exits 1."""
+    with _shared_client(store) as client:
+        done = client.cancel(key)
+    click.echo("true" if done else "false")
+    sys.exit(0 if done else 1)
+
+
+@cli.command(short_help="Send the requests queued in a Redis store.")
+@click.option("--store", "--redis", "store", help="The Redis store URL; default: POSTKEY_STORE.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 100_000),
+    default=256,
+    show_default=True,
+    help="Requests on the wire at once.",
+)
+@click.option(
+    "--drain",
+    type=click.FloatRange(0, 86_400),
+    default=30.0,
+    show_default=True,
+    help="Seconds in-flight requests may finish after SIGTERM; then they go back to the queue"
+    " (at-least-once) or end as unknown_outcome (at-most-once).",
+)
+@click.option("--name", help="This worker's name in the consumer group (default: host-pid-random).")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+@_policy_options
+def worker(
+    store: str | None,
+    concurrency: int,
+    drain: float,
+    name: str | None,
+    log_level: str,
+    allow_private: bool,
+    allow: tuple[str, ...],
+    deny: tuple[str, ...],
+) -> None:
+    """Read requests from the store's queue and send them, until SIGTERM or Ctrl-C.
+
+    Run as many as you like, on any machine that reaches the Redis store. Destinations are
+    public addresses only unless given --allow-private, --allow or POSTKEY_POLICY. Logs go to
+    stderr as key=value lines."""
+    from .worker import Worker  # noqa: PLC0415  # needs redis-py: only for this command
+
+    settings = _guarded_settings(allow_private, allow, deny)
+    if store:
+        settings = settings.replace(store=store)
+    if settings.store == "memory://":
+        raise click.UsageError(
+            "a worker reads the queue in a Redis store: give --store redis://HOST:PORT/DB or set"
+            " POSTKEY_STORE"
+        )
+    # key=value lines with a timestamp: what log collectors parse without configuration.
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(
+            logging.Formatter("ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
+        )
+    logging.getLogger("postkey").setLevel(log_level.upper())
+    runner = Worker(settings, concurrency=concurrency, drain_s=drain, name=name)
+
+    def stop(_signum: int, _frame: object) -> None:
+        runner.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    runner.run()
 
 
 def _print_failure(result: Result) -> None:

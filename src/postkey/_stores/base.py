@@ -19,10 +19,10 @@ The guarantees each implementation keeps:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, runtime_checkable
 
 from .._job import Job
-from .._result import Result
+from .._result import ErrorKind, Result
 
 CacheValue = str | bytes
 
@@ -145,3 +145,23 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Let go of what the store holds (connections, threads); after the engine closed."""
+
+
+@runtime_checkable
+class QueueingStore(Store, Protocol):
+    """A shared store that also holds the request queue workers read (Redis)."""
+
+    #: Called with each job of this process whose key another process ended (cancelled).
+    on_ended_elsewhere: Callable[[Job], None] | None
+
+    def enqueue(self, job: Job, caller_key: bool, delivery: str) -> bool:
+        """Queue ``job`` for the workers and make its key visible as pending, in one step;
+        False if ``caller_key`` and the key already names the same request.
+
+        Raises:
+            KeyConflict: the key names a different request or holds a cache value.
+            StoreUnavailable: the store did not answer.
+        """
+
+    def end_pending(self, key: str, kind: ErrorKind, message: str, owner: str = "*") -> bool:
+        """End a pending key as failed / ``kind`` whoever sends it; True if this call did."""

@@ -1,18 +1,33 @@
 """Every Redis key and channel name postkey uses, built in one place.
 
-Everything that belongs to one postkey key shares a Redis Cluster hash slot: the names carry a
-hash tag made of a digest of the key, ``{prefix}:{<digest>}:<key>:<part>``. A digest rather than
-the key itself because keys may contain ``{`` and ``}`` (MyChat's do), which would move or empty
-the tag; the key follows the tag verbatim, so distinct keys never share a name.
+Keys are spread over `SHARDS` shards by a digest of the key. Everything that belongs to one
+postkey key, and the queue stream its request waits in, shares the shard's hash tag
+(``{prefix}:{sNN}:<key>:<part>`` and ``{prefix}:{sNN}:queue``), so on a Redis Cluster they share
+a hash slot: the one Lua script that stores a worker's result also acknowledges and deletes its
+queue entry, atomically, with no CROSSSLOT. A digest rather than the key itself picks the shard
+because keys may contain ``{`` and ``}`` (MyChat's do), which would move or empty the tag; the
+key follows the tag verbatim, so distinct keys never share a name.
+
+Sixteen shards give a Cluster sixteen slots to spread over its masters (resharding moves a whole
+shard); the number is part of the naming scheme, so every process agrees on it.
 """
 
 from __future__ import annotations
 
 import hashlib
 
+SHARDS = 16
 RECORD = "r"  # the pending record, then the result, or a cache value
 TOMBSTONE = "t"  # after the result's TTL: "expired", and the caller key's fingerprint
 CHANNEL = "c"  # sharded pub/sub channel: a terminal result or a value was written
+QUEUE = "queue"  # the shard's stream of requests waiting for a worker
+DEAD = "dead"  # the shard's dead-letter stream: requests that kept killing their worker
+GROUP = "workers"  # the consumer group every worker reads the queue streams in
+
+
+def shard_of(key: str) -> int:
+    """The shard ``key`` lives in."""
+    return hashlib.blake2b(key.encode(), digest_size=2).digest()[0] % SHARDS
 
 
 class Names:
@@ -23,9 +38,12 @@ class Names:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
 
+    def shard(self, index: int) -> str:
+        """The hash-tagged head of every name in shard ``index``."""
+        return f"{self.prefix}:{{s{index:02d}}}"
+
     def tag(self, key: str) -> str:
-        digest = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
-        return f"{self.prefix}:{{{digest}}}:{key}"
+        return f"{self.shard(shard_of(key))}:{key}"
 
     def record(self, key: str) -> str:
         return f"{self.tag(key)}:{RECORD}"
@@ -36,8 +54,20 @@ class Names:
     def channel(self, key: str) -> str:
         return f"{self.tag(key)}:{CHANNEL}"
 
+    def queue(self, index: int) -> str:
+        """Shard ``index``'s queue stream (a name no key's record can take: no ``:r`` end)."""
+        return f"{self.shard(index)}:{QUEUE}"
+
+    def queue_of(self, key: str) -> str:
+        """The queue stream a request under ``key`` waits in (its shard's)."""
+        return self.queue(shard_of(key))
+
+    def dead(self, index: int) -> str:
+        """Shard ``index``'s dead-letter stream."""
+        return f"{self.shard(index)}:{DEAD}"
+
     def owner(self, owner: str) -> str:
-        """The lease of one sending process: present while it is alive."""
+        """The lease of one sending process or worker: present while it is alive."""
         return f"{self.prefix}:owner:{{{owner}}}"
 
     def key_of_channel(self, channel: str) -> str:

@@ -33,6 +33,7 @@ from .._waits import check_wait_timeout
 from . import codec
 from .base import MISSING, CacheValue
 from .names import Names
+from .redis_queue import QueueScripts, encode_request, queued_fields
 from .redis_waits import WaitHub
 from .redis_writes import WriteBehind
 
@@ -102,8 +103,40 @@ return 1
 """
 
 _NOT_ENDED = (State.PENDING, State.RUNNING)
+#: A queued key still pending this long after its deadline had no worker (or lost it): a reader
+#: ends it. Workers end late requests themselves; this is the fallback when none runs.
+QUEUED_GRACE_S = 60.0
 _RECHECK_S = 1.0  # the last-resort re-read of every watched key
+_MAX_KEPT_HERE = 100_000  # results only this process knows (writes that never landed)
 _OWNER_CACHE_S = 0.5  # how long "that owner is alive" is believed without asking again
+
+
+def connect(settings: Settings) -> redis.Redis:
+    """A client for ``settings.store``: every call has a socket timeout (store_timeout_ms) and
+    one retry after a short backoff, so a Redis that is down fails a call within about twice
+    the timeout, never hangs it.
+
+    Raises:
+        InvalidValue: a malformed URL.
+    """
+    timeout_s = settings.store_timeout_ms / 1000.0
+    try:
+        return redis.Redis.from_url(
+            settings.store,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+            health_check_interval=30,
+        )
+    except ValueError as exc:
+        raise InvalidValue(f"store URL {settings.store!r}: {exc}") from None
+
+
+def redacted_url(url: str) -> str:
+    """``url`` without its password."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}"
 
 
 class RedisStore:
@@ -113,19 +146,8 @@ class RedisStore:
     remote = True
 
     def __init__(self, settings: Settings) -> None:
-        timeout_s = settings.store_timeout_ms / 1000.0
         self._url = settings.store
-        try:
-            self._redis = redis.Redis.from_url(
-                settings.store,
-                socket_timeout=timeout_s,
-                socket_connect_timeout=timeout_s,
-                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
-                retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-                health_check_interval=30,
-            )
-        except ValueError as exc:
-            raise InvalidValue(f"store URL {settings.store!r}: {exc}") from None
+        self._redis = connect(settings)
         self._names = Names(settings.store_prefix)
         self._result_ttl_ms = settings.result_ttl_ms
         self._tombstone_ttl_ms = settings.tombstone_ttl_ms
@@ -136,6 +158,7 @@ class RedisStore:
         self._finish = self._redis.register_script(_FINISH)
         self._cache_set = self._redis.register_script(_CACHE_SET)
         self._cache_delete = self._redis.register_script(_CACHE_DELETE)
+        self._queue = QueueScripts(self._redis)
         self.owner = secrets.token_hex(8)
         self._jobs: dict[str, Job] = {}
         self._caller_jobs = 0
@@ -144,8 +167,13 @@ class RedisStore:
         self._cache_unwatches: dict[tuple[str, Callable[[object], None]], Callable[[], None]] = {}
         # Results written behind and not landed yet: this process reads them from here.
         self._ending: dict[str, Result] = {}
+        # Queued submits written behind and not landed yet (pending, for this process).
+        self._queuing: dict[str, Job] = {}
         #: Terminal writes that lost to an earlier one (a reader's worker_lost, say).
         self.dropped_writes = 0
+        #: Called (on the lease thread) with each job of this process whose key another
+        #: process ended, e.g. cancelled: the client stops sending it.
+        self.on_ended_elsewhere: Callable[[Job], None] | None = None
         self._closing = threading.Event()
         self._call(self._renew_lease)  # fails here, clearly, if Redis is not there
         self._leases = threading.Thread(target=self._keep_lease, name="postkey-lease", daemon=True)
@@ -169,8 +197,7 @@ class RedisStore:
             ) from None
 
     def _redacted_url(self) -> str:
-        scheme, sep, rest = self._url.partition("://")
-        return f"{scheme}{sep}{rest.rpartition('@')[2]}"
+        return redacted_url(self._url)
 
     def _renew_lease(self) -> bool:
         """Renew the lease; False if it was gone (first time, or Redis lost it)."""
@@ -182,8 +209,14 @@ class RedisStore:
             try:
                 if not self._renew_lease():
                     self._restore_pending()
+                hook = self.on_ended_elsewhere
+                if hook is not None:
+                    for job in self.ended_elsewhere():
+                        hook(job)
             except redis.RedisError as exc:
                 log.warning("could not renew this process's lease in the store: %s", exc)
+            except Exception:  # a bug here must not end the lease: keys would end as lost
+                log.exception("the lease thread's upkeep raised")
 
     def _restore_pending(self) -> None:
         # Redis lost this process's lease, so perhaps its pending records too (a restart
@@ -237,6 +270,15 @@ class RedisStore:
         # Written before the submit returns (and so before anything is sent): a key handed out
         # is visible everywhere, and a sender killed right after still leaves it pending, to
         # end as worker_lost.
+        if not fingerprint and self._writes.healthy:
+            # A key postkey made cannot conflict: its record is written behind, in a batch
+            # with others (one round trip for many submits), and always before its result
+            # (the writes go in order). Other processes see it once the batch lands, within
+            # a round trip; flush() waits for that. This process sees it as pending now.
+            with self._lock:
+                self._jobs[job.key] = job
+            self._writes.put(self._register, keys, args, self._registered(job))
+            return True
         outcome = self._call(self._register, keys, args)
         if outcome == 1:
             # Known here only once registered: a duplicate must not replace the first job.
@@ -248,6 +290,97 @@ class RedisStore:
         if outcome == 0:
             return False
         raise KeyConflict(f"key {job.key!r} already names a different request (or a cache value)")
+
+    def _registered(self, job: Job) -> Callable[[Any], None]:
+        def landed(answer: Any) -> None:
+            if answer is None:  # Redis did not answer for a whole lease: say so once
+                log.error(
+                    "key %s could not be written to the store; it is pending only here", job.key
+                )
+
+        return landed
+
+    def enqueue(self, job: Job, caller_key: bool, delivery: str) -> bool:
+        """Queue ``job`` for the workers: its pending record and queue entry, in one step.
+        False if ``caller_key`` and the key already names the same request.
+
+        Raises:
+            KeyConflict: the key names a different request or holds a cache value.
+            StoreUnavailable: Redis did not answer.
+        """
+        fingerprint = job.fingerprint if caller_key and job.fingerprint is not None else ""
+        record = codec.encode_pending(
+            "", job.fingerprint, job.submitted_at, "pending", queued_fields(job, delivery)
+        )
+        # Pending for as long as a result would be readable: a queue without workers holds it.
+        pending_ttl = job.request.timeout_ms + self._result_ttl_ms
+        names = self._names
+        keys = [names.record(job.key), names.tombstone(job.key), names.queue_of(job.key)]
+        args = [record, fingerprint, pending_ttl, encode_request(job, delivery), job.key]
+        if not fingerprint and self._writes.healthy:
+            # Written behind, as `register` does, for the same reasons; until it lands this
+            # process answers for the key (pending), and if it cannot land, ends it here.
+            with self._lock:
+                self._queuing[job.key] = job
+            self._writes.put(self._queue.enqueue, keys, args, self._queued(job))
+            return True
+        outcome = self._call(self._queue.enqueue, keys, args)
+        if outcome == 1:
+            return True
+        if outcome == 0:
+            return False
+        raise KeyConflict(f"key {job.key!r} already names a different request (or a cache value)")
+
+    def _queued(self, job: Job) -> Callable[[Any], None]:
+        def landed(answer: Any) -> None:
+            with self._lock:
+                self._queuing.pop(job.key, None)
+                if answer is None:
+                    # Never queued, so never sent: the key ends here (only this process
+                    # ever knew it), as failed / not_queued.
+                    failure = job.failure(
+                        ErrorKind.NOT_QUEUED,
+                        f"the store {self._redacted_url()} did not answer: the request was"
+                        " never queued, nothing was sent",
+                    )
+                    self._remember_here(job.key, failure)
+
+        return landed
+
+    def _remember_here(self, key: str, result: Result) -> None:
+        """Keep a result only this process can know (bounded: the oldest go first)."""
+        self._ending[key] = result
+        if len(self._ending) > _MAX_KEPT_HERE:
+            del self._ending[next(iter(self._ending))]
+
+    def end_pending(self, key: str, kind: ErrorKind, message: str, owner: str = "*") -> bool:
+        """End a pending key as failed / ``kind``, whoever sends it (if ``owner`` is '*') or
+        if its record still names ``owner``. True if this call ended it; its sender, noticing,
+        stops sending it (a worker within a heartbeat).
+
+        Raises:
+            StoreUnavailable: Redis did not answer.
+        """
+        names = self._names
+        keys = [names.record(key), names.tombstone(key), names.channel(key)]
+        args = [owner, kind.value, message, self._result_ttl_ms, self._tombstone_ttl_ms]
+        return bool(self._call(self._queue.end_pending, keys, args))
+
+    def ended_elsewhere(self) -> list[Job]:
+        """This process's jobs whose keys another process ended (cancelled): stop sending them."""
+        with self._lock:
+            jobs = [job for key, job in self._jobs.items() if key not in self._ending]
+        gone: list[Job] = []
+        names = self._names
+        for start in range(0, len(jobs), 512):
+            chunk = jobs[start : start + 512]
+            kinds = self._redis.mget([names.record(job.key) for job in chunk])
+            gone += [
+                job
+                for job, record in zip(chunk, kinds, strict=True)
+                if record is not None and record[3:4] != b"P"
+            ]
+        return gone
 
     def _forget(self, job: Job) -> None:
         with self._lock:
@@ -309,7 +442,7 @@ class RedisStore:
         """What this process knows of ``key``: a result written behind, its job. Taken BEFORE
         reading Redis: a read that started before a result landed shows the pending record, and
         must still be answered with the result this process was writing."""
-        return self._ending.get(key), self._jobs.get(key)
+        return self._ending.get(key), self._jobs.get(key) or self._queuing.get(key)
 
     def _settled_or_pending(
         self,
@@ -340,6 +473,8 @@ class RedisStore:
             )
         if local is not None:
             return Result(key, local.state, submitted_at=local.submitted_at)
+        if meta.get("queued"):
+            return self._queued_state(key, meta)
         if meta["owner"] == self.owner:
             # Ours, and not in the table taken before the read: ended since (the next read
             # finds the result). Never a lease check against ourselves.
@@ -347,6 +482,23 @@ class RedisStore:
         if self._owner_alive(meta["owner"]):
             return Result(key, State.PENDING, submitted_at=meta["submitted_at"])
         return self._end_as_lost(key, meta)
+
+    def _queued_state(self, key: str, meta: dict[str, Any]) -> Result:
+        """A queued key: pending or running as its record says. Workers own it (a dead one's
+        entry is taken over by another), so no lease check here; but a key still pending long
+        after its deadline had no worker at all, and this reader ends it."""
+        submitted = meta["submitted_at"]
+        state = State.RUNNING if meta.get("state") == "running" else State.PENDING
+        if time.time() < submitted + meta["timeout_ms"] / 1000.0 + QUEUED_GRACE_S:
+            return Result(key, state, submitted_at=submitted)
+        if meta["owner"]:
+            kind, message = ErrorKind.WORKER_LOST, _NO_WORKER_FINISHED
+        else:
+            kind, message = ErrorKind.TIMEOUT, _NO_WORKER_TOOK
+        if not self.end_pending(key, kind, message, owner=meta["owner"]):
+            with self._lock:
+                self.dropped_writes += 1
+        return self._lookup(key)
 
     def _end_as_lost(self, key: str, meta: dict[str, Any]) -> Result:
         lost = Result(
@@ -603,4 +755,9 @@ _UNKNOWN_HINT = (
     " result's TTL and tombstone time"
 )
 _EXPIRED_HINT = "its result's TTL passed"
+_NO_WORKER_TOOK = "no worker took the request from the queue before its deadline"
+_NO_WORKER_FINISHED = (
+    "the worker sending it stopped and no other took it over before its deadline; it may or"
+    " may not have reached the server"
+)
 _VALUE_HINT = "the key holds a cache value, not a request (read it with cache_get)"

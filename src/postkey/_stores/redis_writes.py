@@ -36,6 +36,9 @@ class WriteBehind:
         self._ops: deque[tuple[Script, list[str], list[Any], Done | None]] = deque()
         self._ready = threading.Condition(threading.Lock())
         self._busy = False  # a batch is on its way
+        #: False after a batch met a connection error, until one goes through: callers then
+        #: write synchronously, so that a Redis that is down is an error they see at once.
+        self.healthy = True
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="postkey-redis-writes", daemon=True)
         self._thread.start()
@@ -91,8 +94,10 @@ class WriteBehind:
                 for script, keys, args, _done in batch:
                     script(keys, args, client=pipe)
                 answers = pipe.execute(raise_on_error=False)
+                self.healthy = True
                 break
             except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self.healthy = False
                 if time.monotonic() + delay > deadline or self._stopping:
                     log.error("%d writes to the store were lost: %s", len(batch), exc)
                     answers = [None] * len(batch)

@@ -1,0 +1,342 @@
+"""The request queue on Redis Streams: what clients enqueue and workers read, start and finish.
+
+One stream per shard (`names.SHARDS`), one consumer group (`names.GROUP`) that every worker
+reads in. A request's pending record and its queue entry share the shard's hash tag, so each
+step below is one Lua script over one hash slot (Cluster-safe):
+
+- ``ENQUEUE`` (client): the pending record (``owner`` '', ``attempt`` 0) and the entry, together:
+  a key handed out is always both visible and queued.
+- ``START`` (worker, a batch of entries of one shard): decides each entry's fate from its record.
+  Ended already: acknowledged and deleted. Past its deadline (counted from the entry's ID, i.e.
+  Redis time at enqueue): ends as ``timeout``. Started before by a worker that died, and
+  at-most-once: ends as ``unknown_outcome`` (it may have been sent). Started ``max_deliveries``
+  times: ends as ``worker_lost`` and is copied to the shard's dead-letter stream. Otherwise the
+  attempt number goes up and the record names the new owner, ``<worker>#<attempt>``: that
+  string fences every later write of the attempt.
+- ``FINISH`` (worker): the result replaces the record only if the record still names this
+  attempt; then XACK + XDEL of the entry, in the same script. A later attempt's result, or one
+  after a cancel, is dropped (and counted by the caller); the entry stays for whoever owns it.
+- ``HANDBACK`` (a worker stopping): an unsent request goes back to the queue as a new entry,
+  its attempt not counted.
+- ``END_PENDING`` (anyone): ends a pending key (cancel, or a reader that finds a queued key
+  long past its deadline), fenced by the owner it read.
+
+Entries are deleted only right after their XACK and streams are never trimmed, so no pending
+entry can vanish (on Redis 7.0, trimming silently drops pending work from XAUTOCLAIM).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from .._job import Job
+from . import codec
+from .names import GROUP, SHARDS, Names
+
+DEAD_LETTERS_KEPT = 10_000  # the dead-letter streams are capped (nothing there is pending)
+
+# Helpers every script that ends a key shares: a failed result in codec's R format, and the one
+# terminal write (record, tombstone kept or made, publish), so a waiter is always woken.
+_PRELUDE = """
+local function now_s()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function failed(meta, kind, message)
+  local m = cjson.encode({state = 'failed', error_kind = kind, error = message,
+    submitted_at = meta['submitted_at'], finished_at = now_s(),
+    attempts = meta['attempt'] or 0, fingerprint = meta['fingerprint'], url = meta['url']})
+  return 'pk\\1R' .. struct.pack('<HI', string.len(m), 0) .. m
+end
+local function settle(rec, tomb, chan, record, ttl, tomb_ttl)
+  redis.call('SET', rec, record, 'PX', ttl)
+  local t = redis.call('GET', tomb) or 'E'
+  redis.call('SET', tomb, t, 'PX', ttl + tomb_ttl)
+  redis.call('SPUBLISH', chan, 'r')
+end
+local function ttl_of(meta, default)
+  if type(meta['ttl_ms']) == 'number' then return meta['ttl_ms'] end
+  return default
+end
+"""
+
+# KEYS record, tombstone, stream; ARGV pending record, fingerprint ('' without a caller key),
+# pending TTL ms, the queued request, the key. 1 queued, 0 the same request is known, -1 conflict.
+_ENQUEUE = """
+local fp = ARGV[2]
+if fp == '' then
+  if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[3]) then return -1 end
+else
+  local t = redis.call('GET', KEYS[2])
+  if t then
+    if t == 'F:' .. fp then return 0 end
+    return -1
+  end
+  if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+  redis.call('SET', KEYS[2], 'F:' .. fp, 'PX', ARGV[3])
+end
+redis.call('XADD', KEYS[3], '*', 'k', ARGV[5], 'j', ARGV[4])
+return 1
+"""
+
+# KEYS stream, dead-letter stream, then record, tombstone, channel per entry; ARGV group, worker,
+# max deliveries, default result TTL, tombstone TTL, then one entry ID per entry. Per entry:
+# {'go', ms left, owner} or {'skip'} / {'ended'} (acknowledged and deleted).
+_START = (
+    _PRELUDE
+    + """
+local group, max = ARGV[1], tonumber(ARGV[3])
+local default_ttl, tomb_ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for i = 1, (#KEYS - 2) / 3 do
+  local rec, tomb, chan = KEYS[3 * i], KEYS[3 * i + 1], KEYS[3 * i + 2]
+  local id = ARGV[5 + i]
+  local cur = redis.call('GET', rec)
+  local verdict = {'skip'}
+  if cur and string.sub(cur, 4, 4) == 'P' then
+    local meta = cjson.decode(string.sub(cur, 5))
+    local ttl = ttl_of(meta, default_ttl)
+    local left = tonumber(string.match(id, '^(%d+)')) + meta['timeout_ms'] - now_ms
+    if left <= 0 then
+      settle(rec, tomb, chan, failed(meta, 'timeout',
+        'its deadline passed before a worker could send it'), ttl, tomb_ttl)
+      verdict = {'ended'}
+    elseif meta['attempt'] >= 1 and meta['delivery'] == 'at_most_once' then
+      settle(rec, tomb, chan, failed(meta, 'unknown_outcome',
+        'the worker sending it stopped before it ended; it may or may not have reached the'
+        .. ' server, and at-most-once delivery does not send it again'), ttl, tomb_ttl)
+      verdict = {'ended'}
+    elseif meta['attempt'] >= max then
+      settle(rec, tomb, chan, failed(meta, 'worker_lost',
+        'every worker that took it (' .. meta['attempt'] .. ' deliveries) stopped before it'
+        .. ' ended; moved to the dead-letter stream'), ttl, tomb_ttl)
+      local entry = redis.call('XRANGE', KEYS[1], id, id)[1]
+      if entry then
+        redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6 + (#KEYS - 2) / 3] or 10000, '*',
+          'id', id, 'attempts', meta['attempt'], unpack(entry[2]))
+      end
+      verdict = {'ended'}
+    else
+      meta['attempt'] = meta['attempt'] + 1
+      meta['owner'] = ARGV[2] .. '#' .. meta['attempt']
+      meta['state'] = 'running'
+      redis.call('SET', rec, 'pk\\1P' .. cjson.encode(meta), 'KEEPTTL')
+      verdict = {'go', left, meta['owner']}
+    end
+  end
+  if verdict[1] ~= 'go' then
+    redis.call('XACK', KEYS[1], group, id)
+    redis.call('XDEL', KEYS[1], id)
+  end
+  out[i] = verdict
+end
+return out
+"""
+)
+
+# KEYS record, tombstone, channel, stream; ARGV result record, owner, result TTL, tombstone TTL,
+# group, entry ID. 1 stored, 0 dropped (ended already, or another attempt owns the key).
+_FINISH = (
+    _PRELUDE
+    + """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  if string.sub(cur, 4, 4) == 'P' then
+    if cjson.decode(string.sub(cur, 5))['owner'] ~= ARGV[2] then return 0 end
+  else
+    redis.call('XACK', KEYS[4], ARGV[5], ARGV[6])
+    redis.call('XDEL', KEYS[4], ARGV[6])
+    return 0
+  end
+end
+settle(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4]))
+redis.call('XACK', KEYS[4], ARGV[5], ARGV[6])
+redis.call('XDEL', KEYS[4], ARGV[6])
+return 1
+"""
+)
+
+# KEYS record, stream; ARGV owner, group, entry ID. 1 queued again, 0 not ours any more.
+_HANDBACK = """
+local cur = redis.call('GET', KEYS[1])
+local mine = false
+if cur and string.sub(cur, 4, 4) == 'P' then
+  local meta = cjson.decode(string.sub(cur, 5))
+  if meta['owner'] ~= ARGV[1] then return 0 end
+  meta['attempt'] = meta['attempt'] - 1
+  meta['owner'] = ''
+  meta['state'] = 'pending'
+  redis.call('SET', KEYS[1], 'pk\\1P' .. cjson.encode(meta), 'KEEPTTL')
+  mine = true
+end
+local entry = redis.call('XRANGE', KEYS[2], ARGV[3], ARGV[3])[1]
+redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
+redis.call('XDEL', KEYS[2], ARGV[3])
+if mine and entry then
+  redis.call('XADD', KEYS[2], '*', unpack(entry[2]))
+  return 1
+end
+return 0
+"""
+
+# KEYS record, tombstone, channel; ARGV owner it must still have ('*': any), error kind,
+# message, default result TTL, tombstone TTL. 1 ended here, 0 not pending (or not that owner's).
+_END_PENDING = (
+    _PRELUDE
+    + """
+local cur = redis.call('GET', KEYS[1])
+if not cur or string.sub(cur, 4, 4) ~= 'P' then return 0 end
+local meta = cjson.decode(string.sub(cur, 5))
+if ARGV[1] ~= '*' and meta['owner'] ~= ARGV[1] then return 0 end
+settle(KEYS[1], KEYS[2], KEYS[3], failed(meta, ARGV[2], ARGV[3]),
+  ttl_of(meta, tonumber(ARGV[4])), tonumber(ARGV[5]))
+return 1
+"""
+)
+
+
+class QueueScripts:
+    """The queue's scripts, registered on one Redis client."""
+
+    def __init__(self, client: Any) -> None:
+        self.enqueue = client.register_script(_ENQUEUE)
+        self.start = client.register_script(_START)
+        self.finish = client.register_script(_FINISH)
+        self.handback = client.register_script(_HANDBACK)
+        self.end_pending = client.register_script(_END_PENDING)
+
+
+def queued_fields(job: Job, delivery: str) -> dict[str, Any]:
+    """What a queued key's pending record holds besides the owner (see `codec`)."""
+    return {
+        "queued": True,
+        "delivery": delivery,
+        "timeout_ms": job.request.timeout_ms,
+        "ttl_ms": job.ttl_ms,
+        "attempt": 0,
+        "url": job.request.url,
+    }
+
+
+def encode_request(job: Job, delivery: str) -> bytes:
+    """A queue entry's payload: everything a worker needs to send ``job``'s request."""
+    request = job.request
+    options = request.options
+    meta = {
+        "method": request.method,
+        "url": request.url,
+        "headers": request.headers,
+        "timeout_ms": request.timeout_ms,
+        "follow_redirects": request.follow_redirects,
+        "options": list(options) if options is not None else None,
+        "ttl_ms": job.ttl_ms,
+        "delivery": delivery,
+        "fingerprint": job.fingerprint,
+        "submitted_at": job.submitted_at,
+    }
+    return codec.encode_job(meta, request.body)
+
+
+def decode_request(payload: bytes) -> tuple[dict[str, Any], bytes]:
+    """The metadata and body of a queue entry.
+
+    Raises:
+        codec.RecordError: not a queued request this version can read.
+    """
+    return codec.decode_job(payload)
+
+
+class WorkQueue:
+    """A worker's side of the queue: read, start, keep alive, reclaim, finish, hand back."""
+
+    def __init__(self, client: Any, names: Names, consumer: str) -> None:
+        self._redis = client
+        self._names = names
+        self.consumer = consumer
+        self.scripts = QueueScripts(client)
+        self.streams = [names.queue(i) for i in range(SHARDS)]
+
+    def ensure_groups(self) -> None:
+        """Create the consumer group on every shard's stream (from the start: entries are
+        deleted once done, so whatever is left is unfinished work, to be read again)."""
+        for stream in self.streams:
+            try:
+                self._redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    def read(self, count: int, block_ms: int) -> list[tuple[int, bytes, list[Any]]]:
+        """New entries for this consumer, up to ``count``: (shard, entry ID, fields)."""
+        reply = self._redis.xreadgroup(
+            GROUP, self.consumer, dict.fromkeys(self.streams, ">"), count=count, block=block_ms
+        )
+        return self._entries(reply)
+
+    def _entries(self, reply: Any) -> list[tuple[int, bytes, list[Any]]]:
+        out: list[tuple[int, bytes, list[Any]]] = []
+        if not reply:
+            return out
+        # RESP2 gives [[stream, entries], ...]; RESP3 a dict.
+        pairs = reply.items() if isinstance(reply, dict) else reply
+        for stream, entries in pairs:
+            shard = int(stream[stream.index(b"{s") + 2 : stream.index(b"}")])
+            for entry_id, fields in entries:
+                if fields is not None:
+                    out.append((shard, entry_id, fields))
+        return out
+
+    def reclaim(self, shard: int, min_idle_ms: int, count: int) -> list[tuple[int, bytes, Any]]:
+        """Entries of shard ``shard`` idle for ``min_idle_ms`` (their worker died): now ours."""
+        reply = self._redis.xautoclaim(
+            self.streams[shard], GROUP, self.consumer, min_idle_ms, "0-0", count=count
+        )
+        return [(shard, entry_id, fields) for entry_id, fields in reply[1] if fields is not None]
+
+    def keep(self, shard: int, ids: list[bytes], client: Any) -> None:
+        """Reset the idle time of entries this worker is still working on (no new delivery),
+        through ``client`` (a pipeline)."""
+        if ids:
+            client.xclaim(self.streams[shard], GROUP, self.consumer, 0, ids, justid=True)
+
+    def start_args(
+        self, shard: int, batch: list[tuple[str, bytes]], max_deliveries: int, ttls: tuple[int, int]
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of `_START` for (key, entry ID) pairs of one shard."""
+        names = self._names
+        keys = [self.streams[shard], names.dead(shard)]
+        for key, _entry_id in batch:
+            keys += [names.record(key), names.tombstone(key), names.channel(key)]
+        args: list[Any] = [GROUP, self.consumer, max_deliveries, ttls[0], ttls[1]]
+        args += [entry_id for _key, entry_id in batch]
+        args.append(DEAD_LETTERS_KEPT)
+        return keys, args
+
+    def finish_args(
+        self, shard: int, key: str, entry_id: bytes, owner: str, record: bytes, ttl: tuple[int, int]
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of `_FINISH`."""
+        names = self._names
+        keys = [names.record(key), names.tombstone(key), names.channel(key), self.streams[shard]]
+        return keys, [record, owner, ttl[0], ttl[1], GROUP, entry_id]
+
+    def handback_args(
+        self, shard: int, key: str, entry_id: bytes, owner: str
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of `_HANDBACK`."""
+        return [self._names.record(key), self.streams[shard]], [owner, GROUP, entry_id]
+
+    def pending_count(self) -> int:
+        """Entries delivered and not acknowledged, over every shard (for tests and operators)."""
+        total = 0
+        for stream in self.streams:
+            try:
+                total += int(self._redis.xpending(stream, GROUP)["pending"])
+            except redis.ResponseError:
+                pass  # no group yet
+        return total

@@ -1,0 +1,431 @@
+"""`Worker`: sends the requests clients queued in a Redis store (``send="workers"``).
+
+Run it as ``postkey worker --store redis://...`` on any machine; as many as you like. Each reads
+the queue streams in batches as a member of one consumer group, starts each entry (`START`
+fences the attempt), sends it with the same engine and destination policy as a client, and
+stores the result, acknowledging and deleting the entry in the same script. While it works on
+entries it renews them (``XCLAIM ... JUSTID``) every third of ``claim_idle_ms``; entries of a
+worker that died go idle and are taken over by another (``XAUTOCLAIM``) after ``claim_idle_ms``.
+A key another process cancelled is noticed at the next renewal and its transfer stopped.
+
+`stop` (SIGTERM in the CLI) stops reading, lets in-flight requests finish for up to the drain
+time, then hands what is left back to the queue (at-least-once requests) or ends it as
+``unknown_outcome`` (at-most-once requests: they may have been sent).
+
+Redis errors never end the worker: it logs them and tries again with backoff (a restarted
+Redis that lost the consumer groups, NOGROUP, gets them made again), never in a hot loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from ._engine import Engine
+from ._errors import InvalidRequest, InvalidValue
+from ._job import Job
+from ._request import Request, build_request, check_options
+from ._result import ErrorKind, Result
+from ._settings import Settings
+from ._stores import codec
+from ._stores.delivery import AT_LEAST_ONCE
+from ._stores.names import SHARDS, Names
+from ._stores.redis import connect, redacted_url
+from ._stores.redis_queue import WorkQueue, decode_request
+from ._stores.redis_writes import WriteBehind
+from ._transport import Transport
+
+log = logging.getLogger("postkey.worker")
+
+_READ_BATCH = 512  # entries asked for per read, at most
+_BACKOFF_CAP_S = 5.0
+
+
+@dataclass
+class _Taken:
+    """An entry this worker has started: what it needs to store or hand back its result."""
+
+    shard: int
+    entry_id: bytes
+    owner: str  # "<worker>#<attempt>": the fence of every write of this attempt
+    delivery: str
+    fingerprint: str | None
+    job: Job
+
+
+@dataclass
+class WorkerStats:
+    """What a worker has done, for logs, tests and operators."""
+
+    started: int = 0  # entries started (sent, or ended without sending)
+    stored: int = 0  # results stored
+    dropped: int = 0  # results that lost to an earlier terminal write (cancel, takeover)
+    ended_by_start: int = 0  # entries ended without sending (deadline, unknown outcome, poison)
+    reclaimed: int = 0  # entries taken over from a dead worker
+    handed_back: int = 0  # entries put back on the queue at stop
+    redis_errors: int = 0
+
+
+class _Backoff:
+    """Exponential backoff with full jitter, reset by a success."""
+
+    def __init__(self) -> None:
+        self._delay = 0.05
+
+    def reset(self) -> None:
+        self._delay = 0.05
+
+    def sleep(self, stop: threading.Event) -> None:
+        stop.wait(random.uniform(0, self._delay))
+        self._delay = min(self._delay * 2, _BACKOFF_CAP_S)
+
+
+class Worker:
+    """One worker process's loop. Thread-safe `stop`; `run` blocks until stopped.
+
+    Raises (on construction):
+        InvalidValue: settings without a Redis store, or a bad concurrency / drain time.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        concurrency: int = 256,
+        drain_s: float = 30.0,
+        name: str | None = None,
+    ) -> None:
+        if settings.store == "memory://":
+            raise InvalidValue("a worker reads the queue in a Redis store: give store='redis://'")
+        if type(concurrency) is not int or not 1 <= concurrency <= 100_000:
+            raise InvalidValue(f"concurrency must be an int from 1 to 100000, not {concurrency!r}")
+        if not 0 <= drain_s <= 86_400:
+            raise InvalidValue(f"drain_s must be from 0 to 86400 seconds, not {drain_s!r}")
+        self.concurrency = concurrency
+        self.drain_s = drain_s
+        self.settings = settings.replace(
+            max_in_flight=concurrency, max_queue=max(2 * concurrency, 1024), send="local"
+        )
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.stats = WorkerStats()
+        self._names = Names(settings.store_prefix)
+        self._redis = connect(settings)
+        self._queue = WorkQueue(self._redis, self._names, self.name)
+        self._claim_idle_ms = settings.claim_idle_ms
+        # A blocking read must end well within the socket timeout (else it reads as an error).
+        self._block_ms = max(1, min(1000, settings.store_timeout_ms // 2))
+        self._ttls = (settings.result_ttl_ms, settings.tombstone_ttl_ms)
+        self._taken: dict[str, _Taken] = {}
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._stopping = threading.Event()
+        self._cutting = False  # past the drain time: cancelled requests are handed back
+        self._writes_closed = False
+        self._writes = WriteBehind(self._redis, give_up_s=settings.claim_idle_ms / 1000.0)
+        self._engine = Engine(
+            self.settings, Transport(self.settings), self._sink, housekeeping=lambda: 0
+        )
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Read and send until `stop`; then drain (see the module docstring)."""
+        backoff = _Backoff()
+        while not self._stopping.is_set():
+            try:
+                self._queue.ensure_groups()
+                self._beat()
+                break
+            except redis.RedisError as exc:
+                self._redis_error("could not reach the store at start", exc)
+                backoff.sleep(self._stopping)
+        upkeep = threading.Thread(target=self._keep_up, name="postkey-worker-upkeep", daemon=True)
+        upkeep.start()
+        log.info(
+            "worker %s ready: store=%s shards=%d concurrency=%d claim_idle_ms=%d",
+            self.name,
+            redacted_url(self.settings.store),
+            SHARDS,
+            self.concurrency,
+            self._claim_idle_ms,
+        )
+        try:
+            self._read_loop(backoff)
+        finally:
+            self._drain()
+            self._stopping.set()
+            upkeep.join(5)
+            self._close()
+
+    def stop(self) -> None:
+        """Stop reading; `run` then drains and returns. Safe from a signal handler."""
+        self._stopping.set()
+
+    def _read_loop(self, backoff: _Backoff) -> None:
+        while not self._stopping.is_set():
+            with self._room:
+                room = self.concurrency - len(self._taken)
+                if room <= 0:
+                    self._room.wait(0.2)
+                    continue
+            try:
+                entries = self._queue.read(min(room, _READ_BATCH), self._block_ms)
+                if entries:
+                    self._start(entries)
+                backoff.reset()
+            except redis.ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    # Redis restarted without persistence (or someone deleted the group).
+                    log.warning("worker %s: the consumer groups are gone: making them", self.name)
+                    try:
+                        self._queue.ensure_groups()
+                    except redis.RedisError as again:
+                        self._redis_error("could not make the consumer groups", again)
+                else:
+                    self._redis_error("reading the queue failed", exc)
+                backoff.sleep(self._stopping)
+            except redis.RedisError as exc:
+                self._redis_error("reading the queue failed", exc)
+                backoff.sleep(self._stopping)
+
+    def _redis_error(self, what: str, exc: Exception) -> None:
+        self.stats.redis_errors += 1
+        log.warning("worker %s: %s: %s", self.name, what, exc)
+
+    # -- starting entries ----------------------------------------------------------------------
+
+    def _start(self, entries: list[tuple[int, bytes, Any]]) -> None:
+        """Start a batch of entries: one `START` call per shard, all in one round trip."""
+        by_shard: dict[int, list[tuple[str, bytes, bytes]]] = {}
+        junk: list[tuple[int, bytes]] = []
+        for shard, entry_id, fields in entries:
+            key, payload = fields.get(b"k"), fields.get(b"j")
+            if not isinstance(key, bytes) or not isinstance(payload, bytes):
+                junk.append((shard, entry_id))
+                continue
+            by_shard.setdefault(shard, []).append((key.decode(), entry_id, payload))
+        pipe = self._redis.pipeline(transaction=False)
+        for shard, batch in by_shard.items():
+            pairs = [(key, entry_id) for key, entry_id, _payload in batch]
+            keys, args = self._queue.start_args(
+                shard, pairs, self.settings.max_deliveries, self._ttls
+            )
+            self._queue.scripts.start(keys, args, client=pipe)
+        for shard, entry_id in junk:
+            log.error("worker %s: entry %r is not a postkey request: dropped", self.name, entry_id)
+            stream = self._queue.streams[shard]
+            pipe.xack(stream, "workers", entry_id)
+            pipe.xdel(stream, entry_id)
+        verdicts = pipe.execute()
+        for (shard, batch), answers in zip(by_shard.items(), verdicts, strict=False):
+            for (key, entry_id, payload), verdict in zip(batch, answers, strict=True):
+                self.stats.started += 1
+                if verdict[0] != b"go":
+                    if verdict[0] == b"ended":
+                        self.stats.ended_by_start += 1
+                    continue
+                self._send(shard, key, entry_id, payload, int(verdict[1]), verdict[2].decode())
+
+    def _send(
+        self, shard: int, key: str, entry_id: bytes, payload: bytes, left_ms: int, owner: str
+    ) -> None:
+        try:
+            meta, body = decode_request(payload)
+            request = build_request(
+                meta["method"],
+                meta["url"],
+                body,
+                [tuple(pair) for pair in meta["headers"]],
+                meta["timeout_ms"],
+                max_timeout_ms=self.settings.max_timeout_ms,
+                max_body_bytes=self.settings.max_request_bytes,
+                follow_redirects=bool(meta["follow_redirects"]),
+            )
+            options = meta.get("options")
+            if options:
+                request.options = check_options(*options)
+            job = Job(key, request, ttl_ms=meta.get("ttl_ms"))
+            job.fingerprint = meta.get("fingerprint")
+            job.submitted_at = meta.get("submitted_at") or job.submitted_at
+        except (codec.RecordError, InvalidRequest, KeyError, TypeError, ValueError) as exc:
+            # Written by something that is not this version of postkey: end it, do not guess.
+            job = Job(key, Request("GET", "", b"", (), 1, False))
+            taken = _Taken(shard, entry_id, owner, AT_LEAST_ONCE, None, job)
+            self._store(taken, job.failure(ErrorKind.INTERNAL, f"the queued request is bad: {exc}"))
+            return
+        # The deadline counts from the submit (Redis time, in the entry's ID): time queued
+        # is part of timeout_ms, as in a client's own engine.
+        job.deadline = time.monotonic() + left_ms / 1000.0
+        taken = _Taken(shard, entry_id, owner, meta.get("delivery", AT_LEAST_ONCE), None, job)
+        taken.fingerprint = job.fingerprint
+        with self._lock:
+            self._taken[key] = taken
+        self._engine.enqueue(job)
+
+    # -- results -------------------------------------------------------------------------------
+
+    def _sink(self, job: Job, result: Result) -> None:
+        """The engine's result (on its thread): stored behind, in a batch per round trip."""
+        with self._lock:
+            taken = self._taken.get(job.key)
+        if taken is None or taken.job is not job:
+            return
+        result.url = job.request.url
+        if self._cutting and result.error_kind is ErrorKind.CANCELLED:
+            if taken.delivery == AT_LEAST_ONCE:
+                self._hand_back(taken)
+                return
+            result = job.failure(
+                ErrorKind.UNKNOWN_OUTCOME,
+                "the worker sending it stopped (drain time over) before it ended; it may or may"
+                " not have reached the server, and at-most-once delivery does not send it again",
+            )
+            result.url = job.request.url
+        self._store(taken, result)
+
+    def _store(self, taken: _Taken, result: Result) -> None:
+        result.fingerprint = taken.fingerprint
+        ttl = taken.job.ttl_ms or self._ttls[0]
+        keys, args = self._queue.finish_args(
+            taken.shard,
+            taken.job.key,
+            taken.entry_id,
+            taken.owner,
+            codec.encode_result(result),
+            (ttl, self._ttls[1]),
+        )
+
+        def written(answer: Any) -> None:
+            if answer == 1:
+                self.stats.stored += 1
+            elif answer == 0:
+                self.stats.dropped += 1
+            self._let_go(taken)
+
+        self._writes.put(self._queue.scripts.finish, keys, args, written)
+
+    def _hand_back(self, taken: _Taken) -> None:
+        keys, args = self._queue.handback_args(
+            taken.shard, taken.job.key, taken.entry_id, taken.owner
+        )
+
+        def written(answer: Any) -> None:
+            if answer == 1:
+                self.stats.handed_back += 1
+            self._let_go(taken)
+
+        self._writes.put(self._queue.scripts.handback, keys, args, written)
+
+    def _let_go(self, taken: _Taken) -> None:
+        with self._room:
+            if self._taken.get(taken.job.key) is taken:
+                del self._taken[taken.job.key]
+            self._room.notify_all()
+
+    # -- upkeep: renewals, takeovers, cancels --------------------------------------------------
+
+    def _keep_up(self) -> None:
+        every = self._claim_idle_ms / 3000.0
+        while not self._stopping.wait(every):
+            try:
+                self._beat()
+                self._renew()
+                self._reclaim()
+            except redis.RedisError as exc:
+                self._redis_error("upkeep failed", exc)
+            except Exception:  # a bug here must not stop renewals silently forever
+                log.exception("worker %s: upkeep raised", self.name)
+        # Renew through the drain too: a request still running must not be taken over.
+        while self._taken and not self._writes_closed:
+            try:
+                self._renew()
+            except redis.RedisError as exc:
+                self._redis_error("upkeep failed", exc)
+            time.sleep(min(every, 0.5))
+
+    def _beat(self) -> None:
+        """The liveness key: present while this worker runs (for operators and tests)."""
+        self._redis.set(self._names.owner(self.name), b"worker", px=self._claim_idle_ms)
+
+    def _renew(self) -> None:
+        with self._lock:
+            taken = list(self._taken.values())
+        by_shard: dict[int, list[bytes]] = {}
+        for t in taken:
+            by_shard.setdefault(t.shard, []).append(t.entry_id)
+        pipe = self._redis.pipeline(transaction=False)
+        for shard, ids in by_shard.items():
+            self._queue.keep(shard, ids, client=pipe)
+        pipe.execute()
+        # Keys another process ended (cancelled) while they ran here: stop sending them.
+        names = self._names
+        for start in range(0, len(taken), 512):
+            chunk = taken[start : start + 512]
+            records = self._redis.mget([names.record(t.job.key) for t in chunk])
+            for t, record in zip(chunk, records, strict=True):
+                if record is not None and record[3:4] != b"P":
+                    self._engine.cancel(t.job)
+
+    def _reclaim(self) -> None:
+        """Take over entries whose worker died (idle past claim_idle_ms), as room allows."""
+        for shard in range(SHARDS):
+            with self._lock:
+                room = self.concurrency - len(self._taken)
+                mine = {t.entry_id for t in self._taken.values()}
+            if room <= 0 or self._stopping.is_set():
+                return
+            entries = self._queue.reclaim(shard, self._claim_idle_ms, min(room, 100))
+            # An entry of our own can come back if a renewal was late: it is still ours.
+            theirs = [e for e in entries if e[1] not in mine]
+            if theirs:
+                self.stats.reclaimed += len(theirs)
+                log.info(
+                    "worker %s: took over %d entries of shard %d", self.name, len(theirs), shard
+                )
+                self._start(theirs)
+
+    # -- stopping ------------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        """Let in-flight requests finish for up to drain_s; hand back or end the rest."""
+        deadline = time.monotonic() + self.drain_s
+        with self._room:
+            while self._taken and time.monotonic() < deadline:
+                self._room.wait(min(0.2, max(0.0, deadline - time.monotonic())))
+            left = len(self._taken)
+        if left:
+            log.warning("worker %s: drain time over with %d requests in flight", self.name, left)
+        self._cutting = True
+        self._engine.close(0, reason="the worker stopped")
+        self._writes.flush(self._claim_idle_ms / 1000.0)
+
+    def _close(self) -> None:
+        self._writes_closed = True
+        self._writes.close(self._claim_idle_ms / 1000.0)
+        try:
+            self._redis.delete(self._names.owner(self.name))
+        except redis.RedisError:
+            pass
+        self._redis.close()
+        log.info(
+            "worker %s stopped: started=%d stored=%d dropped=%d reclaimed=%d handed_back=%d",
+            self.name,
+            self.stats.started,
+            self.stats.stored,
+            self.stats.dropped,
+            self.stats.reclaimed,
+            self.stats.handed_back,
+        )
+
+    def in_flight(self) -> int:
+        """Entries started and not yet stored."""
+        with self._lock:
+            return len(self._taken)
