@@ -118,6 +118,7 @@ def test_a_dead_senders_keys_end_as_worker_lost_when_its_lease_lapses(
         import os, postkey
         c = postkey.Client(store={redis_url!r}, store_prefix={p!r}, lease_ms=600)
         print(c.get_async({hostile + "/silent"!r}, timeout_ms=60000), flush=True)
+        c.flush()  # the key is visible everywhere
         os._exit(0)  # dies with the request on the wire: no close, no result
         """
     )

@@ -19,6 +19,7 @@ from ._errors import (
     InvalidKey,
     InvalidRequest,
     QueueFull,
+    StoreUnavailable,
     UnknownArgument,
     unknown_argument,
 )
@@ -354,6 +355,21 @@ class _ClientCore:
         found, _unwatch = self._store_.watch(key, wake)
         if found is not None:
             callbacks.call(on_done, found)
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Return once every key issued so far is visible in the store to other processes.
+
+        In a shared store new keys are written in batches, within a round trip of their submit
+        (one round trip per submit would cap a process at a few thousand a second); this is for
+        the moment a key is handed to another process. Nothing to wait for in embedded mode.
+
+        Raises:
+            StoreUnavailable: the store did not take them within ``timeout`` seconds.
+        """
+        if not self._store.flush(timeout):
+            raise StoreUnavailable(
+                f"the store did not take this client's new keys within {timeout} s"
+            )
 
     # -- reading ---------------------------------------------------------------------------------
 

@@ -235,7 +235,9 @@ def _send(
             key=key,
             follow_redirects=follow or None,
         )
-        # Queued: a worker sends it; --wait waits for its result, else the key is the answer.
+        # Queued: a worker sends it; --wait waits for its result, else the key is the answer
+        # (printed once every process can see it).
+        client.flush()
         result = client.wait(issued) if wait_ else client.get(issued)
     finally:
         # Sent here: the request ends (response, failure or deadline) before the process does.

@@ -107,10 +107,15 @@ def HTTPSendMessageAsync(
 ) -> str:
     """Send any method; return a key ``http<method>_async{<guid>}<DDMMYYYYHHMMSSmmm>`` at once.
 
+    With a shared store (``POSTKEY_STORE``) the key is visible to every process when this
+    returns, as a MyChat script expects of a key it may hand on at once.
+
     Raises:
         InvalidRequest: a bad URL, header line, method or timeout (no key is issued).
+        StoreUnavailable: a shared store did not take the key.
     """
-    return _client().request_async(
+    client = _client()
+    key = client.request_async(
         AMethod,
         _text(AURL),
         _text(ABody),
@@ -118,6 +123,8 @@ def HTTPSendMessageAsync(
         ATimeOut,
         key_format="mychat",
     )
+    client.flush()
+    return key
 
 
 def HTTPSendPostMessageAsync(

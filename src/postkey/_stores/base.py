@@ -140,8 +140,9 @@ class Store(Protocol):
     def release_waiters(self) -> None:
         """Wake every cache waiter with its default (interpreter exit)."""
 
-    def flush(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for writes the store makes in the background."""
+    def flush(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for writes the store makes in the background (new
+        keys, results); True if nothing is left to write."""
 
     def close(self) -> None:
         """Let go of what the store holds (connections, threads); after the engine closed."""

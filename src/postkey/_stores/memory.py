@@ -342,8 +342,9 @@ class MemoryStore:
         """Wake every cache waiter with its default (interpreter exit)."""
         self.cache.release_waiters()
 
-    def flush(self, timeout: float) -> None:
+    def flush(self, timeout: float) -> bool:
         """Nothing is written in the background here."""
+        return True
 
     def close(self) -> None:
         """Nothing to let go of: the store is this process's memory (results stay readable)."""

@@ -624,7 +624,8 @@ class RedisStore:
         ttl = self._check_ttl(ttl_ms)
         names = self._names
         keys = [names.record(key), names.tombstone(key), names.channel(key)]
-        if self._call(self._cache_set, keys, [codec.encode_value(value), ttl]) != 1:
+        conflict = key in self._jobs or key in self._queuing  # its record may not have landed
+        if conflict or self._call(self._cache_set, keys, [codec.encode_value(value), ttl]) != 1:
             raise KeyConflict(f"key {key!r} names a request; cache_set cannot overwrite it")
 
     def _value_of(self, key: str, record: bytes | None) -> object:
@@ -731,9 +732,10 @@ class RedisStore:
         """Wake every waiter with its default (interpreter exit)."""
         self._hub.release_all()
 
-    def flush(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for the results written behind to land."""
-        self._writes.flush(timeout)
+    def flush(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the keys and results written behind to land;
+        True if they all have."""
+        return self._writes.flush(timeout)
 
     def close(self) -> None:
         """Stop the lease and the waits; the lease is given up, so anything still pending here
