@@ -248,6 +248,8 @@ def _send(
         _print_result(result, fmt or "text")
     else:
         _report_without_wait(issued, result, client.settings.store != "memory://")
+        if not result.state.terminal:
+            sys.exit(0)  # queued for the workers: the key is the answer
     sys.exit(_exit_code(result, fail))
 
 

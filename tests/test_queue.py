@@ -1,0 +1,466 @@
+"""Queued mode (send="workers") on a real redis-server with real `postkey worker` processes:
+submits return at once, workers send, any process reads; delivery defaults; cancel from
+anywhere; deadlines, drain at SIGTERM, poison requests, malformed entries, lost groups."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis as redis_py
+
+import postkey
+from postkey import Client, ErrorKind, State
+from postkey._stores import codec
+from postkey._stores.names import GROUP, SHARDS, Names
+
+from .recording import RecordingServer
+from .test_redis_store import run_python
+from .workers import WorkerProcess
+
+
+def prefix() -> str:
+    return f"q{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def recorder() -> Iterator[RecordingServer]:
+    with RecordingServer() as server:
+        yield server
+
+
+@pytest.fixture
+def spawn(redis_url: str) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start workers (stopped at the end, whatever happened)."""
+    started: list[WorkerProcess] = []
+
+    def start(p: str, *args: str, ready: bool = True, **settings: int | str) -> WorkerProcess:
+        worker = WorkerProcess(redis_url, p, *args, **settings).start()
+        started.append(worker)
+        if ready:
+            worker.wait_ready()
+        return worker
+
+    yield start
+    for worker in started:
+        try:
+            worker.stop(30)
+        except AssertionError:
+            pass
+
+
+def queued(redis_url: str, p: str, **settings: object) -> Client:
+    return Client(store=redis_url, store_prefix=p, send="workers", **settings)
+
+
+def record_meta(redis_url: str, p: str, key: str) -> dict[str, object]:
+    spy = redis_py.Redis.from_url(redis_url)
+    try:
+        raw = spy.get(Names(p).record(key))
+    finally:
+        spy.close()
+    assert raw is not None
+    return codec.decode_pending(raw)
+
+
+def pending_entries(redis_url: str, p: str) -> int:
+    spy = redis_py.Redis.from_url(redis_url)
+    try:
+        total = 0
+        for shard in range(SHARDS):
+            try:
+                total += int(spy.xpending(Names(p).queue(shard), GROUP)["pending"])
+            except redis_py.ResponseError:
+                pass
+        return total
+    finally:
+        spy.close()
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "postkey", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_queued_request_is_sent_by_a_worker_and_read_from_another_process(
+    redis_url: str, echo: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    p = prefix()
+    spawn(p)
+    with queued(redis_url, p) as client:
+        key = client.post_async(echo + "/post", json={"n": 1})
+        client.flush()
+        read = run_python(
+            f"""
+            import postkey
+            c = postkey.Client(store={redis_url!r}, store_prefix={p!r})
+            r = c.wait({key!r}, 10)
+            print(r.state.value, r.status, r.json()["json"])
+            c.close()
+            """
+        )
+        assert read.returncode == 0, read.stderr
+        assert read.stdout.split() == ["done", "200", "{'n':", "1}"]
+        assert client.get(key).json()["json"] == {"n": 1}
+
+
+def test_the_cli_post_returns_the_key_at_once_and_a_worker_sends_it_later(
+    redis_url: str, recorder: RecordingServer, spawn: Callable[..., WorkerProcess]
+) -> None:
+    p = prefix()
+    env = {**os.environ, "POSTKEY_STORE": redis_url, "POSTKEY_STORE_PREFIX": p}
+    cli = [sys.executable, "-m", "postkey"]
+    started = time.monotonic()
+    posted = subprocess.run(
+        [
+            *cli,
+            "post",
+            "--send",
+            "workers",
+            "--allow-private",
+            recorder.url + "/rec/cli",
+            "-d",
+            "x",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+    assert posted.returncode == 0, posted.stderr
+    assert time.monotonic() - started < 10  # no worker runs yet: nothing waited for the send
+    key = posted.stdout.strip()
+    assert recorder.hits["cli"] == 0
+    exists = cli("exists", key, env=env)
+    assert (exists.returncode, exists.stdout.strip()) == (1, "false")
+    spawn(p)
+    waited = cli("wait", key, "--timeout", "10", env=env)
+    assert waited.returncode == 0, waited.stderr
+    assert "cli 1" in waited.stdout and recorder.hits["cli"] == 1
+
+
+def test_the_mychat_names_queue_in_one_process_and_read_in_another(
+    redis_url: str, echo: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    p = prefix()
+    spawn(p)
+    env = {
+        **os.environ,
+        "POSTKEY_STORE": redis_url,
+        "POSTKEY_STORE_PREFIX": p,
+        "POSTKEY_SEND": "workers",
+    }
+    sent = run_python(
+        f"""
+        from postkey.mychat import HTTPSendPostMessageAsync
+        print(HTTPSendPostMessageAsync({echo + "/post"!r}, '{{"a": 1}}', "", 5000))
+        """,
+        env=env,
+    )
+    assert sent.returncode == 0, sent.stderr
+    key = sent.stdout.strip().splitlines()[-1]
+    assert key.startswith("httppost_async{")
+    read = run_python(
+        f"""
+        import postkey
+        from postkey.mychat import MemCacheExists, MemCacheGet
+        postkey.wait({key!r}, 10)
+        print(MemCacheExists({key!r}))
+        print(MemCacheGet({key!r}))
+        """,
+        env=env,
+    )
+    assert read.returncode == 0, read.stderr
+    exists, text = read.stdout.strip().splitlines()
+    assert exists == "True" and '"data": "{\\"a\\": 1}"' in text
+
+
+def test_delivery_defaults_follow_the_method_and_the_idempotency_key(redis_url: str) -> None:
+    p = prefix()
+    url = "http://127.0.0.1:9/x"
+    with queued(redis_url, p) as client:
+        get = client.get_async(url)
+        put = client.request_async("PUT", url, b"x")
+        post = client.post_async(url, b"x")
+        patch = client.request_async("PATCH", url, b"x")
+        keyed = client.post_async(url, b"x", {"Idempotency-Key": "order-7"})
+        forced = client.get_async(url, delivery="at_most_once")
+        client.flush()
+        expected = {
+            get: "at_least_once",
+            put: "at_least_once",
+            post: "at_most_once",
+            patch: "at_most_once",
+            keyed: "at_least_once",
+            forced: "at_most_once",
+        }
+        for key, delivery in expected.items():
+            meta = record_meta(redis_url, p, key)
+            assert meta["delivery"] == delivery and meta["queued"] is True
+            assert client.status(key) is State.PENDING  # no worker runs
+        with pytest.raises(postkey.InvalidRequest, match="delivery must be"):
+            client.post_async(url, delivery="exactly_once")
+
+
+def test_bad_input_is_refused_before_anything_is_queued(redis_url: str) -> None:
+    p = prefix()
+    with queued(redis_url, p) as client:
+        with pytest.raises(postkey.InvalidURL):
+            client.post_async("ftp://example.com/")
+        with pytest.raises(postkey.InvalidHeader):
+            client.post_async("http://127.0.0.1:9/", headers="X-A: 1\r\nX-B: 2\n\rX")
+        with pytest.raises(postkey.InvalidTimeout):
+            client.post_async("http://127.0.0.1:9/", timeout_ms=10**12)
+        client.flush()
+    assert pending_entries(redis_url, p) == 0
+    spy = redis_py.Redis.from_url(redis_url)
+    assert list(spy.scan_iter(match=f"{p}:*")) == []
+    spy.close()
+
+
+def test_queued_mode_needs_a_shared_store() -> None:
+    with pytest.raises(postkey.InvalidValue, match="send='workers'"):
+        Client(send="workers")
+    with pytest.raises(postkey.InvalidValue, match="send must be"):
+        Client(send="elsewhere")
+
+
+def test_a_worker_without_a_store_is_a_usage_error() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTKEY_")}
+    done = cli("worker", env=env)
+    assert done.returncode == 2 and "needs" not in done.stdout
+    assert "Redis store" in done.stderr
+
+
+def test_cancel_from_another_process_ends_a_queued_key_and_it_is_never_sent(
+    redis_url: str, recorder: RecordingServer, spawn: Callable[..., WorkerProcess]
+) -> None:
+    p = prefix()
+    with queued(redis_url, p) as client:
+        key = client.get_async(recorder.url + "/rec/never")
+        client.flush()
+        env = {**os.environ, "POSTKEY_STORE": redis_url, "POSTKEY_STORE_PREFIX": p}
+        cancelled = cli("cancel", key, env=env)
+        assert (cancelled.returncode, cancelled.stdout.strip()) == (0, "true")
+        result = client.get(key)
+        assert result.state is State.FAILED and result.error_kind == "cancelled"
+        again = cli("cancel", key, env=env)
+        assert (again.returncode, again.stdout.strip()) == (1, "false")
+        spawn(p)
+        marker = client.get_async(recorder.url + "/rec/after")
+        assert client.wait(marker, 10).status == 200  # the worker has read past it
+    assert recorder.hits["never"] == 0
+    assert pending_entries(redis_url, p) == 0
+
+
+def test_cancel_stops_a_request_a_worker_is_sending(
+    redis_url: str, recorder: RecordingServer, spawn: Callable[..., WorkerProcess]
+) -> None:
+    p = prefix()
+    worker = spawn(p, claim_idle_ms=900)  # renewals (and cancel checks) every 0.3 s
+    with queued(redis_url, p) as client:
+        key = client.get_async(recorder.url + "/rec/slow?ms=20000", timeout_ms=30_000)
+        deadline = time.monotonic() + 10
+        while client.status(key) is not State.RUNNING and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert client.cancel(key)
+        result = client.wait(key, 5)
+        assert result.state is State.FAILED and result.error_kind == "cancelled"
+        deadline = time.monotonic() + 5
+        while pending_entries(redis_url, p) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pending_entries(redis_url, p) == 0  # the worker let go of it
+    assert worker.stop() == 0
+
+
+def test_a_request_whose_deadline_passes_in_the_queue_is_never_sent(
+    redis_url: str, recorder: RecordingServer, spawn: Callable[..., WorkerProcess]
+) -> None:
+    p = prefix()
+    with queued(redis_url, p) as client:
+        key = client.get_async(recorder.url + "/rec/late", timeout_ms=300)
+        client.flush()
+        time.sleep(0.5)
+        spawn(p)
+        result = client.wait(key, 10)
+    assert result.state is State.FAILED and result.error_kind == "timeout"
+    assert "before a worker" in (result.error or "")
+    assert recorder.hits["late"] == 0
+
+
+def test_sigterm_lets_in_flight_requests_finish_within_the_drain_time(
+    redis_url: str, recorder: RecordingServer, spawn: Callable[..., WorkerProcess]
+) -> None:
+    p = prefix()
+    worker = spawn(p, "--drain", "10")
+    with queued(redis_url, p) as client:
+        keys = [client.post_async(recorder.url + f"/rec/d{i}?ms=1000") for i in range(5)]
+        deadline = time.monotonic() + 10
+        while any(client.status(k) is not State.RUNNING for k in keys):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        worker.kill(signal.SIGTERM)
+        assert worker.process is not None and worker.process.returncode == 0
+        results = client.wait_many(keys, 1)
+    assert [r.status for r in results] == [200] * 5
+    assert pending_entries(redis_url, p) == 0
+
+
+def test_past_the_drain_time_work_is_handed_back_or_ends_as_unknown_outcome(
+    redis_url: str, recorder: RecordingServer, spawn: Callable[..., WorkerProcess]
+) -> None:
+    p = prefix()
+    first = spawn(p, "--drain", "0.3")
+    with queued(redis_url, p) as client:
+        again = client.get_async(recorder.url + "/rec/again?ms=3000")
+        once = client.post_async(recorder.url + "/rec/once?ms=3000")
+        deadline = time.monotonic() + 10
+        while recorder.hits["again"] + recorder.hits["once"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        first.kill(signal.SIGTERM)
+        # The POST may have reached the server: at-most-once never sends it again.
+        lost = client.wait(once, 5)
+        assert lost.state is State.FAILED and lost.error_kind == "unknown_outcome"
+        assert client.status(again) is State.PENDING  # back in the queue
+        spawn(p)
+        result = client.wait(again, 10)
+    assert result.status == 200 and result.text == "again 2"
+    assert recorder.hits["once"] == 1
+    assert pending_entries(redis_url, p) == 0
+
+
+def test_a_request_that_keeps_killing_its_worker_ends_in_the_dead_letter_stream(
+    redis_url: str, recorder: RecordingServer, spawn: Callable[..., WorkerProcess]
+) -> None:
+    p = prefix()
+    settings = {"claim_idle_ms": 600, "max_deliveries": 2}
+    with queued(redis_url, p) as client:
+        key = client.get_async(recorder.url + "/rec/poison?ms=60000", timeout_ms=120_000)
+        for attempt in (1, 2):
+            worker = spawn(p, **settings)
+            deadline = time.monotonic() + 15
+            while recorder.hits["poison"] < attempt:
+                assert time.monotonic() < deadline, worker.output()
+                time.sleep(0.02)
+            worker.kill()  # as if the request crashed it
+        spawn(p, **settings)  # takes the entry over: its third delivery
+        result = client.wait(key, 15)
+    assert result.state is State.FAILED and result.error_kind == "worker_lost"
+    assert "dead-letter" in (result.error or "")
+    assert recorder.hits["poison"] == 2
+    spy = redis_py.Redis.from_url(redis_url)
+    dead = [e for s in range(SHARDS) for e in spy.xrange(Names(p).dead(s))]
+    spy.close()
+    assert len(dead) == 1 and dead[0][1][b"k"].decode() == key
+    assert pending_entries(redis_url, p) == 0
+
+
+def test_a_malformed_entry_is_dropped_and_a_bad_payload_ends_its_key(
+    redis_url: str, echo: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    p = prefix()
+    names = Names(p)
+    spy = redis_py.Redis.from_url(redis_url)
+    spy.xadd(names.queue(0), {"junk": "1"})
+    with queued(redis_url, p) as client:
+        key = client.get_async(echo + "/get")
+        client.flush()
+        # Replace the queued payload with garbage, as a foreign writer might.
+        stream = names.queue_of(key)
+        entry_id = spy.xrange(stream)[-1][0]
+        spy.xdel(stream, entry_id)
+        spy.xadd(stream, {"k": key, "j": b"pk\x01J\x05\x00\x00\x00{bad"})
+        worker = spawn(p)
+        result = client.wait(key, 10)
+        assert result.state is State.FAILED and result.error_kind == "internal"
+        assert "bad" in (result.error or "")
+        ok = client.get_async(echo + "/get")
+        assert client.wait(ok, 10).status == 200  # the worker lives on
+    assert worker.process is not None and worker.process.poll() is None
+    assert pending_entries(redis_url, p) == 0
+    spy.close()
+
+
+def test_a_worker_makes_its_consumer_group_again_when_it_is_gone(
+    redis_url: str, echo: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    p = prefix()
+    worker = spawn(p)
+    spy = redis_py.Redis.from_url(redis_url)
+    for shard in range(SHARDS):
+        spy.xgroup_destroy(Names(p).queue(shard), GROUP)
+    with queued(redis_url, p) as client:
+        key = client.get_async(echo + "/get")
+        assert client.wait(key, 15).status == 200
+    spy.close()
+    log = worker.output()
+    assert "consumer groups are gone" in log
+    assert log.count("reading the queue failed") + log.count("groups are gone") < 20  # no hot loop
+
+
+def test_on_done_and_the_async_client_work_in_queued_mode(
+    redis_url: str, echo: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    p = prefix()
+    spawn(p)
+    seen: list[postkey.Result] = []
+    with queued(redis_url, p) as client:
+        key = client.get_async(echo + "/get", on_done=seen.append)
+        assert client.wait(key, 10).status == 200
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert [r.key for r in seen] == [key]
+
+    async def main() -> list[int | None]:
+        async with postkey.AsyncClient(store=redis_url, store_prefix=p, send="workers") as c:
+            keys = [await c.get_async(echo + f"/get?i={i}") for i in range(20)]
+            return [r.status for r in await c.wait_many(keys, 10)]
+
+    assert asyncio.run(main()) == [200] * 20
+
+
+def test_a_queued_key_with_no_worker_at_all_ends_after_its_deadline(redis_url: str) -> None:
+    from postkey._stores import redis as redis_store
+
+    p = prefix()
+    with queued(redis_url, p) as client:
+        key = client.get_async("http://127.0.0.1:9/", timeout_ms=200)
+        client.flush()
+        old = redis_store.QUEUED_GRACE_S
+        redis_store.QUEUED_GRACE_S = 0.1  # instead of a minute
+        try:
+            time.sleep(0.4)
+            result = client.get(key)
+        finally:
+            redis_store.QUEUED_GRACE_S = old
+    assert result.state is State.FAILED and result.error_kind == ErrorKind.TIMEOUT
+    assert "no worker took" in (result.error or "")
+
+
+def test_the_worker_logs_are_key_value_lines(
+    redis_url: str, echo: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    p = prefix()
+    worker = spawn(p)
+    assert worker.stop() == 0
+    lines = [line for line in worker.output().splitlines() if line.strip()]
+    assert lines and all(line.startswith("ts=") and " level=" in line for line in lines)
+    assert any("stopped: started=0" in line for line in lines)
+    json.dumps(lines)  # plain text, nothing binary
