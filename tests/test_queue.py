@@ -123,25 +123,9 @@ def test_the_cli_post_returns_the_key_at_once_and_a_worker_sends_it_later(
 ) -> None:
     p = prefix()
     env = {**os.environ, "POSTKEY_STORE": redis_url, "POSTKEY_STORE_PREFIX": p}
-    cli = [sys.executable, "-m", "postkey"]
     started = time.monotonic()
-    posted = subprocess.run(
-        [
-            *cli,
-            "post",
-            "--send",
-            "workers",
-            "--allow-private",
-            recorder.url + "/rec/cli",
-            "-d",
-            "x",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=30,
-        check=False,
-    )
+    url = recorder.url + "/rec/cli"
+    posted = cli("post", "--send", "workers", "--allow-private", url, "-d", "x", env=env)
     assert posted.returncode == 0, posted.stderr
     assert time.monotonic() - started < 10  # no worker runs yet: nothing waited for the send
     key = posted.stdout.strip()
