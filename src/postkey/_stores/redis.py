@@ -192,6 +192,9 @@ class RedisStore:
         try:
             return fn(*args)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
+            writes = getattr(self, "_writes", None)  # None while the store is being made
+            if writes is not None:
+                writes.healthy = False  # submits write synchronously until Redis answers
             raise StoreUnavailable(
                 f"the store {self._redacted_url()} did not answer: {exc}"
             ) from None
@@ -309,14 +312,16 @@ class RedisStore:
             StoreUnavailable: Redis did not answer.
         """
         fingerprint = job.fingerprint if caller_key and job.fingerprint is not None else ""
+        # The submitting client's TTL, not the worker's, decides how long the result stays.
+        ttl = job.ttl_ms or self._result_ttl_ms
         record = codec.encode_pending(
-            "", job.fingerprint, job.submitted_at, "pending", queued_fields(job, delivery)
+            "", job.fingerprint, job.submitted_at, "pending", queued_fields(job, delivery, ttl)
         )
         # Pending for as long as a result would be readable: a queue without workers holds it.
         pending_ttl = job.request.timeout_ms + self._result_ttl_ms
         names = self._names
         keys = [names.record(job.key), names.tombstone(job.key), names.queue_of(job.key)]
-        args = [record, fingerprint, pending_ttl, encode_request(job, delivery), job.key]
+        args = [record, fingerprint, pending_ttl, encode_request(job, delivery, ttl), job.key]
         if not fingerprint and self._writes.healthy:
             # Written behind, as `register` does, for the same reasons; until it lands this
             # process answers for the key (pending), and if it cannot land, ends it here.

@@ -211,19 +211,19 @@ class QueueScripts:
         self.end_pending = client.register_script(_END_PENDING)
 
 
-def queued_fields(job: Job, delivery: str) -> dict[str, Any]:
+def queued_fields(job: Job, delivery: str, ttl_ms: int) -> dict[str, Any]:
     """What a queued key's pending record holds besides the owner (see `codec`)."""
     return {
         "queued": True,
         "delivery": delivery,
         "timeout_ms": job.request.timeout_ms,
-        "ttl_ms": job.ttl_ms,
+        "ttl_ms": ttl_ms,
         "attempt": 0,
         "url": job.request.url,
     }
 
 
-def encode_request(job: Job, delivery: str) -> bytes:
+def encode_request(job: Job, delivery: str, ttl_ms: int) -> bytes:
     """A queue entry's payload: everything a worker needs to send ``job``'s request."""
     request = job.request
     options = request.options
@@ -234,7 +234,7 @@ def encode_request(job: Job, delivery: str) -> bytes:
         "timeout_ms": request.timeout_ms,
         "follow_redirects": request.follow_redirects,
         "options": list(options) if options is not None else None,
-        "ttl_ms": job.ttl_ms,
+        "ttl_ms": ttl_ms,
         "delivery": delivery,
         "fingerprint": job.fingerprint,
         "submitted_at": job.submitted_at,
