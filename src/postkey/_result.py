@@ -144,6 +144,17 @@ class Result:
         return len(self.body) + len(self._raw_head) + 300
 
     @property
+    def packed_times(self) -> bytes:
+        """Submission and finish times and the timings, packed (36 bytes; for stores)."""
+        return self._times
+
+    @packed_times.setter
+    def packed_times(self, value: bytes) -> None:
+        if len(value) != _TIMES.size:
+            raise ValueError(f"packed times are {_TIMES.size} bytes, not {len(value)}")
+        self._times = value
+
+    @property
     def submitted_at(self) -> float | None:
         """When the request was accepted (epoch seconds)."""
         return _opt(_TIMES.unpack(self._times)[0])

@@ -38,10 +38,10 @@ from ._result import ErrorKind, Result
 from ._settings import Settings
 from ._stores import codec
 from ._stores.delivery import AT_LEAST_ONCE
-from ._stores.names import SHARDS, Names
+from ._stores.names import GROUP, SHARDS, Names
 from ._stores.redis import connect, redacted_url
 from ._stores.redis_queue import WorkQueue, decode_request
-from ._stores.redis_writes import WriteBehind
+from ._stores.redis_writes import WriteBehind, call_scripts
 from ._transport import Transport
 
 log = logging.getLogger("postkey.worker")
@@ -212,20 +212,28 @@ class Worker:
                 junk.append((shard, entry_id))
                 continue
             by_shard.setdefault(shard, []).append((key.decode(), entry_id, payload))
-        pipe = self._redis.pipeline(transaction=False)
+        calls = []
         for shard, batch in by_shard.items():
             pairs = [(key, entry_id) for key, entry_id, _payload in batch]
             keys, args = self._queue.start_args(
                 shard, pairs, self.settings.max_deliveries, self._ttls
             )
-            self._queue.scripts.start(keys, args, client=pipe)
-        for shard, entry_id in junk:
-            log.error("worker %s: entry %r is not a postkey request: dropped", self.name, entry_id)
-            stream = self._queue.streams[shard]
-            pipe.xack(stream, "workers", entry_id)
-            pipe.xdel(stream, entry_id)
-        verdicts = pipe.execute()
-        for (shard, batch), answers in zip(by_shard.items(), verdicts, strict=False):
+            calls.append((self._queue.scripts.start, keys, args))
+        if junk:
+            pipe = self._redis.pipeline(transaction=False)
+            for shard, entry_id in junk:
+                log.error(
+                    "worker %s: entry %r is not a postkey request: dropped", self.name, entry_id
+                )
+                stream = self._queue.streams[shard]
+                pipe.xack(stream, GROUP, entry_id)
+                pipe.xdel(stream, entry_id)
+            pipe.execute()
+        verdicts = call_scripts(self._redis, calls)
+        for (shard, batch), answers in zip(by_shard.items(), verdicts, strict=True):
+            if isinstance(answers, Exception):  # left pending: taken over after claim_idle_ms
+                self._redis_error(f"starting entries of shard {shard} failed", answers)
+                continue
             for (key, entry_id, payload), verdict in zip(batch, answers, strict=True):
                 self.stats.started += 1
                 if verdict[0] != b"go":

@@ -4,15 +4,16 @@ A record is ``b"pk" + version + kind`` and a payload:
 
 - ``P`` pending: JSON ``{"owner", "fingerprint", "submitted_at", "state"}`` (the process that
   sends the request, and whether it is pending or running);
-- ``R`` a terminal Result: a 6-byte length header, JSON metadata (state, status, error, timings,
-  times, attempts, fingerprint, URL), the raw response head, then the body bytes exactly;
+- ``R`` a terminal Result: a fixed binary part (`RESULT_HEAD`: state, error kind, status,
+  attempts, times and timings, lengths), the error message, fingerprint and URL, the raw
+  response head, then the body bytes exactly;
 - ``S`` / ``B`` a cache value (str as UTF-8, or bytes), the payload as is;
 - ``J`` a queued request (a queue entry's payload): a 4-byte length header, JSON (method, URL,
   headers, timeout, options, TTL, delivery), then the request body bytes exactly.
 
 A queued key's pending record also holds ``queued`` (its shard), ``delivery``, ``timeout_ms``,
-``enqueued_ms`` (Redis time) and ``attempt``; Lua scripts read and rewrite it (cjson), and the
-scripts that end a key write ``R`` records themselves, with the metadata fields they know.
+``ttl_ms``, ``url`` and ``attempt``; Lua scripts read and rewrite it (cjson), and the scripts
+that end a key write ``R`` records themselves (with `kind_code` numbers).
 
 Decoding refuses what it does not know (another version, a truncated record) with `RecordError`
 rather than guessing: a newer writer must not be misread by an older reader.
@@ -28,7 +29,6 @@ from .._result import ErrorKind, Result, State
 
 VERSION = 1
 _MAGIC = b"pk" + bytes([VERSION])
-_LENGTHS = struct.Struct("<HI")  # metadata length, head length
 _JOB_LENGTH = struct.Struct("<I")  # metadata length of a queued request
 
 
@@ -79,65 +79,100 @@ def decode_pending(record: bytes) -> dict[str, Any]:
     return meta
 
 
+# The terminal states and error kinds by number, in a fixed order (append only: the numbers
+# are in records). A result's fixed part is one struct, so writing and reading one is a pack and
+# an unpack, not a JSON document: workers and waiters handle tens of thousands a second.
+STATES: tuple[State, ...] = (State.DONE, State.FAILED)
+ERROR_KINDS: tuple[ErrorKind, ...] = (
+    ErrorKind.DNS,
+    ErrorKind.CONNECT,
+    ErrorKind.TLS,
+    ErrorKind.TIMEOUT,
+    ErrorKind.TOO_LARGE,
+    ErrorKind.TOO_MANY_REDIRECTS,
+    ErrorKind.NETWORK,
+    ErrorKind.PROTOCOL,
+    ErrorKind.CANCELLED,
+    ErrorKind.BLOCKED,
+    ErrorKind.INTERNAL,
+    ErrorKind.WORKER_LOST,
+    ErrorKind.UNKNOWN_OUTCOME,
+    ErrorKind.NOT_QUEUED,
+)
+_STATE_CODE = {state: i for i, state in enumerate(STATES)}
+_KIND_CODE = {kind: i + 1 for i, kind in enumerate(ERROR_KINDS)}  # 0: no error
+# state, error kind, status (-1: none), attempts, the Result's packed times (submitted and
+# finished at, five timings), then the lengths of error, fingerprint, URL and head.
+RESULT_HEAD = struct.Struct("<BBhI36sIHII")
+
+
+def kind_code(kind: ErrorKind) -> int:
+    """An error kind's number in result records (for the Lua scripts that write failures)."""
+    return _KIND_CODE[kind]
+
+
 def encode_result(result: Result) -> bytes:
     """A terminal Result; the body goes in as the exact bytes."""
-    timings = result.timings
-    meta = {
-        "state": result.state.value,
-        "status": result.status,
-        "error_kind": result.error_kind.value if result.error_kind is not None else None,
-        "error": result.error,
-        "timings": list(timings) if timings is not None else None,
-        "submitted_at": result.submitted_at,
-        "finished_at": result.finished_at,
-        "attempts": result.attempts,
-        "fingerprint": result.fingerprint,
-        "url": result.url,
-    }
-    meta_bytes = json.dumps(meta, separators=(",", ":")).encode()
+    error = result.error.encode("utf-8", "surrogatepass") if result.error else b""
+    fingerprint = result.fingerprint.encode() if result.fingerprint else b""
+    url = result.url.encode("utf-8", "surrogatepass") if result.url else b""
     head = result.raw_head
-    return b"".join(
-        (_MAGIC, b"R", _LENGTHS.pack(len(meta_bytes), len(head)), meta_bytes, head, result.body)
+    kind = result.error_kind
+    status = result.status
+    fixed = RESULT_HEAD.pack(
+        _STATE_CODE[result.state],
+        0 if kind is None else _KIND_CODE[kind],
+        -1 if status is None else status,
+        result.attempts,
+        result.packed_times,
+        len(error),
+        len(fingerprint),
+        len(url),
+        len(head),
     )
+    return b"".join((_MAGIC, b"R", fixed, error, fingerprint, url, head, result.body))
 
 
 def decode_result(key: str, record: bytes) -> Result:
     """The Result a record holds.
 
     Raises:
-        RecordError: not a result record, or a truncated one.
+        RecordError: not a result record, or a truncated or malformed one.
     """
     if kind_of(record) != b"R":
         raise RecordError("not a result record")
-    start = 4 + _LENGTHS.size
+    start = 4 + RESULT_HEAD.size
     if len(record) < start:
         raise RecordError("truncated result record")
-    meta_len, head_len = _LENGTHS.unpack_from(record, 4)
-    if len(record) < start + meta_len + head_len:
+    state, kind, status, attempts, times, n_error, n_fp, n_url, n_head = RESULT_HEAD.unpack_from(
+        record, 4
+    )
+    if len(record) < start + n_error + n_fp + n_url + n_head:
         raise RecordError("truncated result record")
-    meta = json.loads(record[start : start + meta_len])
-    head = record[start + meta_len : start + meta_len + head_len]
-    body = record[start + meta_len + head_len :]
-    # Results a Lua script wrote carry only the fields it knows: the rest read as absent.
-    get = meta.get
-    try:
-        return Result(
-            key,
-            State(meta["state"]),
-            status=get("status"),
-            raw_head=head,
-            body=body,
-            error_kind=ErrorKind(get("error_kind")) if get("error_kind") else None,
-            error=get("error"),
-            timings=tuple(get("timings")) if get("timings") else None,
-            submitted_at=get("submitted_at"),
-            finished_at=get("finished_at"),
-            attempts=get("attempts") or 0,
-            fingerprint=get("fingerprint"),
-            url=get("url"),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise RecordError(f"a result record with bad metadata: {exc}") from None
+    if state >= len(STATES) or kind > len(ERROR_KINDS):
+        raise RecordError(f"a result record of an unknown state or kind ({state}, {kind})")
+    view = memoryview(record)
+    at = start
+    error = bytes(view[at : at + n_error]).decode("utf-8", "surrogatepass") if n_error else None
+    at += n_error
+    fingerprint = bytes(view[at : at + n_fp]).decode() if n_fp else None
+    at += n_fp
+    url = bytes(view[at : at + n_url]).decode("utf-8", "surrogatepass") if n_url else None
+    at += n_url
+    result = Result(
+        key,
+        STATES[state],
+        status=None if status < 0 else status,
+        raw_head=record[at : at + n_head],
+        body=record[at + n_head :],
+        error_kind=ERROR_KINDS[kind - 1] if kind else None,
+        error=error,
+        attempts=attempts,
+        fingerprint=fingerprint,
+        url=url,
+    )
+    result.packed_times = times
+    return result
 
 
 def encode_job(meta: dict[str, Any], body: bytes) -> bytes:

@@ -14,7 +14,7 @@ shard); the number is part of the naming scheme, so every process agrees on it.
 
 from __future__ import annotations
 
-import hashlib
+import zlib
 
 SHARDS = 16
 RECORD = "r"  # the pending record, then the result, or a cache value
@@ -26,24 +26,30 @@ GROUP = "workers"  # the consumer group every worker reads the queue streams in
 
 
 def shard_of(key: str) -> int:
-    """The shard ``key`` lives in."""
-    return hashlib.blake2b(key.encode(), digest_size=2).digest()[0] % SHARDS
+    """The shard ``key`` lives in (CRC-32: stable across processes and versions, and cheap)."""
+    return zlib.crc32(key.encode()) % SHARDS
 
 
 class Names:
     """Names under one prefix (``Settings.store_prefix``)."""
 
-    __slots__ = ("prefix",)
+    __slots__ = ("_heads", "prefix")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
+        self._heads = [f"{prefix}:{{s{index:02d}}}" for index in range(SHARDS)]
 
     def shard(self, index: int) -> str:
         """The hash-tagged head of every name in shard ``index``."""
-        return f"{self.prefix}:{{s{index:02d}}}"
+        return self._heads[index]
 
     def tag(self, key: str) -> str:
-        return f"{self.shard(shard_of(key))}:{key}"
+        return f"{self._heads[zlib.crc32(key.encode()) % SHARDS]}:{key}"
+
+    def parts(self, key: str) -> tuple[str, str, str]:
+        """The record, tombstone and channel of ``key``, for the price of one."""
+        tag = self.tag(key)
+        return f"{tag}:{RECORD}", f"{tag}:{TOMBSTONE}", f"{tag}:{CHANNEL}"
 
     def record(self, key: str) -> str:
         return f"{self.tag(key)}:{RECORD}"

@@ -268,7 +268,7 @@ class RedisStore:
         # The pending record outlives the request's own deadline: the engine ends it by then.
         pending_ttl = job.request.timeout_ms + 60_000 + self._lease_ms
         names = self._names
-        keys = [names.record(job.key), names.tombstone(job.key)]
+        keys = list(names.parts(job.key)[:2])
         args: list[Any] = [record, fingerprint, pending_ttl]
         # Written before the submit returns (and so before anything is sent): a key handed out
         # is visible everywhere, and a sender killed right after still leaves it pending, to
@@ -320,7 +320,8 @@ class RedisStore:
         # Pending for as long as a result would be readable: a queue without workers holds it.
         pending_ttl = job.request.timeout_ms + self._result_ttl_ms
         names = self._names
-        keys = [names.record(job.key), names.tombstone(job.key), names.queue_of(job.key)]
+        record_name, tombstone_name, _channel = names.parts(job.key)
+        keys = [record_name, tombstone_name, names.queue_of(job.key)]
         args = [record, fingerprint, pending_ttl, encode_request(job, delivery, ttl), job.key]
         if not fingerprint and self._writes.healthy:
             # Written behind, as `register` does, for the same reasons; until it lands this
@@ -367,8 +368,8 @@ class RedisStore:
             StoreUnavailable: Redis did not answer.
         """
         names = self._names
-        keys = [names.record(key), names.tombstone(key), names.channel(key)]
-        args = [owner, kind.value, message, self._result_ttl_ms, self._tombstone_ttl_ms]
+        keys = list(names.parts(key))
+        args = [owner, codec.kind_code(kind), message, self._result_ttl_ms, self._tombstone_ttl_ms]
         return bool(self._call(self._queue.end_pending, keys, args))
 
     def ended_elsewhere(self) -> list[Job]:
@@ -425,7 +426,7 @@ class RedisStore:
         """KEYS and ARGV of `_FINISH` for ``result`` on behalf of ``owner``."""
         ttl = ttl_ms or self._result_ttl_ms
         names = self._names
-        keys = [names.record(key), names.tombstone(key), names.channel(key)]
+        keys = list(names.parts(key))
         own = "1" if owner == self.owner else "0"
         return keys, [codec.encode_result(result), owner, ttl, ttl + self._tombstone_ttl_ms, own]
 
@@ -440,7 +441,7 @@ class RedisStore:
 
     def _lookup(self, key: str) -> Result:
         mine = self._local(key)  # before the read: see _local
-        pair: list[Any] = self._redis.mget(self._names.record(key), self._names.tombstone(key))
+        pair: list[Any] = self._redis.mget(self._names.parts(key)[:2])
         return self._settled_or_pending(key, pair[0], pair[1], mine)
 
     def _local(self, key: str) -> tuple[Result | None, Job | None]:
@@ -529,7 +530,7 @@ class RedisStore:
         names = self._names
         flat: list[str] = []
         for key, _kind in wanted:
-            flat += [names.record(key), names.tombstone(key)]
+            flat += names.parts(key)[:2]
         mine = [self._local(key) for key, _kind in wanted]
         values: list[Any] = self._redis.mget(flat)
         out: list[object] = []
@@ -569,10 +570,14 @@ class RedisStore:
         seconds = check_wait_timeout(timeout)
         found = self._read_many(keys)
         waiting = {k for k, r in zip(keys, found, strict=True) if r.state in _NOT_ENDED}
-        if waiting:
-            self._sleep_until_settled(waiting, seconds)
-            found = self._read_many(keys)
-        return found
+        if not waiting:
+            return found
+        # The hub hands each key's terminal Result to its waiter: only keys it did not settle
+        # (the wait timed out) are read again.
+        settled = self._sleep_until_settled(waiting, seconds)
+        again = [k for k in waiting if k not in settled]
+        settled.update(zip(again, self._read_many(again), strict=True))
+        return [settled.get(k, r) for k, r in zip(keys, found, strict=True)]
 
     def _read_many(self, keys: list[str]) -> list[Result]:
         """What is known of each key now, read in batches (one MGET per 512 keys)."""
@@ -580,7 +585,7 @@ class RedisStore:
         names = self._names
         for start in range(0, len(keys), 512):
             chunk = keys[start : start + 512]
-            flat = [name for k in chunk for name in (names.record(k), names.tombstone(k))]
+            flat = [name for k in chunk for name in names.parts(k)[:2]]
             mine = [self._local(k) for k in chunk]
             values: list[Any] = self._call(self._redis.mget, flat)
             out += [
@@ -589,23 +594,30 @@ class RedisStore:
             ]
         return out
 
-    def _sleep_until_settled(self, keys: set[str], seconds: float | None) -> None:
+    def _sleep_until_settled(self, keys: set[str], seconds: float | None) -> dict[str, Result]:
+        """Sleep until every key ended or ``seconds`` passed; the Results the hub delivered."""
         gate = threading.Event()
-        left = [len(keys)]
+        settled: dict[str, Result] = {}
         count_lock = threading.Lock()
 
-        def one_done(_value: object) -> None:
-            with count_lock:
-                left[0] -= 1
-                if left[0] == 0:
-                    gate.set()
+        def waker(key: str) -> Callable[[object], None]:
+            def one_done(value: object) -> None:
+                with count_lock:
+                    if isinstance(value, Result):
+                        settled[key] = value
+                    if len(settled) == len(keys) or value is MISSING:
+                        gate.set()  # all ended, or waiters released (exit)
 
-        undo = [self._hub.watch(key, "result", one_done) for key in keys]
+            return one_done
+
+        undo = [self._hub.watch(key, "result", waker(key)) for key in keys]
         try:
             gate.wait(seconds)
         finally:
             for unwatch in undo:
                 unwatch()
+        with count_lock:
+            return dict(settled)
 
     def subscriptions(self) -> int:
         """Channels this store is subscribed to now (0 when nobody waits)."""
@@ -628,7 +640,7 @@ class RedisStore:
             raise InvalidValue(f"cache values must be str or bytes, not {type(value).__name__}")
         ttl = self._check_ttl(ttl_ms)
         names = self._names
-        keys = [names.record(key), names.tombstone(key), names.channel(key)]
+        keys = list(names.parts(key))
         conflict = key in self._jobs or key in self._queuing  # its record may not have landed
         if conflict or self._call(self._cache_set, keys, [codec.encode_value(value), ttl]) != 1:
             raise KeyConflict(f"key {key!r} names a request; cache_set cannot overwrite it")
@@ -662,7 +674,7 @@ class RedisStore:
     def cache_delete(self, key: str) -> bool:
         """See `Store.cache_delete`."""
         names = self._names
-        return bool(self._call(self._cache_delete, [names.record(key), names.tombstone(key)], []))
+        return bool(self._call(self._cache_delete, list(names.parts(key)[:2]), []))
 
     def _records(self) -> list[bytes]:
         return list(self._redis.scan_iter(match=self._names.records_pattern(), count=1000))

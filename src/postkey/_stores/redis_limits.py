@@ -31,6 +31,10 @@ SEMAPHORE = "sem"
 RATE = "rate"
 PAUSE = "pause"
 
+# Far above any sane lease, rate window or pause, far below where Lua hands a time back to Redis as
+# "1e+17" (it prints numbers with '%.17g'), which PEXPIRE and SET PX refuse.
+LONGEST_MS = 366 * 86_400_000
+
 # Milliseconds of Redis time. Lease scores and the pause until-time are whole milliseconds (exact
 # in a double for millennia); GCRA keeps the fraction, since an emission interval may be 333.3 ms.
 _NOW = """
@@ -43,7 +47,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 """
 
-# The key must outlive the latest lease by one lease: a renewal may land at its very end.
+# The key must never vanish while a lease in it is live; a lease of margin past the latest one
+# makes that hold whatever the rounding, and keeping an empty-ish set that long costs nothing.
 _SEM_TTL = """
 local function keep(key, now, lease)
   local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
@@ -108,7 +113,7 @@ if now < allowed_at then
 end
 tat = tat + interval
 -- Once the arrival time is in the past the key means nothing more than its absence does.
--- '%.3f' because tostring() keeps 14 digits, too few for epoch milliseconds with a fraction.
+-- '%.3f' because tostring() keeps 14 significant digits: epoch ms would lose their fraction.
 redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.max(1, math.ceil(tat - now)))
 return 0
 """
@@ -145,11 +150,13 @@ def host_tag(host: str) -> str:
     return "{h-" + hashlib.blake2b(host.encode(), digest_size=8).hexdigest() + "}"
 
 
-def _positive_int(name: str, value: int) -> int:
+def _positive_int(name: str, value: int, most: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if value < 1:
         raise ValueError(f"{name} must be at least 1, got {value}")
+    if most is not None and value > most:
+        raise ValueError(f"{name} must be at most {most}, got {value}")
     return value
 
 
@@ -186,14 +193,14 @@ class HostLimits:
         across every process (a worker id and a request key, say).
         """
         _positive_int("limit", limit)
-        _positive_int("lease_ms", lease_ms)
+        _positive_int("lease_ms", lease_ms, LONGEST_MS)
         keys = [self.key(host, SEMAPHORE)]
         return bool(self._acquire(keys=keys, args=[holder, limit, lease_ms]))
 
     def renew(self, host: str, holders: list[str], lease_ms: int) -> None:
         """Extend the leases of those ``holders`` that still hold a permit to ``lease_ms`` from
         now. A holder whose lease already lapsed is not given one back: it must acquire again."""
-        _positive_int("lease_ms", lease_ms)
+        _positive_int("lease_ms", lease_ms, LONGEST_MS)
         if holders:
             self._renew(keys=[self.key(host, SEMAPHORE)], args=[lease_ms, *holders])
 
@@ -216,6 +223,11 @@ class HostLimits:
             raise ValueError(f"per_second must be a finite number above 0, got {per_second!r}")
         _positive_int("burst", burst)
         interval_ms = 1000.0 / per_second
+        if interval_ms * burst > LONGEST_MS:
+            most = LONGEST_MS // 1000
+            raise ValueError(
+                f"burst / per_second must be at most {most} s, got {burst} / {per_second}"
+            )
         return int(self._rate(keys=[self.key(host, RATE)], args=[repr(interval_ms), burst]))
 
     # -- pause ---------------------------------------------------------------------------------
@@ -226,8 +238,10 @@ class HostLimits:
         A longer pause already in place is kept. Returns the pause now in effect, in seconds
         (0.0 if none): the longer of the one asked for and the one already there.
         """
-        if not (isinstance(max_pause_s, int | float) and 0 <= max_pause_s < math.inf):
-            raise ValueError(f"max_pause_s must be a finite number >= 0, got {max_pause_s!r}")
+        if not (isinstance(max_pause_s, int | float) and 0 <= max_pause_s <= LONGEST_MS / 1000):
+            raise ValueError(
+                f"max_pause_s must be a number from 0 to {LONGEST_MS // 1000}, got {max_pause_s!r}"
+            )
         if math.isnan(seconds):
             seconds = 0.0
         pause_ms = math.ceil(min(max(seconds, 0.0), max_pause_s) * 1000)

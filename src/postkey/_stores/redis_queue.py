@@ -32,6 +32,7 @@ from typing import Any
 import redis
 
 from .._job import Job
+from .._result import ErrorKind, State
 from . import codec
 from .names import GROUP, SHARDS, Names
 
@@ -44,11 +45,17 @@ local function now_s()
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
+-- A failed result in codec's R format (codec.RESULT_HEAD); kind is codec.kind_code's number.
 local function failed(meta, kind, message)
-  local m = cjson.encode({state = 'failed', error_kind = kind, error = message,
-    submitted_at = meta['submitted_at'], finished_at = now_s(),
-    attempts = meta['attempt'] or 0, fingerprint = meta['fingerprint'], url = meta['url']})
-  return 'pk\\1R' .. struct.pack('<HI', string.len(m), 0) .. m
+  local fp, url, at = meta['fingerprint'], meta['url'], meta['submitted_at']
+  if type(fp) ~= 'string' then fp = '' end
+  if type(url) ~= 'string' then url = '' end
+  local nan = 0 / 0
+  if type(at) ~= 'number' then at = nan end
+  return 'pk\\1R' .. struct.pack('<BBhI', FAILED, kind, -1, meta['attempt'] or 0)
+    .. struct.pack('<ddfffff', at, now_s(), nan, nan, nan, nan, nan)
+    .. struct.pack('<IHII', string.len(message), string.len(fp), string.len(url), 0)
+    .. message .. fp .. url
 end
 local function settle(rec, tomb, chan, record, ttl, tomb_ttl)
   redis.call('SET', rec, record, 'PX', ttl)
@@ -98,21 +105,24 @@ for i = 1, (#KEYS - 2) / 3 do
   local id = ARGV[5 + i]
   local cur = redis.call('GET', rec)
   local verdict = {'skip'}
+  local ok, meta = false, nil
   if cur and string.sub(cur, 4, 4) == 'P' then
-    local meta = cjson.decode(string.sub(cur, 5))
+    ok, meta = pcall(cjson.decode, string.sub(cur, 5))  -- a record no postkey wrote: skipped
+  end
+  if ok and type(meta) == 'table' and type(meta['timeout_ms']) == 'number' then
     local ttl = ttl_of(meta, default_ttl)
     local left = tonumber(string.match(id, '^(%d+)')) + meta['timeout_ms'] - now_ms
     if left <= 0 then
-      settle(rec, tomb, chan, failed(meta, 'timeout',
+      settle(rec, tomb, chan, failed(meta, KIND_TIMEOUT,
         'its deadline passed before a worker could send it'), ttl, tomb_ttl)
       verdict = {'ended'}
     elseif meta['attempt'] >= 1 and meta['delivery'] == 'at_most_once' then
-      settle(rec, tomb, chan, failed(meta, 'unknown_outcome',
+      settle(rec, tomb, chan, failed(meta, KIND_UNKNOWN_OUTCOME,
         'the worker sending it stopped before it ended; it may or may not have reached the'
         .. ' server, and at-most-once delivery does not send it again'), ttl, tomb_ttl)
       verdict = {'ended'}
     elseif meta['attempt'] >= max then
-      settle(rec, tomb, chan, failed(meta, 'worker_lost',
+      settle(rec, tomb, chan, failed(meta, KIND_WORKER_LOST,
         'every worker that took it (' .. meta['attempt'] .. ' deliveries) stopped before it'
         .. ' ended; moved to the dead-letter stream'), ttl, tomb_ttl)
       local entry = redis.call('XRANGE', KEYS[1], id, id)[1]
@@ -193,11 +203,21 @@ local cur = redis.call('GET', KEYS[1])
 if not cur or string.sub(cur, 4, 4) ~= 'P' then return 0 end
 local meta = cjson.decode(string.sub(cur, 5))
 if ARGV[1] ~= '*' and meta['owner'] ~= ARGV[1] then return 0 end
-settle(KEYS[1], KEYS[2], KEYS[3], failed(meta, ARGV[2], ARGV[3]),
+settle(KEYS[1], KEYS[2], KEYS[3], failed(meta, tonumber(ARGV[2]), ARGV[3]),
   ttl_of(meta, tonumber(ARGV[4])), tonumber(ARGV[5]))
 return 1
 """
 )
+
+
+def _with_codes(lua: str) -> str:
+    """``lua`` with the record numbers of codec in place of their names."""
+    return (
+        lua.replace("KIND_TIMEOUT", str(codec.kind_code(ErrorKind.TIMEOUT)))
+        .replace("KIND_UNKNOWN_OUTCOME", str(codec.kind_code(ErrorKind.UNKNOWN_OUTCOME)))
+        .replace("KIND_WORKER_LOST", str(codec.kind_code(ErrorKind.WORKER_LOST)))
+        .replace("FAILED", str(codec.STATES.index(State.FAILED)))
+    )
 
 
 class QueueScripts:
@@ -205,10 +225,10 @@ class QueueScripts:
 
     def __init__(self, client: Any) -> None:
         self.enqueue = client.register_script(_ENQUEUE)
-        self.start = client.register_script(_START)
-        self.finish = client.register_script(_FINISH)
+        self.start = client.register_script(_with_codes(_START))
+        self.finish = client.register_script(_with_codes(_FINISH))
         self.handback = client.register_script(_HANDBACK)
-        self.end_pending = client.register_script(_END_PENDING)
+        self.end_pending = client.register_script(_with_codes(_END_PENDING))
 
 
 def queued_fields(job: Job, delivery: str, ttl_ms: int) -> dict[str, Any]:
@@ -311,7 +331,7 @@ class WorkQueue:
         names = self._names
         keys = [self.streams[shard], names.dead(shard)]
         for key, _entry_id in batch:
-            keys += [names.record(key), names.tombstone(key), names.channel(key)]
+            keys += names.parts(key)
         args: list[Any] = [GROUP, self.consumer, max_deliveries, ttls[0], ttls[1]]
         args += [entry_id for _key, entry_id in batch]
         args.append(DEAD_LETTERS_KEPT)
@@ -322,7 +342,7 @@ class WorkQueue:
     ) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of `_FINISH`."""
         names = self._names
-        keys = [names.record(key), names.tombstone(key), names.channel(key), self.streams[shard]]
+        keys = [*names.parts(key), self.streams[shard]]
         return keys, [record, owner, ttl[0], ttl[1], GROUP, entry_id]
 
     def handback_args(

@@ -27,6 +27,33 @@ Done = Callable[[Any], None]
 _BATCH = 512
 
 
+def call_scripts(
+    client: redis.Redis, calls: list[tuple[Script, list[str], list[Any]]]
+) -> list[Any]:
+    """Run script calls in one pipeline; their answers (an exception for a call that failed).
+
+    By EVALSHA alone: redis-py's own script calls in a pipeline first ask SCRIPT EXISTS, one
+    more round trip per batch. A call that meets NOSCRIPT (a Redis restarted without
+    persistence has an empty script cache) did not run: its script is loaded and the call
+    sent again; the calls that ran are not.
+    """
+    pipe = client.pipeline(transaction=False)
+    for script, keys, args in calls:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    answers: list[Any] = pipe.execute(raise_on_error=False)
+    again = [i for i, a in enumerate(answers) if isinstance(a, redis.exceptions.NoScriptError)]
+    if again:
+        for script in {calls[i][0].sha: calls[i][0] for i in again}.values():
+            client.script_load(script.script)
+        pipe = client.pipeline(transaction=False)
+        for i in again:
+            script, keys, args = calls[i]
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        for i, answer in zip(again, pipe.execute(raise_on_error=False), strict=True):
+            answers[i] = answer
+    return answers
+
+
 class WriteBehind:
     """Queued script calls, sent in order, a batch per round trip, from one thread."""
 
@@ -90,10 +117,7 @@ class WriteBehind:
         delay = 0.05
         while True:
             try:
-                pipe = self._client.pipeline(transaction=False)
-                for script, keys, args, _done in batch:
-                    script(keys, args, client=pipe)
-                answers = pipe.execute(raise_on_error=False)
+                answers = call_scripts(self._client, [op[:3] for op in batch])
                 self.healthy = True
                 break
             except (redis.ConnectionError, redis.TimeoutError) as exc:
