@@ -246,24 +246,24 @@ class Worker:
         self, shard: int, key: str, entry_id: bytes, payload: bytes, left_ms: int, owner: str
     ) -> None:
         try:
-            meta, body = decode_request(payload)
+            queued = decode_request(payload)
+            # Checked again as a submit is: whatever wrote the entry, nothing unchecked is sent.
             request = build_request(
-                meta["method"],
-                meta["url"],
-                body,
-                [tuple(pair) for pair in meta["headers"]],
-                meta["timeout_ms"],
+                queued.method,
+                queued.url,
+                queued.body,
+                queued.headers,
+                queued.timeout_ms,
                 max_timeout_ms=self.settings.max_timeout_ms,
                 max_body_bytes=self.settings.max_request_bytes,
-                follow_redirects=bool(meta["follow_redirects"]),
+                follow_redirects=queued.follow_redirects,
             )
-            options = meta.get("options")
-            if options:
-                request.options = check_options(*options)
-            job = Job(key, request, ttl_ms=meta.get("ttl_ms"))
-            job.fingerprint = meta.get("fingerprint")
-            job.submitted_at = meta.get("submitted_at") or job.submitted_at
-        except (codec.RecordError, InvalidRequest, KeyError, TypeError, ValueError) as exc:
+            if queued.options:
+                request.options = check_options(*queued.options)
+            job = Job(key, request, ttl_ms=queued.ttl_ms)
+            job.fingerprint = queued.fingerprint
+            job.submitted_at = queued.submitted_at
+        except (codec.RecordError, InvalidRequest, TypeError, ValueError) as exc:
             # Written by something that is not this version of postkey: end it, do not guess.
             job = Job(key, Request("GET", "", b"", (), 1, False))
             taken = _Taken(shard, entry_id, owner, AT_LEAST_ONCE, None, job)
@@ -272,8 +272,7 @@ class Worker:
         # The deadline counts from the submit (Redis time, in the entry's ID): time queued
         # is part of timeout_ms, as in a client's own engine.
         job.deadline = time.monotonic() + left_ms / 1000.0
-        taken = _Taken(shard, entry_id, owner, meta.get("delivery", AT_LEAST_ONCE), None, job)
-        taken.fingerprint = job.fingerprint
+        taken = _Taken(shard, entry_id, owner, queued.delivery, job.fingerprint, job)
         with self._lock:
             self._taken[key] = taken
         self._engine.enqueue(job)

@@ -33,7 +33,7 @@ from .._waits import check_wait_timeout
 from . import codec
 from .base import MISSING, CacheValue
 from .names import Names
-from .redis_queue import QueueScripts, encode_request, queued_fields
+from .redis_queue import QueueScripts, encode_request, with_announce
 from .redis_waits import WaitHub
 from .redis_writes import WriteBehind
 
@@ -74,7 +74,7 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 local t = redis.call('GET', KEYS[2]) or 'E'
 redis.call('SET', KEYS[2], t, 'PX', ARGV[4])
-redis.call('SPUBLISH', KEYS[3], 'r')
+redis.call('SPUBLISH', KEYS[3], ANNOUNCE(ARGV[1]))
 return 1
 """
 
@@ -88,7 +88,7 @@ if cur then
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('SPUBLISH', KEYS[3], 'v')
+redis.call('SPUBLISH', KEYS[3], ANNOUNCE(ARGV[1]))
 return 1
 """
 
@@ -155,8 +155,8 @@ class RedisStore:
         self._max_idempotency_keys = settings.max_idempotency_keys
         self._lease_ms = settings.lease_ms
         self._register = self._redis.register_script(_REGISTER)
-        self._finish = self._redis.register_script(_FINISH)
-        self._cache_set = self._redis.register_script(_CACHE_SET)
+        self._finish = self._redis.register_script(with_announce(_FINISH))
+        self._cache_set = self._redis.register_script(with_announce(_CACHE_SET))
         self._cache_delete = self._redis.register_script(_CACHE_DELETE)
         self._queue = QueueScripts(self._redis)
         self.owner = secrets.token_hex(8)
@@ -314,15 +314,23 @@ class RedisStore:
         fingerprint = job.fingerprint if caller_key and job.fingerprint is not None else ""
         # The submitting client's TTL, not the worker's, decides how long the result stays.
         ttl = job.ttl_ms or self._result_ttl_ms
-        record = codec.encode_pending(
-            "", job.fingerprint, job.submitted_at, "pending", queued_fields(job, delivery, ttl)
-        )
         # Pending for as long as a result would be readable: a queue without workers holds it.
         pending_ttl = job.request.timeout_ms + self._result_ttl_ms
         names = self._names
         record_name, tombstone_name, _channel = names.parts(job.key)
         keys = [record_name, tombstone_name, names.queue_of(job.key)]
-        args = [record, fingerprint, pending_ttl, encode_request(job, delivery, ttl), job.key]
+        request = job.request
+        args = [
+            fingerprint,
+            pending_ttl,
+            encode_request(job, delivery, ttl),
+            job.key,
+            delivery,
+            request.timeout_ms,
+            ttl,
+            repr(job.submitted_at),
+            request.url,
+        ]
         if not fingerprint and self._writes.healthy:
             # Written behind, as `register` does, for the same reasons; until it lands this
             # process answers for the key (pending), and if it cannot land, ends it here.
@@ -472,13 +480,13 @@ class RedisStore:
                 return codec.decode_result(key, record)
             if kind != b"P":
                 return Result(key, State.UNKNOWN, error=_VALUE_HINT)
+            if local is not None:  # ours: no need to read the record's metadata
+                return Result(key, local.state, submitted_at=local.submitted_at)
             meta = codec.decode_pending(record)
         except (codec.RecordError, ValueError) as exc:
             return Result(
                 key, State.UNKNOWN, error=f"the store holds a record postkey cannot read: {exc}"
             )
-        if local is not None:
-            return Result(key, local.state, submitted_at=local.submitted_at)
         if meta.get("queued"):
             return self._queued_state(key, meta)
         if meta["owner"] == self.owner:
@@ -525,17 +533,20 @@ class RedisStore:
 
     # -- waiting ---------------------------------------------------------------------------------
 
-    def _check(self, wanted: list[tuple[str, str]]) -> list[object]:
-        """For the wait hub: what each (key, kind) settles to now, or MISSING."""
+    def _check(self, wanted: list[tuple[str, str]], known: dict[str, bytes]) -> list[object]:
+        """For the wait hub: what each (key, kind) settles to now, or MISSING. ``known`` holds
+        records that came with their announcement: only the other keys are read."""
         names = self._names
-        flat: list[str] = []
-        for key, _kind in wanted:
-            flat += names.parts(key)[:2]
         mine = [self._local(key) for key, _kind in wanted]
-        values: list[Any] = self._redis.mget(flat)
+        unread = list({key for key, _kind in wanted if key not in known})
+        flat: list[str] = []
+        for key in unread:
+            flat += names.parts(key)[:2]
+        fetched: list[Any] = self._redis.mget(flat) if flat else []
+        read = {key: (fetched[2 * i], fetched[2 * i + 1]) for i, key in enumerate(unread)}
         out: list[object] = []
         for i, (key, kind) in enumerate(wanted):
-            record, tombstone = values[2 * i], values[2 * i + 1]
+            record, tombstone = read[key] if key in read else (known[key], None)
             if kind == "value":
                 out.append(self._value_of(key, record))
                 continue

@@ -61,7 +61,7 @@ local function settle(rec, tomb, chan, record, ttl, tomb_ttl)
   redis.call('SET', rec, record, 'PX', ttl)
   local t = redis.call('GET', tomb) or 'E'
   redis.call('SET', tomb, t, 'PX', ttl + tomb_ttl)
-  redis.call('SPUBLISH', chan, 'r')
+  redis.call('SPUBLISH', chan, ANNOUNCE(record))
 end
 local function ttl_of(meta, default)
   if type(meta['ttl_ms']) == 'number' then return meta['ttl_ms'] end
@@ -69,12 +69,17 @@ local function ttl_of(meta, default)
 end
 """
 
-# KEYS record, tombstone, stream; ARGV pending record, fingerprint ('' without a caller key),
-# pending TTL ms, the queued request, the key. 1 queued, 0 the same request is known, -1 conflict.
+# KEYS record, tombstone, stream; ARGV fingerprint ('' without a caller key), pending TTL ms,
+# the queued request, the key, delivery, timeout ms, result TTL ms, submitted at, URL. The
+# pending record is made here (in Redis's CPU, not the client's). 1 queued, 0 the same request
+# is known, -1 a conflict.
 _ENQUEUE = """
-local fp = ARGV[2]
+local fp = ARGV[1]
+local record = 'pk\\1P' .. cjson.encode({owner = '', fingerprint = (fp ~= '' and fp) or cjson.null,
+  submitted_at = tonumber(ARGV[8]), state = 'pending', queued = true, delivery = ARGV[5],
+  timeout_ms = tonumber(ARGV[6]), ttl_ms = tonumber(ARGV[7]), attempt = 0, url = ARGV[9]})
 if fp == '' then
-  if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[3]) then return -1 end
+  if not redis.call('SET', KEYS[1], record, 'NX', 'PX', ARGV[2]) then return -1 end
 else
   local t = redis.call('GET', KEYS[2])
   if t then
@@ -82,10 +87,10 @@ else
     return -1
   end
   if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-  redis.call('SET', KEYS[2], 'F:' .. fp, 'PX', ARGV[3])
+  redis.call('SET', KEYS[1], record, 'PX', ARGV[2])
+  redis.call('SET', KEYS[2], 'F:' .. fp, 'PX', ARGV[2])
 end
-redis.call('XADD', KEYS[3], '*', 'k', ARGV[5], 'j', ARGV[4])
+redis.call('XADD', KEYS[3], '*', 'k', ARGV[4], 'j', ARGV[3])
 return 1
 """
 
@@ -210,9 +215,22 @@ return 1
 )
 
 
+#: Records up to this size travel in their announcement: a waiter needs no read to have them.
+ANNOUNCED_MAX = 65_536
+
+
+def with_announce(lua: str) -> str:
+    """``lua`` with ``ANNOUNCE(record)`` defined: what a terminal write publishes on the key's
+    channel, the record itself if small, else 'r' (read it)."""
+    return (
+        f"local function announce(r) if string.len(r) <= {ANNOUNCED_MAX} then return r end"
+        " return 'r' end\n" + lua.replace("ANNOUNCE(", "announce(")
+    )
+
+
 def _with_codes(lua: str) -> str:
     """``lua`` with the record numbers of codec in place of their names."""
-    return (
+    return with_announce(
         lua.replace("KIND_TIMEOUT", str(codec.kind_code(ErrorKind.TIMEOUT)))
         .replace("KIND_UNKNOWN_OUTCOME", str(codec.kind_code(ErrorKind.UNKNOWN_OUTCOME)))
         .replace("KIND_WORKER_LOST", str(codec.kind_code(ErrorKind.WORKER_LOST)))
@@ -231,39 +249,29 @@ class QueueScripts:
         self.end_pending = client.register_script(_with_codes(_END_PENDING))
 
 
-def queued_fields(job: Job, delivery: str, ttl_ms: int) -> dict[str, Any]:
-    """What a queued key's pending record holds besides the owner (see `codec`)."""
-    return {
-        "queued": True,
-        "delivery": delivery,
-        "timeout_ms": job.request.timeout_ms,
-        "ttl_ms": ttl_ms,
-        "attempt": 0,
-        "url": job.request.url,
-    }
-
-
 def encode_request(job: Job, delivery: str, ttl_ms: int) -> bytes:
     """A queue entry's payload: everything a worker needs to send ``job``'s request."""
     request = job.request
     options = request.options
-    meta = {
-        "method": request.method,
-        "url": request.url,
-        "headers": request.headers,
-        "timeout_ms": request.timeout_ms,
-        "follow_redirects": request.follow_redirects,
-        "options": list(options) if options is not None else None,
-        "ttl_ms": ttl_ms,
-        "delivery": delivery,
-        "fingerprint": job.fingerprint,
-        "submitted_at": job.submitted_at,
-    }
-    return codec.encode_job(meta, request.body)
+    return codec.encode_job(
+        codec.QueuedRequest(
+            request.method,
+            request.url,
+            "\r\n".join(f"{name}: {value}" for name, value in request.headers),
+            request.body,
+            request.timeout_ms,
+            ttl_ms,
+            request.follow_redirects,
+            delivery,
+            job.fingerprint,
+            job.submitted_at,
+            list(options) if options is not None else None,
+        )
+    )
 
 
-def decode_request(payload: bytes) -> tuple[dict[str, Any], bytes]:
-    """The metadata and body of a queue entry.
+def decode_request(payload: bytes) -> codec.QueuedRequest:
+    """The request a queue entry holds.
 
     Raises:
         codec.RecordError: not a queued request this version can read.

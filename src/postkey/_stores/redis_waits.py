@@ -22,14 +22,16 @@ import redis
 
 from .._waits import wake_all
 from .base import MISSING
+from .codec import RECORD_MAGIC
 from .names import Names
 
 log = logging.getLogger("postkey")
 
 Wake = Callable[[object], None]
-#: (key, kind) pairs -> what to wake each with, or MISSING while it is not settled. kind is
-#: "result" (a settled Result) or "value" (a cache value or a result).
-Check = Callable[[list[tuple[str, str]]], list[object]]
+#: (key, kind) pairs and the records that came with announcements -> what to wake each with, or
+#: MISSING while it is not settled. kind is "result" (a settled Result) or "value" (a cache
+#: value or a result).
+Check = Callable[[list[tuple[str, str]], dict[str, bytes]], list[object]]
 
 _BACKOFF_MAX_S = 2.0
 _RECHECK_MAX = 1_000  # keys read per last-resort recheck
@@ -157,6 +159,7 @@ class WaitHub:
         while not self._stopping:
             self._send_requests(pubsub)
             ready: set[str] = set()
+            known: dict[str, bytes] = {}
             while True:  # drain what hiredis has buffered as well as what the socket holds
                 message = pubsub.get_message(timeout=0)
                 if message is None:
@@ -164,13 +167,17 @@ class WaitHub:
                 channel = message.get("channel")
                 if message["type"] in ("ssubscribe", "smessage") and channel is not None:
                     name = channel.decode() if isinstance(channel, bytes) else str(channel)
-                    ready.add(self._names.key_of_channel(name))
+                    key = self._names.key_of_channel(name)
+                    ready.add(key)
+                    data = message.get("data")
+                    if isinstance(data, bytes) and data.startswith(RECORD_MAGIC):
+                        known[key] = data  # the record came with its announcement
             now = time.monotonic()
             if now >= next_recheck:
                 ready |= self._recheck_slice()
                 next_recheck = now + self._recheck_s
             if ready:
-                self._settle(ready)
+                self._settle(ready, known)
                 continue
             self._sleep(pubsub, max(0.0, next_recheck - time.monotonic()))
 
@@ -211,7 +218,7 @@ class WaitHub:
             except BlockingIOError:
                 pass
 
-    def _settle(self, keys: set[str]) -> None:
+    def _settle(self, keys: set[str], known: dict[str, bytes]) -> None:
         with self._lock:
             wanted = [
                 (key, kind)
@@ -221,7 +228,7 @@ class WaitHub:
             ]
         if not wanted:
             return
-        values = self._check(wanted)
+        values = self._check(wanted, known)
         woken: list[tuple[str, list[Wake], object]] = []
         with self._lock:
             for (key, kind), value in zip(wanted, values, strict=True):
