@@ -170,10 +170,14 @@ def test_ten_thousand_async_waiters_share_one_connection(redis_url: str, echo: s
     p = prefix()
     spy = redis_py.Redis.from_url(redis_url)
 
+    # Sent by another client: its own keys' waits need no pub/sub (woken as results land).
+    sender = Client(store=redis_url, store_prefix=p)
+    # The response takes 4 s: long enough for all 10,000 waits to be registered first.
+    key = sender.get_async(echo + "/delay/4000", timeout_ms=10_000)
+    sender.flush()
+
     async def main() -> list[postkey.Result]:
         async with postkey.AsyncClient(store=redis_url, store_prefix=p) as client:
-            # The response takes 4 s: long enough for all 10,000 waits to be registered first.
-            key = await client.get_async(echo + "/delay/4000", timeout_ms=10_000)
             waits = [asyncio.ensure_future(client.wait(key, 15)) for _ in range(10_000)]
             await asyncio.sleep(0.1)
             pubsubs = [c for c in spy.client_list() if int(c.get("ssub", 0) or 0) > 0]
@@ -183,6 +187,7 @@ def test_ten_thousand_async_waiters_share_one_connection(redis_url: str, echo: s
             return results
 
     results = asyncio.run(main())
+    sender.close()
     assert len(results) == 10_000 and {r.status for r in results} == {200}
     spy.close()
 
@@ -300,3 +305,28 @@ def test_an_async_client_on_a_slow_redis_never_stalls_its_event_loop(echo: str) 
         server.stop()
     assert status == 200
     assert max(gaps) < 0.3  # the loop kept ticking while Redis was asleep
+
+
+def test_a_wait_on_an_own_key_another_process_cancelled_gets_the_stored_result(
+    redis_url: str, echo: str
+) -> None:
+    p = prefix()
+    with Client(store=redis_url, store_prefix=p, lease_ms=600) as sender:
+        key = sender.get_async(echo + "/delay/5000", timeout_ms=10_000)
+        sender.flush()
+        done = run_python(
+            f"""
+            import postkey
+            c = postkey.Client(store={redis_url!r}, store_prefix={p!r})
+            print(c.cancel({key!r}))
+            c.close()
+            """
+        )
+        assert done.stdout.strip() == "True", done.stderr
+        started = time.monotonic()
+        # Woken locally (no pub/sub for its own keys) once the sender notices the cancel and
+        # its own write is dropped: with what the store holds, the other process's cancel.
+        result = sender.wait(key, 5)
+        assert time.monotonic() - started < 2
+    assert result.state is State.FAILED and result.error_kind == "cancelled"
+    assert "another process" in (result.error or "")

@@ -29,7 +29,7 @@ from .._errors import IdempotencyKeysFull, InvalidValue, KeyConflict, StoreUnava
 from .._job import Job
 from .._result import ErrorKind, Result, State
 from .._settings import Settings
-from .._waits import check_wait_timeout
+from .._waits import check_wait_timeout, wake_all
 from . import codec
 from .base import MISSING, CacheValue
 from .names import Names
@@ -169,6 +169,8 @@ class RedisStore:
         self._ending: dict[str, Result] = {}
         # Queued submits written behind and not landed yet (pending, for this process).
         self._queuing: dict[str, Job] = {}
+        # Waiters of keys this process sends, woken as their results land (no pub/sub).
+        self._local_waiters: dict[str, list[Callable[[Result], None]]] = {}
         #: Terminal writes that lost to an earlier one (a reader's worker_lost, say).
         self.dropped_writes = 0
         #: Called (on the lease thread) with each job of this process whose key another
@@ -424,9 +426,40 @@ class RedisStore:
                 if answer == 0:
                     self.dropped_writes += 1
                 self._ending.pop(job.key, None)
-            self._forget(job)
+                if self._jobs.get(job.key) is job:
+                    del self._jobs[job.key]
+                    if job.fingerprint is not None:
+                        self._caller_jobs -= 1
+                waiters = self._local_waiters.pop(job.key, None)
+            if waiters:
+                # What the store now holds: ours, or (dropped) whatever ended the key first.
+                final = result if answer != 0 else self._read_after_loss(job.key, result)
+                wake_all(waiters, final, f"key {job.key!r}")
 
         self._writes.put(self._finish, keys, args, written)
+
+    def _read_after_loss(self, key: str, ours: Result) -> Result:
+        try:
+            return self._lookup(key)
+        except redis.RedisError:
+            return ours
+
+    def _watch_result(self, key: str, wake: Callable[[Result], None]) -> Callable[[], None]:
+        """Call ``wake`` with ``key``'s terminal Result; returns the undo. A key this process
+        sends is woken by its own result landing, with no pub/sub at all; others by the hub."""
+        with self._lock:
+            if key in self._jobs:
+                self._local_waiters.setdefault(key, []).append(wake)
+                return lambda: self._unwatch_local(key, wake)
+        return self._hub.watch(key, "result", wake)  # type: ignore[arg-type]
+
+    def _unwatch_local(self, key: str, wake: Callable[[Result], None]) -> None:
+        with self._lock:
+            waiters = self._local_waiters.get(key)
+            if waiters is not None and wake in waiters:
+                waiters.remove(wake)
+                if not waiters:
+                    del self._local_waiters[key]
 
     def _terminal_write(
         self, key: str, result: Result, owner: str, ttl_ms: int | None
@@ -565,7 +598,7 @@ class RedisStore:
         now = self.lookup(key)
         if now.state not in (State.PENDING, State.RUNNING):
             return now, None
-        return None, self._hub.watch(key, "result", wake)  # type: ignore[arg-type]
+        return None, self._watch_result(key, wake)
 
     def wait(self, key: str, timeout: float | None) -> Result:
         """See `Store.wait`."""
@@ -621,7 +654,7 @@ class RedisStore:
 
             return one_done
 
-        undo = [self._hub.watch(key, "result", waker(key)) for key in keys]
+        undo = [self._watch_result(key, waker(key)) for key in keys]
         try:
             gate.wait(seconds)
         finally:
@@ -759,6 +792,10 @@ class RedisStore:
     def release_waiters(self) -> None:
         """Wake every waiter with its default (interpreter exit)."""
         self._hub.release_all()
+        with self._lock:
+            local, self._local_waiters = self._local_waiters, {}
+        for key, waiters in local.items():
+            wake_all(waiters, MISSING, f"key {key!r}")
 
     def flush(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the keys and results written behind to land;
