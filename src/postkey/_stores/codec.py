@@ -22,6 +22,7 @@ rather than guessing: a newer writer must not be misread by an older reader.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from typing import Any, NamedTuple
 
@@ -30,6 +31,7 @@ from .._result import ErrorKind, Result, State
 VERSION = 1
 _MAGIC = b"pk" + bytes([VERSION])
 RECORD_MAGIC = _MAGIC  # how every record begins
+_HEX = re.compile(r"[0-9a-f]{1,128}")
 
 
 class RecordError(ValueError):
@@ -50,7 +52,16 @@ def kind_of(record: bytes) -> bytes:
 def encode_pending(owner: str, fingerprint: str | None, submitted_at: float, state: str) -> bytes:
     """A pending (or running) key, owned by the process ``owner`` (a queued key's record is
     made by the ENQUEUE script instead, with its queue fields)."""
-    meta: dict[str, Any] = {
+    if _HEX.fullmatch(owner) and (fingerprint is None or _HEX.fullmatch(fingerprint)):
+        # Every submit writes one: formatted directly (owner and fingerprint are hex digests,
+        # nothing to escape), several times cheaper than json.dumps.
+        fp = "null" if fingerprint is None else f'"{fingerprint}"'
+        text = (
+            f'{{"owner":"{owner}","fingerprint":{fp},"submitted_at":{submitted_at!r},'
+            f'"state":"{state}"}}'
+        )
+        return _MAGIC + b"P" + text.encode()
+    meta = {
         "owner": owner,
         "fingerprint": fingerprint,
         "submitted_at": submitted_at,
