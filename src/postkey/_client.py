@@ -480,7 +480,9 @@ class Client(_ClientCore):
         ``key_format="hex" | "mychat"``, ``follow_redirects=``, ``ttl_ms=`` how long the result
         stays readable, ``on_done=callable(result)`` run on postkey's callback thread,
         ``client_cert=`` / ``client_key=`` PEM files for TLS client authentication,
-        ``http_version="1.1" | "2"``.
+        ``http_version="1.1" | "2"``, ``delivery="at_least_once" | "at_most_once"`` (queued
+        mode: whether a request whose worker died mid-send is sent again; the default
+        depends on the method and an Idempotency-Key header).
 
         Raises:
             InvalidRequest: (and subclasses) a malformed method, URL, header, body, timeout or
