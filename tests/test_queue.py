@@ -448,3 +448,55 @@ def test_the_worker_logs_are_key_value_lines(
     assert lines and all(line.startswith("ts=") and " level=" in line for line in lines)
     assert any("stopped: started=0" in line for line in lines)
     json.dumps(lines)  # plain text, nothing binary
+
+
+def test_a_host_limit_holds_across_all_workers(
+    redis_url: str, recorder: RecordingServer, spawn: Callable[..., WorkerProcess]
+) -> None:
+    p = prefix()
+    for _ in range(2):  # each could send 64 at once on its own
+        spawn(p, "--concurrency", "64", host_concurrency=2)
+    with queued(redis_url, p) as client:
+        keys = [client.get_async(f"{recorder.url}/rec/h{i}?ms=150") for i in range(12)]
+        results = client.wait_many(keys, 20)
+    assert [r.status for r in results] == [200] * 12
+    assert recorder.peak == 2  # never more than the shared limit, and it was reached
+
+
+def test_a_429_with_retry_after_pauses_the_host_for_every_worker(
+    redis_url: str, recorder: RecordingServer, spawn: Callable[..., WorkerProcess]
+) -> None:
+    p = prefix()
+    for _ in range(2):
+        spawn(p)
+    with queued(redis_url, p) as client:
+        first = client.get_async(f"{recorder.url}/rec/busy?status=429&retry_after=1")
+        assert client.wait(first, 10).status == 429
+        paused_at = time.monotonic()
+        keys = [client.get_async(f"{recorder.url}/rec/after{i}") for i in range(6)]
+        assert {r.status for r in client.wait_many(keys, 10)} == {200}
+    later = [t for rid, t in recorder.arrivals if rid.startswith("after")]
+    assert min(later) - paused_at >= 0.8  # both workers waited out the pause
+
+
+def test_retries_are_opt_in_and_only_for_requests_that_may_repeat(
+    redis_url: str, recorder: RecordingServer, spawn: Callable[..., WorkerProcess]
+) -> None:
+    p = prefix()
+    spawn(p, retries=3)
+    with queued(redis_url, p) as client:
+        flaky = client.get_async(f"{recorder.url}/rec/flaky?status=503&fail_first=2")
+        post = client.post_async(f"{recorder.url}/rec/post?status=503&fail_first=2", b"x")
+        keyed = client.post_async(
+            f"{recorder.url}/rec/keyed?status=502&fail_first=1", b"x", {"Idempotency-Key": "k1"}
+        )
+        results = client.wait_many([flaky, post, keyed], 20)
+    assert [r.status for r in results] == [200, 503, 200]
+    assert (recorder.hits["flaky"], recorder.hits["post"], recorder.hits["keyed"]) == (3, 1, 2)
+
+
+def test_absurd_queue_settings_are_refused() -> None:
+    with pytest.raises(postkey.InvalidValue, match="retries must be <= 100"):
+        postkey.Settings(retries=10**9)
+    with pytest.raises(postkey.InvalidValue, match="host_concurrency must be >= 0"):
+        postkey.Settings(host_concurrency=-1)

@@ -126,6 +126,18 @@ class Settings:
     #: Queued mode: deliveries of one request at most; a request whose every worker died
     #: ends as failed / worker_lost and goes to the dead-letter stream.
     max_deliveries: int = 3
+    #: Queued mode: requests on the wire to one host (scheme, name, port) across all workers
+    #: at once (0: no shared limit; each worker still has max_per_host).
+    host_concurrency: int = 0
+    #: Queued mode: requests per second to one host across all workers (0: no limit).
+    host_rate_per_s: int = 0
+    #: Queued mode: the longest pause a 429 / 503 with Retry-After puts on its host for every
+    #: worker, in ms.
+    max_pause_ms: int = 300_000
+    #: Queued mode: times an at-least-once request is sent again after a connection failure or
+    #: a 429 / 502 / 503 / 504, with exponential backoff and full jitter (Retry-After honoured,
+    #: clamped), within its deadline. 0: no retries.
+    retries: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -133,7 +145,16 @@ class Settings:
             if f.type == "int":
                 if type(value) is not int:
                     raise InvalidValue(f"{f.name} must be an int, not {type(value).__name__}")
-                zero_ok = ("queue_wait_ms", "max_redirects", "exit_grace_ms", "callback_grace_ms")
+                zero_ok = (
+                    "queue_wait_ms",
+                    "max_redirects",
+                    "exit_grace_ms",
+                    "callback_grace_ms",
+                    "host_concurrency",
+                    "host_rate_per_s",
+                    "max_pause_ms",
+                    "retries",
+                )
                 lowest = 0 if f.name in zero_ok else 1
                 if value < lowest:
                     raise InvalidValue(f"{f.name} must be >= {lowest}, got {value}")
@@ -154,6 +175,9 @@ class Settings:
                 f"store must be 'memory://' or a redis://, rediss:// or unix:// URL, not"
                 f" {self.store!r}"
             )
+        for name, most in (("retries", 100), ("max_deliveries", 1000)):
+            if getattr(self, name) > most:
+                raise InvalidValue(f"{name} must be <= {most}, got {getattr(self, name)}")
         if self.send not in SEND_MODES:
             raise InvalidValue(f"send must be 'local' or 'workers', not {self.send!r}")
         if self.send == "workers" and self.store == "memory://":

@@ -18,6 +18,8 @@ Redis that lost the consumer groups, NOGROUP, gets them made again), never in a 
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import os
 import random
@@ -32,6 +34,7 @@ import redis
 
 from ._engine import Engine
 from ._errors import InvalidRequest, InvalidValue
+from ._host_gate import HostGate
 from ._job import Job
 from ._request import Request, build_request, check_options
 from ._result import ErrorKind, Result
@@ -40,6 +43,7 @@ from ._stores import codec
 from ._stores.delivery import AT_LEAST_ONCE
 from ._stores.names import GROUP, SHARDS, Names
 from ._stores.redis import connect, redacted_url
+from ._stores.redis_limits import HostLimits, parse_retry_after
 from ._stores.redis_queue import WorkQueue, decode_request
 from ._stores.redis_writes import WriteBehind, call_scripts
 from ._transport import Transport
@@ -47,6 +51,8 @@ from ._transport import Transport
 log = logging.getLogger("postkey.worker")
 
 _READ_BATCH = 512  # entries asked for per read, at most
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+_RETRY_KINDS = frozenset({ErrorKind.DNS, ErrorKind.CONNECT, ErrorKind.NETWORK})
 _BACKOFF_CAP_S = 5.0
 
 
@@ -60,6 +66,7 @@ class _Taken:
     delivery: str
     fingerprint: str | None
     job: Job
+    tries: int = 0  # retries made (settings.retries)
 
 
 @dataclass
@@ -72,6 +79,8 @@ class WorkerStats:
     ended_by_start: int = 0  # entries ended without sending (deadline, unknown outcome, poison)
     reclaimed: int = 0  # entries taken over from a dead worker
     handed_back: int = 0  # entries put back on the queue at stop
+    held: int = 0  # times a request waited for its host (pause, concurrency, rate)
+    retried: int = 0  # retries sent (settings.retries)
     redis_errors: int = 0
 
 
@@ -133,6 +142,11 @@ class Worker:
         self._engine = Engine(
             self.settings, Transport(self.settings), self._sink, housekeeping=lambda: 0
         )
+        self._gate = HostGate(HostLimits(self._redis, settings.store_prefix), settings, self.name)
+        # Jobs waiting for their host (or a retry's backoff): (not before, order, entry).
+        self._held: list[tuple[float, int, _Taken]] = []
+        self._held_order = itertools.count()
+        self._held_ready = threading.Condition(self._lock)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -149,6 +163,10 @@ class Worker:
                 backoff.sleep(self._stopping)
         upkeep = threading.Thread(target=self._keep_up, name="postkey-worker-upkeep", daemon=True)
         upkeep.start()
+        holding = threading.Thread(
+            target=self._release_held, name="postkey-worker-held", daemon=True
+        )
+        holding.start()
         log.info(
             "worker %s ready: store=%s shards=%d concurrency=%d claim_idle_ms=%d",
             self.name,
@@ -275,7 +293,51 @@ class Worker:
         taken = _Taken(shard, entry_id, owner, queued.delivery, job.fingerprint, job)
         with self._lock:
             self._taken[key] = taken
-        self._engine.enqueue(job)
+        self._admit(taken)
+
+    def _admit(self, taken: _Taken) -> None:
+        """Hand the job to the engine if its host takes it now, else hold it for a while."""
+        try:
+            wait = self._gate.admit(taken.job)
+        except redis.RedisError as exc:
+            self._redis_error("checking a host's limits failed", exc)
+            wait = 0.5
+        if wait <= 0:
+            self._engine.enqueue(taken.job)
+            return
+        self.stats.held += 1
+        self._hold(taken, wait)
+
+    def _hold(self, taken: _Taken, seconds: float) -> None:
+        with self._held_ready:
+            entry = (time.monotonic() + seconds, next(self._held_order), taken)
+            heapq.heappush(self._held, entry)
+            self._held_ready.notify()
+
+    def _release_held(self) -> None:
+        """Ask again for held jobs as their time comes; end those whose deadline passed."""
+        while not self._stopping.is_set() or self._held:
+            with self._held_ready:
+                now = time.monotonic()
+                due = self._held and (self._held[0][0] <= now or self._cutting)
+                if not due:
+                    until = self._held[0][0] - now if self._held else 0.2
+                    self._held_ready.wait(min(until, 0.2))
+                    continue
+                _when, _order, taken = heapq.heappop(self._held)
+            job = taken.job
+            if self._cutting:
+                # Not on the wire now (never sent, or a retry waiting for its turn): back to
+                # the queue for another worker, whatever its delivery.
+                self._hand_back(taken)
+            elif time.monotonic() >= job.deadline:
+                message = (
+                    "its deadline passed while it waited for its host (a pause, or a limit"
+                    " shared by every worker)"
+                )
+                self._store(taken, job.failure(ErrorKind.TIMEOUT, message))
+            else:
+                self._admit(taken)
 
     # -- results -------------------------------------------------------------------------------
 
@@ -284,6 +346,12 @@ class Worker:
         with self._lock:
             taken = self._taken.get(job.key)
         if taken is None or taken.job is not job:
+            return
+        try:
+            self._gate.done(job, result)
+        except redis.RedisError as exc:
+            self._redis_error("releasing a host's limit failed", exc)
+        if self._should_retry(taken, result):
             return
         result.url = job.request.url
         if self._cutting and result.error_kind is ErrorKind.CANCELLED:
@@ -297,6 +365,37 @@ class Worker:
             )
             result.url = job.request.url
         self._store(taken, result)
+
+    def _should_retry(self, taken: _Taken, result: Result) -> bool:
+        """Send ``taken``'s request again later if retries are on and it may be repeated."""
+        if (
+            taken.tries >= self.settings.retries
+            or taken.delivery != AT_LEAST_ONCE
+            or self._cutting
+            or not (result.status in _RETRY_STATUSES or result.error_kind in _RETRY_KINDS)
+        ):
+            return False
+        # Full jitter over an exponential bound (0.2 s, 0.4 s, ... at most 30 s); a Retry-After
+        # asks for at least its time (clamped like a pause).
+        delay = random.uniform(0, min(30.0, 0.2 * 2**taken.tries))
+        if result.status in _RETRY_STATUSES:
+            asked = parse_retry_after(result.headers.get("retry-after"))
+            if asked:
+                delay = max(delay, min(asked, self.settings.max_pause_ms / 1000.0))
+        job = taken.job
+        if time.monotonic() + delay >= job.deadline:
+            return False  # no time left for another try: this result stands
+        again = Job(job.key, job.request, ttl_ms=job.ttl_ms)
+        again.fingerprint, again.submitted_at, again.deadline = (
+            job.fingerprint,
+            job.submitted_at,
+            job.deadline,
+        )
+        taken.job = again
+        taken.tries += 1
+        self.stats.retried += 1
+        self._hold(taken, delay)
+        return True
 
     def _store(self, taken: _Taken, result: Result) -> None:
         result.fingerprint = taken.fingerprint
@@ -372,6 +471,7 @@ class Worker:
         for shard, ids in by_shard.items():
             self._queue.keep(shard, ids, client=pipe)
         pipe.execute()
+        self._gate.renew()
         # Keys another process ended (cancelled) while they ran here: stop sending them.
         names = self._names
         for start in range(0, len(taken), 512):
@@ -411,6 +511,12 @@ class Worker:
         if left:
             log.warning("worker %s: drain time over with %d requests in flight", self.name, left)
         self._cutting = True
+        with self._held_ready:
+            self._held_ready.notify_all()
+        # Held jobs go back to the queue (by _release_held); then the engine's are cut.
+        until = time.monotonic() + 5
+        while self._held and time.monotonic() < until:
+            time.sleep(0.02)
         self._engine.close(0, reason="the worker stopped")
         self._writes.flush(self._claim_idle_ms / 1000.0)
 
