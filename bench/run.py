@@ -29,7 +29,7 @@ ROOT = HERE.parent
 CLIENTS = {
     "postkey": ("postkey (public API, end to end)", "postkey_w1.py"),
     "postkey-guard": ("postkey, public_only + allow 127.0.0.1", "postkey_w1.py"),
-    "postkey-redis": ("postkey, shared store on Redis (issue 8, first cut)", "postkey_w1_redis.py"),
+    "postkey-redis": ("postkey, shared store on Redis (sends itself)", "postkey_w1_redis.py"),
     "pycurl": ("bare pycurl CurlMulti loop", "pycurl_bare.py"),
     "aiohttp": ("aiohttp, 256 worker tasks", "aiohttp_w1.py"),
     "requests-futures": ("requests-futures, 256 threads", "requests_futures_w1.py"),
@@ -182,6 +182,7 @@ def main() -> None:
     runs: dict[str, list[dict[str, float]]] = {c: [] for c in chosen}
     micro: list[dict[str, float]] = []
     w4: list[dict[str, float]] = []
+    redis_wake: list[dict[str, float]] = []
     with Nginx() as nginx:
         for c in chosen:  # warm-up (file cache, nginx), not counted
             if c != "requests-futures":
@@ -197,6 +198,8 @@ def main() -> None:
             if "postkey" in chosen:
                 micro.append(run_client("postkey_micro.py", nginx.url))
                 w4.append(run_client("postkey_w4.py", nginx.url))
+            if "postkey-redis" in chosen:
+                redis_wake.append(run_client("postkey_redis_wake.py", nginx.url))
     med = {c: median_row(r) for c, r in runs.items()}
     lines = [
         f"W1: 20,000 POSTs, ~100-byte JSON body, concurrency 256, local nginx. "
@@ -231,6 +234,20 @@ def main() -> None:
             f"| wait wake-up p99 | {statistics.median(r['wake_p99_ms'] for r in micro):.3f} ms"
             " | <= 1 ms |",
             f"| memory per cached 1 KB result | {cached_result_bytes():,.0f} bytes | <= 1,638 |",
+        ]
+    if redis_wake:
+        lines += [
+            "",
+            "Wake-up through Redis, across two processes: from the writer's result"
+            " (`Result.finished_at`) to a waiter in another process returning from `wait(key)`"
+            " (write behind, Redis, sharded pub/sub announcement), 1,000 rounds per run.",
+            "",
+            "| postkey figure | median of runs | target |",
+            "|---|---:|---:|",
+            f"| wake-up through Redis p50 | "
+            f"{statistics.median(r['wake_p50_ms'] for r in redis_wake):.2f} ms | <= 2 ms |",
+            f"| wake-up through Redis p99 | "
+            f"{statistics.median(r['wake_p99_ms'] for r in redis_wake):.2f} ms | <= 10 ms |",
         ]
     if w4:
         lines += [
@@ -273,6 +290,8 @@ def main() -> None:
             " answer. Clients: one process each, pinned to CPU 0; every response is stored"
             " under a key and checked (status 200, exact body).\n\n"
             f"{table}\n{extras}\n"
+            "Queued mode (workers) beside arq and Celery: [BENCHMARKS_QUEUED.md]"
+            "(BENCHMARKS_QUEUED.md) (`bench/queued.py`).\n\n"
             "How the figures are taken: see `bench/run.py` and `bench/clients/`. Ratios from the"
             " same run are the numbers to read; absolute req/s on a shared 2-core VM move by"
             " +-10% between runs.\n"

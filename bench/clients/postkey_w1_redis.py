@@ -1,8 +1,10 @@
-"""W1 through postkey with the shared store: results written to and read back from Redis (a
-redis-server of the script's own, postkey.testing.LocalRedis, on CPU 1 beside nginx)."""
+"""W1 through postkey with the shared store (this process sends, results in Redis): every key
+registered in and every result written to Redis and read back from it (a redis-server of the
+script's own, postkey.testing.LocalRedis, pinned to CPU 1 beside nginx)."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -12,7 +14,10 @@ import postkey
 from postkey.testing import LocalRedis
 from workload import BODY, CONCURRENCY, HEADERS, URL, N, report
 
-with LocalRedis() as redis_url:
+server = LocalRedis()
+with server as redis_url:
+    if server.pid is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(server.pid, {1})  # beside nginx, as the peers' Redis was
     client = postkey.Client(
         max_in_flight=CONCURRENCY,
         max_per_host=CONCURRENCY,

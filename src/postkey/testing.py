@@ -336,6 +336,11 @@ class LocalRedis:
         self.stop()
         raise RuntimeError(f"redis-server did not answer on {HOST}:{self.port} within 10 s")
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (to pin it to a CPU, say), else None."""
+        return self._process.pid if self._process is not None else None
+
     def kill(self) -> None:
         """SIGKILL the server (it can be started again on the same port)."""
         if self._process is not None:
