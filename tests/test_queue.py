@@ -500,3 +500,30 @@ def test_absurd_queue_settings_are_refused() -> None:
         postkey.Settings(retries=10**9)
     with pytest.raises(postkey.InvalidValue, match="host_concurrency must be >= 0"):
         postkey.Settings(host_concurrency=-1)
+
+
+def test_every_lua_script_compiles(redis_url: str) -> None:
+    # A script that does not compile fails only when first called, deep in a worker's loop.
+    from postkey._stores import redis as redis_store
+    from postkey._stores import redis_limits, redis_queue
+
+    spy = redis_py.Redis.from_url(redis_url)
+    scripts = redis_queue.QueueScripts(spy)
+    sources = [
+        getattr(scripts, name).script
+        for name in ("enqueue", "start", "finish", "handback", "end_pending")
+    ]
+    sources += [
+        redis_queue.with_announce(redis_store._FINISH),
+        redis_queue.with_announce(redis_store._CACHE_SET),
+        redis_store._REGISTER,
+        redis_store._CACHE_DELETE,
+    ]
+    sources += [
+        value
+        for name, value in vars(redis_limits).items()
+        if name.isupper() and name.startswith("_") and isinstance(value, str) and "redis." in value
+    ]
+    for source in sources:
+        assert len(spy.script_load(source)) == 40
+    spy.close()

@@ -32,7 +32,7 @@ from .._settings import Settings
 from .._waits import check_wait_timeout, wake_all
 from . import codec
 from .base import MISSING, CacheValue
-from .names import Names
+from .names import SHARDS, Names, shard_of
 from .redis_queue import QueueScripts, encode_request, with_announce
 from .redis_waits import WaitHub
 from .redis_writes import WriteBehind
@@ -171,6 +171,13 @@ class RedisStore:
         self._queuing: dict[str, Job] = {}
         # Waiters of keys this process sends, woken as their results land (no pub/sub).
         self._local_waiters: dict[str, list[Callable[[Result], None]]] = {}
+        # Keys this process queued and has not heard the end of (True: queued while their
+        # shard's reply channel was confirmed, so their end cannot have been missed), the
+        # waiters of those keys, and the shards whose reply channel is confirmed.
+        self._mine: dict[str, bool] = {}
+        self._reply_waiters: dict[str, list[Callable[[Result], None]]] = {}
+        self._confirmed_shards: set[int] = set()
+        self._listening = False
         #: Terminal writes that lost to an earlier one (a reader's worker_lost, say).
         self.dropped_writes = 0
         #: Called (on the lease thread) with each job of this process whose key another
@@ -332,16 +339,20 @@ class RedisStore:
             ttl,
             repr(job.submitted_at),
             request.url,
+            self.owner,
         ]
         if not fingerprint and self._writes.healthy:
             # Written behind, as `register` does, for the same reasons; until it lands this
             # process answers for the key (pending), and if it cannot land, ends it here.
             with self._lock:
                 self._queuing[job.key] = job
+            self._remember_mine(job.key)
             self._writes.put(self._queue.enqueue, keys, args, self._queued(job))
             return True
         outcome = self._call(self._queue.enqueue, keys, args)
         if outcome == 1:
+            # Its end may be announced before this line: a wait on it reads it once more.
+            self._remember_mine(job.key, heard_from_start=False)
             return True
         if outcome == 0:
             return False
@@ -349,8 +360,12 @@ class RedisStore:
 
     def _queued(self, job: Job) -> Callable[[Any], None]:
         def landed(answer: Any) -> None:
+            waiters = None
             with self._lock:
                 self._queuing.pop(job.key, None)
+                if answer != 1:  # no reply will come for it
+                    self._mine.pop(job.key, None)
+                    waiters = self._reply_waiters.pop(job.key, None)
                 if answer is None:
                     # Never queued, so never sent: the key ends here (only this process
                     # ever knew it), as failed / not_queued.
@@ -360,6 +375,14 @@ class RedisStore:
                         " never queued, nothing was sent",
                     )
                     self._remember_here(job.key, failure)
+            if waiters:
+                final = self._ending.get(job.key) or self._read_after_loss(
+                    job.key,
+                    job.failure(
+                        ErrorKind.NOT_QUEUED, "the key already named something else: not queued"
+                    ),
+                )
+                wake_all(waiters, final, f"key {job.key!r}")
 
         return landed
 
@@ -444,22 +467,95 @@ class RedisStore:
         except redis.RedisError:
             return ours
 
-    def _watch_result(self, key: str, wake: Callable[[Result], None]) -> Callable[[], None]:
-        """Call ``wake`` with ``key``'s terminal Result; returns the undo. A key this process
-        sends is woken by its own result landing, with no pub/sub at all; others by the hub."""
+    def _watch_result(
+        self, key: str, wake: Callable[[Result], None]
+    ) -> tuple[Callable[[], None], bool]:
+        """Call ``wake`` with ``key``'s terminal Result; returns the undo, and True if the
+        caller must read the key once more (its result may have been announced before this
+        process listened). A key this process sends is woken by its own result landing, with
+        no pub/sub at all; a key it queued by its reply channels; others by the hub."""
         with self._lock:
             if key in self._jobs:
                 self._local_waiters.setdefault(key, []).append(wake)
-                return lambda: self._unwatch_local(key, wake)
-        return self._hub.watch(key, "result", wake)  # type: ignore[arg-type]
+                return (lambda: self._unwatch(self._local_waiters, key, wake)), False
+            heard_from_start = self._mine.get(key)
+            if heard_from_start is not None:
+                self._reply_waiters.setdefault(key, []).append(wake)
+                undo = lambda: self._unwatch(self._reply_waiters, key, wake)  # noqa: E731
+                return undo, not heard_from_start
+        return self._hub.watch(key, "result", wake), False  # type: ignore[arg-type]
 
-    def _unwatch_local(self, key: str, wake: Callable[[Result], None]) -> None:
+    def _unwatch(
+        self, table: dict[str, list[Callable[[Result], None]]], key: str, wake: Callable[..., None]
+    ) -> None:
         with self._lock:
-            waiters = self._local_waiters.get(key)
+            waiters = table.get(key)
             if waiters is not None and wake in waiters:
                 waiters.remove(wake)
                 if not waiters:
-                    del self._local_waiters[key]
+                    del table[key]
+
+    # -- replies: results of this process's queued keys ------------------------------------------
+
+    def _remember_mine(self, key: str, heard_from_start: bool | None = None) -> None:
+        """A key this process queued: its result will be announced on our reply channels."""
+        with self._lock:
+            confirmed = shard_of(key) in self._confirmed_shards
+            self._mine[key] = confirmed if heard_from_start is None else heard_from_start
+            if len(self._mine) > _MAX_KEPT_HERE:  # never heard of: waits fall back to the hub
+                del self._mine[next(iter(self._mine))]
+            if self._listening:
+                return
+            self._listening = True
+        names = self._names
+        self._hub.listen(
+            [names.reply(i, self.owner) for i in range(SHARDS)],
+            self._on_reply,
+            self._on_reply_confirmed,
+            self._on_replies_lost,
+        )
+
+    def _on_reply(self, _channel: str, data: bytes) -> None:
+        raw_key, _, note = data.partition(b"\n")
+        key = raw_key.decode()
+        with self._lock:
+            self._mine.pop(key, None)
+            waiters = self._reply_waiters.pop(key, None)
+        if waiters:
+            result = None
+            if note.startswith(codec.RECORD_MAGIC):
+                try:
+                    result = codec.decode_result(key, note)
+                except codec.RecordError:
+                    result = None
+            wake_all(waiters, result or self._lookup(key), f"key {key!r}")
+
+    def _on_reply_confirmed(self, channel: str) -> None:
+        # From now on every result of the shard reaches us; those announced before are read.
+        shard = int(channel[channel.index("{s") + 2 : channel.index("}")])
+        with self._lock:
+            self._confirmed_shards.add(shard)
+            keys = [k for k in self._reply_waiters if shard_of(k) == shard]
+        self._read_for_replies(keys)
+
+    def _on_replies_lost(self) -> None:
+        with self._lock:
+            self._confirmed_shards.clear()
+            for key in self._mine:
+                self._mine[key] = False
+
+    def _read_for_replies(self, keys: list[str]) -> None:
+        """Wake the reply waiters of those ``keys`` that have ended already."""
+        if not keys:
+            return
+        for key, result in zip(keys, self._read_many(keys), strict=True):
+            if result.state in _NOT_ENDED:
+                continue
+            with self._lock:
+                self._mine.pop(key, None)
+                waiters = self._reply_waiters.pop(key, None)
+            if waiters:
+                wake_all(waiters, result, f"key {key!r}")
 
     def _terminal_write(
         self, key: str, result: Result, owner: str, ttl_ms: int | None
@@ -598,7 +694,10 @@ class RedisStore:
         now = self.lookup(key)
         if now.state not in (State.PENDING, State.RUNNING):
             return now, None
-        return None, self._watch_result(key, wake)
+        undo, read_again = self._watch_result(key, wake)
+        if read_again:
+            self._read_for_replies([key])
+        return None, undo
 
     def wait(self, key: str, timeout: float | None) -> Result:
         """See `Store.wait`."""
@@ -654,8 +753,10 @@ class RedisStore:
 
             return one_done
 
-        undo = [self._watch_result(key, waker(key)) for key in keys]
+        watches = [(key, *self._watch_result(key, waker(key))) for key in keys]
+        undo = [unwatch for _key, unwatch, _again in watches]
         try:
+            self._read_for_replies([key for key, _unwatch, again in watches if again])
             gate.wait(seconds)
         finally:
             for unwatch in undo:
@@ -794,6 +895,8 @@ class RedisStore:
         self._hub.release_all()
         with self._lock:
             local, self._local_waiters = self._local_waiters, {}
+            local.update(self._reply_waiters)
+            self._reply_waiters = {}
         for key, waiters in local.items():
             wake_all(waiters, MISSING, f"key {key!r}")
 

@@ -57,11 +57,20 @@ local function failed(meta, kind, message)
     .. struct.pack('<IHII', string.len(message), string.len(fp), string.len(url), 0)
     .. message .. fp .. url
 end
-local function settle(rec, tomb, chan, record, ttl, tomb_ttl)
+-- meta: the pending record's (nil if it was lost). Its submitter's reply channel (same shard,
+-- same slot) hears the key, a newline and the announcement: no channel per key needed.
+local function settle(rec, tomb, chan, record, ttl, tomb_ttl, meta)
   redis.call('SET', rec, record, 'PX', ttl)
   local t = redis.call('GET', tomb) or 'E'
   redis.call('SET', tomb, t, 'PX', ttl + tomb_ttl)
-  redis.call('SPUBLISH', chan, ANNOUNCE(record))
+  local note = ANNOUNCE(record)
+  redis.call('SPUBLISH', chan, note)
+  local reply = meta and meta['reply']
+  if type(reply) == 'string' and reply ~= '' then
+    local head = string.match(rec, '^[^{]*{[^}]*}')
+    local key = string.sub(rec, string.len(head) + 2, -3)
+    redis.call('SPUBLISH', head .. ':reply:' .. reply, key .. '\\n' .. note)
+  end
 end
 local function ttl_of(meta, default)
   if type(meta['ttl_ms']) == 'number' then return meta['ttl_ms'] end
@@ -70,14 +79,16 @@ end
 """
 
 # KEYS record, tombstone, stream; ARGV fingerprint ('' without a caller key), pending TTL ms,
-# the queued request, the key, delivery, timeout ms, result TTL ms, submitted at, URL. The
+# the queued request, the key, delivery, timeout ms, result TTL ms, submitted at, URL, the
+# submitter's reply id (its results are also announced on its reply channels). The
 # pending record is made here (in Redis's CPU, not the client's). 1 queued, 0 the same request
 # is known, -1 a conflict.
 _ENQUEUE = """
 local fp = ARGV[1]
 local record = 'pk\\1P' .. cjson.encode({owner = '', fingerprint = (fp ~= '' and fp) or cjson.null,
   submitted_at = tonumber(ARGV[8]), state = 'pending', queued = true, delivery = ARGV[5],
-  timeout_ms = tonumber(ARGV[6]), ttl_ms = tonumber(ARGV[7]), attempt = 0, url = ARGV[9]})
+  timeout_ms = tonumber(ARGV[6]), ttl_ms = tonumber(ARGV[7]), attempt = 0, url = ARGV[9],
+  reply = ARGV[10]})
 if fp == '' then
   if not redis.call('SET', KEYS[1], record, 'NX', 'PX', ARGV[2]) then return -1 end
 else
@@ -119,17 +130,17 @@ for i = 1, (#KEYS - 2) / 3 do
     local left = tonumber(string.match(id, '^(%d+)')) + meta['timeout_ms'] - now_ms
     if left <= 0 then
       settle(rec, tomb, chan, failed(meta, KIND_TIMEOUT,
-        'its deadline passed before a worker could send it'), ttl, tomb_ttl)
+        'its deadline passed before a worker could send it'), ttl, tomb_ttl, meta)
       verdict = {'ended'}
     elseif meta['attempt'] >= 1 and meta['delivery'] == 'at_most_once' then
       settle(rec, tomb, chan, failed(meta, KIND_UNKNOWN_OUTCOME,
         'the worker sending it stopped before it ended; it may or may not have reached the'
-        .. ' server, and at-most-once delivery does not send it again'), ttl, tomb_ttl)
+        .. ' server, and at-most-once delivery does not send it again'), ttl, tomb_ttl, meta)
       verdict = {'ended'}
     elseif meta['attempt'] >= max then
       settle(rec, tomb, chan, failed(meta, KIND_WORKER_LOST,
         'every worker that took it (' .. meta['attempt'] .. ' deliveries) stopped before it'
-        .. ' ended; moved to the dead-letter stream'), ttl, tomb_ttl)
+        .. ' ended; moved to the dead-letter stream'), ttl, tomb_ttl, meta)
       local entry = redis.call('XRANGE', KEYS[1], id, id)[1]
       if entry then
         redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6 + (#KEYS - 2) / 3] or 10000, '*',
@@ -160,16 +171,18 @@ _FINISH = (
     _PRELUDE
     + """
 local cur = redis.call('GET', KEYS[1])
+local meta = nil
 if cur then
   if string.sub(cur, 4, 4) == 'P' then
-    if cjson.decode(string.sub(cur, 5))['owner'] ~= ARGV[2] then return 0 end
+    meta = cjson.decode(string.sub(cur, 5))
+    if meta['owner'] ~= ARGV[2] then return 0 end
   else
     redis.call('XACK', KEYS[4], ARGV[5], ARGV[6])
     redis.call('XDEL', KEYS[4], ARGV[6])
     return 0
   end
 end
-settle(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4]))
+settle(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4]), meta)
 redis.call('XACK', KEYS[4], ARGV[5], ARGV[6])
 redis.call('XDEL', KEYS[4], ARGV[6])
 return 1
@@ -209,7 +222,7 @@ if not cur or string.sub(cur, 4, 4) ~= 'P' then return 0 end
 local meta = cjson.decode(string.sub(cur, 5))
 if ARGV[1] ~= '*' and meta['owner'] ~= ARGV[1] then return 0 end
 settle(KEYS[1], KEYS[2], KEYS[3], failed(meta, tonumber(ARGV[2]), ARGV[3]),
-  ttl_of(meta, tonumber(ARGV[4])), tonumber(ARGV[5]))
+  ttl_of(meta, tonumber(ARGV[4])), tonumber(ARGV[5]), meta)
 return 1
 """
 )

@@ -53,6 +53,12 @@ class WaitHub:
         os.set_blocking(self._wake_r, False)
         self._stopping = False
         self._recheck_at = 0
+        # Channels subscribed for good (a submitter's reply channels) and their handlers.
+        self._listening: set[str] = set()
+        self._listen_requests: list[str] = []
+        self._on_message: Callable[[str, bytes], None] | None = None
+        self._on_confirmed: Callable[[str], None] | None = None
+        self._on_lost: Callable[[], None] | None = None
         self._pubsub: redis.client.PubSub | None = None
         self._thread = threading.Thread(target=self._run, name="postkey-redis-waits", daemon=True)
         self._thread.start()
@@ -87,6 +93,23 @@ class WaitHub:
             self._subscribed.discard(key)
             self._requests.append((False, key))
             self._poke()
+
+    def listen(
+        self,
+        channels: list[str],
+        on_message: Callable[[str, bytes], None],
+        on_confirmed: Callable[[str], None],
+        on_lost: Callable[[], None],
+    ) -> None:
+        """Subscribe ``channels`` until the hub closes: ``on_confirmed(channel)`` once Redis
+        confirms each (again after every reconnect, which ``on_lost()`` announces first), and
+        ``on_message(channel, data)`` for what is published on them. All on the hub thread."""
+        with self._lock:
+            self._on_message, self._on_confirmed, self._on_lost = on_message, on_confirmed, on_lost
+            fresh = [c for c in channels if c not in self._listening]
+            self._listening.update(fresh)
+            self._listen_requests += fresh
+        self._poke()
 
     def subscriptions(self) -> int:
         """Keys subscribed to now (0 when nobody waits)."""
@@ -150,6 +173,10 @@ class WaitHub:
         # Everything must be subscribed again on the new connection, then read again.
         with self._lock:
             self._requests = deque((True, key) for key in self._subscribed)
+            self._listen_requests = list(self._listening)
+            lost = self._on_lost
+        if lost is not None and self._listening:
+            lost()
 
     def _serve(self) -> None:
         if self._pubsub is None:
@@ -167,6 +194,9 @@ class WaitHub:
                 channel = message.get("channel")
                 if message["type"] in ("ssubscribe", "smessage") and channel is not None:
                     name = channel.decode() if isinstance(channel, bytes) else str(channel)
+                    if name in self._listening:
+                        self._heard(message["type"], name, message.get("data"))
+                        continue
                     key = self._names.key_of_channel(name)
                     ready.add(key)
                     data = message.get("data")
@@ -194,9 +224,24 @@ class WaitHub:
         chunk = keys[start : start + _RECHECK_MAX]
         return set(chunk + keys[: _RECHECK_MAX - len(chunk)])
 
+    def _heard(self, kind: str, channel: str, data: object) -> None:
+        """A confirmation or a message on a channel listened to for good."""
+        try:
+            if kind == "ssubscribe" and self._on_confirmed is not None:
+                self._on_confirmed(channel)
+            elif kind == "smessage" and self._on_message is not None and isinstance(data, bytes):
+                self._on_message(channel, data)
+        except redis.RedisError:
+            raise  # the connection: reconnect, and read everything again
+        except Exception:  # a bug in a handler must not stop the hub
+            log.exception("a reply handler raised")
+
     def _send_requests(self, pubsub: redis.client.PubSub) -> None:
         with self._lock:
+            listen, self._listen_requests = self._listen_requests, []
             requests, self._requests = self._requests, deque()
+        if listen:
+            pubsub.ssubscribe(*listen)
         subscribe = [self._names.channel(k) for wanted, k in requests if wanted]
         unsubscribe = [self._names.channel(k) for wanted, k in requests if not wanted]
         if subscribe:
