@@ -527,3 +527,112 @@ def test_every_lua_script_compiles(redis_url: str) -> None:
     for source in sources:
         assert len(spy.script_load(source)) == 40
     spy.close()
+
+
+def test_a_wait_on_an_own_queued_key_no_worker_takes_ends_after_its_deadline(
+    redis_url: str,
+) -> None:
+    from postkey._stores import redis as redis_store
+
+    p = prefix()
+    old = redis_store.QUEUED_GRACE_S
+    redis_store.QUEUED_GRACE_S = 0.1  # instead of a minute
+    try:
+        with queued(redis_url, p) as client:
+            key = client.get_async("http://127.0.0.1:9/", timeout_ms=200)
+            started = time.monotonic()
+            result = client.wait(key, 10)  # a reply waiter: the rechecks must end it
+    finally:
+        redis_store.QUEUED_GRACE_S = old
+    assert result.state is State.FAILED and result.error_kind == "timeout"
+    assert time.monotonic() - started < 5
+
+
+def test_cancel_right_after_a_queued_submit_cancels_it(
+    redis_url: str, recorder: RecordingServer, spawn: Callable[..., WorkerProcess]
+) -> None:
+    p = prefix()
+    with queued(redis_url, p) as client:
+        cancelled = []
+        for i in range(20):
+            key = client.post_async(f"{recorder.url}/rec/c{i}?ms=500", b"x")
+            cancelled.append(client.cancel(key))  # its record may not have landed yet
+            assert client.wait(key, 10).error_kind == "cancelled"
+        spawn(p)  # a worker now finds them ended: none is sent
+        marker = client.get_async(f"{recorder.url}/rec/marker")
+        assert client.wait(marker, 10).status == 200
+    assert cancelled == [True] * 20
+    assert set(recorder.hits) == {"marker"}
+
+
+def test_an_entry_whose_key_is_not_a_key_is_dropped_and_the_worker_lives_on(
+    redis_url: str, echo: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    p = prefix()
+    worker = spawn(p)
+    spy = redis_py.Redis.from_url(redis_url)
+    for shard in range(SHARDS):
+        spy.xadd(Names(p).queue(shard), {"k": b"\xff\xfe", "j": b"junk"})
+        spy.xadd(Names(p).queue(shard), {"k": "no spaces allowed", "j": b"junk"})
+    with queued(redis_url, p) as client:
+        key = client.get_async(echo + "/get")
+        assert client.wait(key, 10).status == 200
+    assert worker.process is not None and worker.process.poll() is None
+    assert "is not a postkey request" in worker.output()
+    assert pending_entries(redis_url, p) == 0
+    spy.close()
+
+
+def test_flush_says_when_keys_never_reached_redis(echo: str) -> None:
+    from postkey.testing import LocalRedis
+
+    server = LocalRedis()
+    url = server.start().url
+    try:
+        client = Client(store=url, send="workers", store_timeout_ms=300, lease_ms=1000)
+        client.get_async(echo + "/get")
+        client.flush(5)
+        server.kill()
+        key = client.get_async(echo + "/get")  # Redis has not failed a call yet: written behind
+        with pytest.raises(postkey.StoreUnavailable):
+            client.flush(10)
+        server.start()  # empty: only this process knows the key, and how it ended
+        result = client.get(key)
+        assert result.state is State.FAILED and result.error_kind == "not_queued"
+        client.close()
+    finally:
+        server.stop()
+
+
+def test_the_cli_prints_the_key_and_exits_0_for_a_queued_request_whatever_its_outcome(
+    redis_url: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    p = prefix()
+    spawn(p)
+    env = {**os.environ, "POSTKEY_STORE": redis_url, "POSTKEY_STORE_PREFIX": p}
+    # It fails at the worker (nothing listens there): the submit still succeeded, and its
+    # outcome is read later.
+    posted = cli("request", "GET", "http://0.0.0.0:9/", "--send", "workers", env=env)
+    assert posted.returncode == 0 and posted.stderr == ""
+    key = posted.stdout.strip()
+    waited = cli("wait", key, "--timeout", "10", env=env)
+    assert waited.returncode == 1 and "failed" in waited.stderr
+
+
+def test_a_start_that_runs_twice_for_one_entry_is_one_attempt(redis_url: str) -> None:
+    from postkey._stores.redis_queue import WorkQueue
+
+    p = prefix()
+    with queued(redis_url, p) as client:
+        key = client.get_async("http://127.0.0.1:9/")
+        client.flush()
+    spy = redis_py.Redis.from_url(redis_url)
+    queue = WorkQueue(spy, Names(p), "w1")
+    queue.ensure_groups()
+    [(shard, entry_id, _fields)] = queue.read(10, None)
+    keys, args = queue.start_args(shard, [(key, entry_id)], 3, (60_000, 60_000))
+    first = queue.scripts.start(keys, args)
+    again = queue.scripts.start(keys, args)  # as a retry after a lost answer would
+    assert first[0][0] == again[0][0] == b"go" and first[0][2] == again[0][2] == b"w1#1"
+    assert record_meta(redis_url, p, key)["attempt"] == 1
+    spy.close()

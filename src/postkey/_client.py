@@ -368,7 +368,8 @@ class _ClientCore:
         """
         if not self._store.flush(timeout):
             raise StoreUnavailable(
-                f"the store did not take this client's new keys within {timeout} s"
+                f"the store did not take this client's writes within {timeout} s (or Redis"
+                " did not answer and some were given up: their keys end here as failed)"
             )
 
     # -- reading ---------------------------------------------------------------------------------

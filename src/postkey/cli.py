@@ -235,21 +235,24 @@ def _send(
             key=key,
             follow_redirects=follow or None,
         )
-        # Queued: a worker sends it; --wait waits for its result, else the key is the answer
-        # (printed once every process can see it).
+        # Printed once every process can see it.
         client.flush()
+        queued = client.settings.send == "workers"
+        if queued and not wait_:
+            # A worker sends it: the key is the answer, however fast a worker may be; its
+            # outcome is read later with get / wait.
+            click.echo(issued)
+            sys.exit(0)
         result = client.wait(issued) if wait_ else client.get(issued)
     finally:
         # Sent here: the request ends (response, failure or deadline) before the process does.
         client.close()
-    if client.settings.send == "local":
+    if not queued:
         result = client.get(issued)
     if wait_:
         _print_result(result, fmt or "text")
     else:
         _report_without_wait(issued, result, client.settings.store != "memory://")
-        if not result.state.terminal:
-            sys.exit(0)  # queued for the workers: the key is the answer
     sys.exit(_exit_code(result, fail))
 
 

@@ -33,9 +33,10 @@ from typing import Any
 import redis
 
 from ._engine import Engine
-from ._errors import InvalidRequest, InvalidValue
+from ._errors import InvalidKey, InvalidRequest, InvalidValue
 from ._host_gate import HostGate
 from ._job import Job
+from ._keys import check_key
 from ._request import Request, build_request, check_options
 from ._result import ErrorKind, Result
 from ._settings import Settings
@@ -82,6 +83,17 @@ class WorkerStats:
     held: int = 0  # times a request waited for its host (pause, concurrency, rate)
     retried: int = 0  # retries sent (settings.retries)
     redis_errors: int = 0
+
+
+def _key_of(fields: Any) -> str | None:
+    """The entry's key if it is one postkey could have issued, else None (junk)."""
+    raw = fields.get(b"k") if isinstance(fields, dict) else None
+    if not isinstance(raw, bytes):
+        return None
+    try:
+        return check_key(raw.decode())
+    except (UnicodeDecodeError, InvalidKey):
+        return None
 
 
 class _Backoff:
@@ -138,6 +150,7 @@ class Worker:
         self._stopping = threading.Event()
         self._cutting = False  # past the drain time: cancelled requests are handed back
         self._writes_closed = False
+        self._recover_own = False  # after a failed read: read our own pending entries
         self._writes = WriteBehind(self._redis, give_up_s=settings.claim_idle_ms / 1000.0)
         self._engine = Engine(
             self.settings, Transport(self.settings), self._sink, housekeeping=lambda: 0
@@ -195,11 +208,21 @@ class Worker:
                     self._room.wait(0.2)
                     continue
             try:
-                entries = self._queue.read(min(room, _READ_BATCH), self._block_ms)
+                if self._recover_own:
+                    # A read whose answer was lost left entries delivered to us that we never
+                    # saw: read our own pending entries again and start those we do not hold.
+                    entries = self._queue.read(min(room, _READ_BATCH), None, own=True)
+                    with self._lock:
+                        held = {t.entry_id for t in self._taken.values()}
+                    entries = [e for e in entries if e[1] not in held]
+                    self._recover_own = False
+                else:
+                    entries = self._queue.read(min(room, _READ_BATCH), self._block_ms)
                 if entries:
                     self._start(entries)
                 backoff.reset()
             except redis.ResponseError as exc:
+                self._recover_own = True
                 if "NOGROUP" in str(exc):
                     # Redis restarted without persistence (or someone deleted the group).
                     log.warning("worker %s: the consumer groups are gone: making them", self.name)
@@ -211,7 +234,11 @@ class Worker:
                     self._redis_error("reading the queue failed", exc)
                 backoff.sleep(self._stopping)
             except redis.RedisError as exc:
+                self._recover_own = True
                 self._redis_error("reading the queue failed", exc)
+                backoff.sleep(self._stopping)
+            except Exception:  # a bug (or an entry nobody foresaw) must not end the worker
+                log.exception("worker %s: starting entries raised", self.name)
                 backoff.sleep(self._stopping)
 
     def _redis_error(self, what: str, exc: Exception) -> None:
@@ -225,11 +252,11 @@ class Worker:
         by_shard: dict[int, list[tuple[str, bytes, bytes]]] = {}
         junk: list[tuple[int, bytes]] = []
         for shard, entry_id, fields in entries:
-            key, payload = fields.get(b"k"), fields.get(b"j")
-            if not isinstance(key, bytes) or not isinstance(payload, bytes):
+            key, payload = _key_of(fields), fields.get(b"j")
+            if key is None or not isinstance(payload, bytes):
                 junk.append((shard, entry_id))
                 continue
-            by_shard.setdefault(shard, []).append((key.decode(), entry_id, payload))
+            by_shard.setdefault(shard, []).append((key, entry_id, payload))
         calls = []
         for shard, batch in by_shard.items():
             pairs = [(key, entry_id) for key, entry_id, _payload in batch]

@@ -108,6 +108,7 @@ _NOT_ENDED = (State.PENDING, State.RUNNING)
 QUEUED_GRACE_S = 60.0
 _RECHECK_S = 1.0  # the last-resort re-read of every watched key
 _MAX_KEPT_HERE = 100_000  # results only this process knows (writes that never landed)
+_RECHECK_MAX = 1_000  # reply waiters read per last-resort recheck
 _OWNER_CACHE_S = 0.5  # how long "that owner is alive" is believed without asking again
 
 
@@ -178,6 +179,7 @@ class RedisStore:
         self._reply_waiters: dict[str, list[Callable[[Result], None]]] = {}
         self._confirmed_shards: set[int] = set()
         self._listening = False
+        self._reply_recheck_at = 0
         #: Terminal writes that lost to an earlier one (a reader's worker_lost, say).
         self.dropped_writes = 0
         #: Called (on the lease thread) with each job of this process whose key another
@@ -360,6 +362,10 @@ class RedisStore:
 
     def _queued(self, job: Job) -> Callable[[Any], None]:
         def landed(answer: Any) -> None:
+            if answer == -1:
+                # A key postkey made cannot collide: the record there is this very write, made
+                # by a first try whose answer was lost (a timeout retried). Queued once.
+                answer = 1
             waiters = None
             with self._lock:
                 self._queuing.pop(job.key, None)
@@ -376,13 +382,9 @@ class RedisStore:
                     )
                     self._remember_here(job.key, failure)
             if waiters:
-                final = self._ending.get(job.key) or self._read_after_loss(
-                    job.key,
-                    job.failure(
-                        ErrorKind.NOT_QUEUED, "the key already named something else: not queued"
-                    ),
-                )
-                wake_all(waiters, final, f"key {job.key!r}")
+                final = self._ending.get(job.key)
+                if final is not None:  # never a non-terminal Result: else they wait on
+                    wake_all(waiters, final, f"key {job.key!r}")
 
         return landed
 
@@ -400,6 +402,8 @@ class RedisStore:
         Raises:
             StoreUnavailable: Redis did not answer.
         """
+        if key in self._queuing:  # queued here, its record not written yet: write it first
+            self._writes.flush(self._lease_ms / 1000.0)
         names = self._names
         keys = list(names.parts(key))
         args = [owner, codec.kind_code(kind), message, self._result_ttl_ms, self._tombstone_ttl_ms]
@@ -513,6 +517,7 @@ class RedisStore:
             self._on_reply,
             self._on_reply_confirmed,
             self._on_replies_lost,
+            self._recheck_replies,
         )
 
     def _on_reply(self, _channel: str, data: bytes) -> None:
@@ -536,6 +541,17 @@ class RedisStore:
         with self._lock:
             self._confirmed_shards.add(shard)
             keys = [k for k in self._reply_waiters if shard_of(k) == shard]
+        self._read_for_replies(keys)
+
+    def _recheck_replies(self) -> None:
+        """The last resort for waits on our queued keys (a reply lost, or one that never
+        comes: a key no worker took ends when a reader finds it long past its deadline)."""
+        with self._lock:
+            keys = list(self._reply_waiters)
+        if len(keys) > _RECHECK_MAX:
+            start = self._reply_recheck_at % len(keys)
+            self._reply_recheck_at = start + _RECHECK_MAX
+            keys = (keys[start:] + keys[:start])[:_RECHECK_MAX]
         self._read_for_replies(keys)
 
     def _on_replies_lost(self) -> None:

@@ -128,7 +128,12 @@ for i = 1, (#KEYS - 2) / 3 do
   if ok and type(meta) == 'table' and type(meta['timeout_ms']) == 'number' then
     local ttl = ttl_of(meta, default_ttl)
     local left = tonumber(string.match(id, '^(%d+)')) + meta['timeout_ms'] - now_ms
-    if left <= 0 then
+    local mine = ARGV[2] .. '#'
+    if meta['entry'] == id and string.sub(meta['owner'], 1, string.len(mine)) == mine then
+      -- This worker started this entry already (its answer was lost, or the entry came back
+      -- from its own pending list): the same attempt, not a new delivery.
+      verdict = {'go', math.max(left, 1), meta['owner']}
+    elseif left <= 0 then
       settle(rec, tomb, chan, failed(meta, KIND_TIMEOUT,
         'its deadline passed before a worker could send it'), ttl, tomb_ttl, meta)
       verdict = {'ended'}
@@ -151,6 +156,7 @@ for i = 1, (#KEYS - 2) / 3 do
       meta['attempt'] = meta['attempt'] + 1
       meta['owner'] = ARGV[2] .. '#' .. meta['attempt']
       meta['state'] = 'running'
+      meta['entry'] = id
       redis.call('SET', rec, 'pk\\1P' .. cjson.encode(meta), 'KEEPTTL')
       verdict = {'go', left, meta['owner']}
     end
@@ -312,10 +318,14 @@ class WorkQueue:
                 if "BUSYGROUP" not in str(exc):
                     raise
 
-    def read(self, count: int, block_ms: int) -> list[tuple[int, bytes, list[Any]]]:
-        """New entries for this consumer, up to ``count``: (shard, entry ID, fields)."""
+    def read(
+        self, count: int, block_ms: int | None, own: bool = False
+    ) -> list[tuple[int, bytes, list[Any]]]:
+        """New entries for this consumer, up to ``count``: (shard, entry ID, fields); with
+        ``own``, the entries already delivered to it and not acknowledged instead."""
+        start = "0" if own else ">"
         reply = self._redis.xreadgroup(
-            GROUP, self.consumer, dict.fromkeys(self.streams, ">"), count=count, block=block_ms
+            GROUP, self.consumer, dict.fromkeys(self.streams, start), count=count, block=block_ms
         )
         return self._entries(reply)
 

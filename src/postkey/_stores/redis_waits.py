@@ -59,6 +59,7 @@ class WaitHub:
         self._on_message: Callable[[str, bytes], None] | None = None
         self._on_confirmed: Callable[[str], None] | None = None
         self._on_lost: Callable[[], None] | None = None
+        self._on_recheck: Callable[[], None] | None = None
         self._pubsub: redis.client.PubSub | None = None
         self._thread = threading.Thread(target=self._run, name="postkey-redis-waits", daemon=True)
         self._thread.start()
@@ -100,12 +101,15 @@ class WaitHub:
         on_message: Callable[[str, bytes], None],
         on_confirmed: Callable[[str], None],
         on_lost: Callable[[], None],
+        on_recheck: Callable[[], None],
     ) -> None:
         """Subscribe ``channels`` until the hub closes: ``on_confirmed(channel)`` once Redis
         confirms each (again after every reconnect, which ``on_lost()`` announces first), and
-        ``on_message(channel, data)`` for what is published on them. All on the hub thread."""
+        ``on_message(channel, data)`` for what is published on them, and ``on_recheck()`` with
+        the hub's last-resort rechecks. All on the hub thread."""
         with self._lock:
             self._on_message, self._on_confirmed, self._on_lost = on_message, on_confirmed, on_lost
+            self._on_recheck = on_recheck
             fresh = [c for c in channels if c not in self._listening]
             self._listening.update(fresh)
             self._listen_requests += fresh
@@ -206,6 +210,8 @@ class WaitHub:
             if now >= next_recheck:
                 ready |= self._recheck_slice()
                 next_recheck = now + self._recheck_s
+                if self._on_recheck is not None:
+                    self._on_recheck()
             if ready:
                 self._settle(ready, known)
                 continue

@@ -66,6 +66,8 @@ class WriteBehind:
         #: False after a batch met a connection error, until one goes through: callers then
         #: write synchronously, so that a Redis that is down is an error they see at once.
         self.healthy = True
+        self._lost = 0  # writes given up on, ever
+        self._lost_told = 0  # of those, how many a flush has reported
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="postkey-redis-writes", daemon=True)
         self._thread.start()
@@ -78,7 +80,9 @@ class WriteBehind:
                 self._ready.notify()
 
     def flush(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds until everything queued has been sent."""
+        """Wait up to ``timeout`` seconds until everything queued has been sent; False if that
+        time ran out, or if writes were given up on (Redis did not answer for ``give_up_s``)
+        since the last flush said so."""
         deadline = time.monotonic() + timeout
         with self._ready:
             while self._ops or self._busy:
@@ -86,7 +90,8 @@ class WriteBehind:
                 if left <= 0:
                     return False
                 self._ready.wait(min(left, 0.05))
-        return True
+            told, self._lost_told = self._lost_told, self._lost
+        return told == self._lost
 
     def close(self, timeout: float) -> None:
         """Send what is queued (for up to ``timeout`` seconds), then stop the thread."""
@@ -125,6 +130,8 @@ class WriteBehind:
                 if time.monotonic() + delay > deadline or self._stopping:
                     log.error("%d writes to the store were lost: %s", len(batch), exc)
                     answers = [None] * len(batch)
+                    with self._ready:
+                        self._lost += len(batch)
                     break
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
