@@ -119,7 +119,9 @@ def test_a_large_value_evicts_many_small_ones_without_a_long_lock_hold() -> None
     big = b"x" * (58 << 20)
     worst = _worst_get_latency_during(lambda: cache.set("big", big), cache)
     assert cache.get("big") is not None and cache.count() < 10_000  # the rest fit beside it
-    assert worst < 0.05, f"a get waited {worst * 1000:.0f} ms behind the eviction"
+    # The whole eviction takes ~350 ms here: held under the lock, a get would wait that long.
+    # 100 ms leaves room for a loaded machine and still fails if the lock is held throughout.
+    assert worst < 0.1, f"a get waited {worst * 1000:.0f} ms behind the eviction"
 
 
 def test_clearing_a_big_cache_frees_it_outside_the_lock() -> None:
@@ -128,7 +130,7 @@ def test_clearing_a_big_cache_frees_it_outside_the_lock() -> None:
         cache.set(f"k{i}", "v")
     worst = _worst_get_latency_during(cache.clear, cache)
     assert cache.count() == 0
-    assert worst < 0.05, f"a get waited {worst * 1000:.0f} ms behind clear()"
+    assert worst < 0.1, f"a get waited {worst * 1000:.0f} ms behind clear()"
 
 
 def _worst_get_latency_during(action: Any, cache: MemCache) -> float:
