@@ -47,6 +47,7 @@ pytest: $(STAMP)
 # Benchmarks are scripts, not tests: they install nginx if missing and take a few minutes.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/queued.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
