@@ -43,7 +43,7 @@ from ._settings import Settings
 from ._stores import codec
 from ._stores.delivery import AT_LEAST_ONCE
 from ._stores.names import GROUP, SHARDS, Names
-from ._stores.redis import connect, redacted_url
+from ._stores.redis_connect import connect, redacted_url
 from ._stores.redis_limits import HostLimits, parse_retry_after
 from ._stores.redis_queue import WorkQueue, decode_request
 from ._stores.redis_writes import WriteBehind, call_scripts

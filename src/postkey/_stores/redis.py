@@ -22,8 +22,6 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from .._errors import IdempotencyKeysFull, InvalidValue, KeyConflict, StoreUnavailable
 from .._job import Job
@@ -32,8 +30,10 @@ from .._settings import Settings
 from .._waits import check_wait_timeout, wake_all
 from . import codec
 from .base import MISSING, CacheValue
-from .names import SHARDS, Names, shard_of
+from .names import Names
+from .redis_connect import connect, redacted_url
 from .redis_queue import QueueScripts, encode_request, with_announce
+from .redis_replies import Replies
 from .redis_waits import WaitHub
 from .redis_writes import WriteBehind
 
@@ -108,36 +108,7 @@ _NOT_ENDED = (State.PENDING, State.RUNNING)
 QUEUED_GRACE_S = 60.0
 _RECHECK_S = 1.0  # the last-resort re-read of every watched key
 _MAX_KEPT_HERE = 100_000  # results only this process knows (writes that never landed)
-_RECHECK_MAX = 1_000  # reply waiters read per last-resort recheck
 _OWNER_CACHE_S = 0.5  # how long "that owner is alive" is believed without asking again
-
-
-def connect(settings: Settings) -> redis.Redis:
-    """A client for ``settings.store``: every call has a socket timeout (store_timeout_ms) and
-    one retry after a short backoff, so a Redis that is down fails a call within about twice
-    the timeout, never hangs it.
-
-    Raises:
-        InvalidValue: a malformed URL.
-    """
-    timeout_s = settings.store_timeout_ms / 1000.0
-    try:
-        return redis.Redis.from_url(
-            settings.store,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
-            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-            health_check_interval=30,
-        )
-    except ValueError as exc:
-        raise InvalidValue(f"store URL {settings.store!r}: {exc}") from None
-
-
-def redacted_url(url: str) -> str:
-    """``url`` without its password."""
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme}{sep}{rest.rpartition('@')[2]}"
 
 
 class RedisStore:
@@ -172,14 +143,6 @@ class RedisStore:
         self._queuing: dict[str, Job] = {}
         # Waiters of keys this process sends, woken as their results land (no pub/sub).
         self._local_waiters: dict[str, list[Callable[[Result], None]]] = {}
-        # Keys this process queued and has not heard the end of (True: queued while their
-        # shard's reply channel was confirmed, so their end cannot have been missed), the
-        # waiters of those keys, and the shards whose reply channel is confirmed.
-        self._mine: dict[str, bool] = {}
-        self._reply_waiters: dict[str, list[Callable[[Result], None]]] = {}
-        self._confirmed_shards: set[int] = set()
-        self._listening = False
-        self._reply_recheck_at = 0
         #: Terminal writes that lost to an earlier one (a reader's worker_lost, say).
         self.dropped_writes = 0
         #: Called (on the lease thread) with each job of this process whose key another
@@ -190,6 +153,7 @@ class RedisStore:
         self._leases = threading.Thread(target=self._keep_lease, name="postkey-lease", daemon=True)
         self._leases.start()
         self._hub = WaitHub(self._redis, self._names, self._check, _RECHECK_S)
+        self._replies = Replies(self._hub, self._names, self.owner, self._read_many, self._lookup)
         self._writes = WriteBehind(self._redis, give_up_s=self._lease_ms / 1000.0)
 
     @property
@@ -348,13 +312,13 @@ class RedisStore:
             # process answers for the key (pending), and if it cannot land, ends it here.
             with self._lock:
                 self._queuing[job.key] = job
-            self._remember_mine(job.key)
+            self._replies.remember(job.key)
             self._writes.put(self._queue.enqueue, keys, args, self._queued(job))
             return True
         outcome = self._call(self._queue.enqueue, keys, args)
         if outcome == 1:
             # Its end may be announced before this line: a wait on it reads it once more.
-            self._remember_mine(job.key, heard_from_start=False)
+            self._replies.remember(job.key, heard_from_start=False)
             return True
         if outcome == 0:
             return False
@@ -370,8 +334,7 @@ class RedisStore:
             with self._lock:
                 self._queuing.pop(job.key, None)
                 if answer != 1:  # no reply will come for it
-                    self._mine.pop(job.key, None)
-                    waiters = self._reply_waiters.pop(job.key, None)
+                    waiters = self._replies.forget(job.key)
                 if answer is None:
                     # Never queued, so never sent: the key ends here (only this process
                     # ever knew it), as failed / not_queued.
@@ -482,11 +445,9 @@ class RedisStore:
             if key in self._jobs:
                 self._local_waiters.setdefault(key, []).append(wake)
                 return (lambda: self._unwatch(self._local_waiters, key, wake)), False
-            heard_from_start = self._mine.get(key)
-            if heard_from_start is not None:
-                self._reply_waiters.setdefault(key, []).append(wake)
-                undo = lambda: self._unwatch(self._reply_waiters, key, wake)  # noqa: E731
-                return undo, not heard_from_start
+        mine = self._replies.watch(key, wake)
+        if mine is not None:
+            return mine
         return self._hub.watch(key, "result", wake), False  # type: ignore[arg-type]
 
     def _unwatch(
@@ -498,80 +459,6 @@ class RedisStore:
                 waiters.remove(wake)
                 if not waiters:
                     del table[key]
-
-    # -- replies: results of this process's queued keys ------------------------------------------
-
-    def _remember_mine(self, key: str, heard_from_start: bool | None = None) -> None:
-        """A key this process queued: its result will be announced on our reply channels."""
-        with self._lock:
-            confirmed = shard_of(key) in self._confirmed_shards
-            self._mine[key] = confirmed if heard_from_start is None else heard_from_start
-            if len(self._mine) > _MAX_KEPT_HERE:  # never heard of: waits fall back to the hub
-                del self._mine[next(iter(self._mine))]
-            if self._listening:
-                return
-            self._listening = True
-        names = self._names
-        self._hub.listen(
-            [names.reply(i, self.owner) for i in range(SHARDS)],
-            self._on_reply,
-            self._on_reply_confirmed,
-            self._on_replies_lost,
-            self._recheck_replies,
-        )
-
-    def _on_reply(self, _channel: str, data: bytes) -> None:
-        raw_key, _, note = data.partition(b"\n")
-        key = raw_key.decode()
-        with self._lock:
-            self._mine.pop(key, None)
-            waiters = self._reply_waiters.pop(key, None)
-        if waiters:
-            result = None
-            if note.startswith(codec.RECORD_MAGIC):
-                try:
-                    result = codec.decode_result(key, note)
-                except codec.RecordError:
-                    result = None
-            wake_all(waiters, result or self._lookup(key), f"key {key!r}")
-
-    def _on_reply_confirmed(self, channel: str) -> None:
-        # From now on every result of the shard reaches us; those announced before are read.
-        shard = int(channel[channel.index("{s") + 2 : channel.index("}")])
-        with self._lock:
-            self._confirmed_shards.add(shard)
-            keys = [k for k in self._reply_waiters if shard_of(k) == shard]
-        self._read_for_replies(keys)
-
-    def _recheck_replies(self) -> None:
-        """The last resort for waits on our queued keys (a reply lost, or one that never
-        comes: a key no worker took ends when a reader finds it long past its deadline)."""
-        with self._lock:
-            keys = list(self._reply_waiters)
-        if len(keys) > _RECHECK_MAX:
-            start = self._reply_recheck_at % len(keys)
-            self._reply_recheck_at = start + _RECHECK_MAX
-            keys = (keys[start:] + keys[:start])[:_RECHECK_MAX]
-        self._read_for_replies(keys)
-
-    def _on_replies_lost(self) -> None:
-        with self._lock:
-            self._confirmed_shards.clear()
-            for key in self._mine:
-                self._mine[key] = False
-
-    def _read_for_replies(self, keys: list[str]) -> None:
-        """Wake the reply waiters of those ``keys`` that have ended already."""
-        if not keys:
-            return
-        for key, result in zip(keys, self._read_many(keys), strict=True):
-            if result.state in _NOT_ENDED:
-                continue
-            with self._lock:
-                self._mine.pop(key, None)
-                waiters = self._reply_waiters.pop(key, None)
-            if waiters:
-                wake_all(waiters, result, f"key {key!r}")
 
     def _terminal_write(
         self, key: str, result: Result, owner: str, ttl_ms: int | None
@@ -712,7 +599,7 @@ class RedisStore:
             return now, None
         undo, read_again = self._watch_result(key, wake)
         if read_again:
-            self._read_for_replies([key])
+            self._replies.read_again([key])
         return None, undo
 
     def wait(self, key: str, timeout: float | None) -> Result:
@@ -772,7 +659,7 @@ class RedisStore:
         watches = [(key, *self._watch_result(key, waker(key))) for key in keys]
         undo = [unwatch for _key, unwatch, _again in watches]
         try:
-            self._read_for_replies([key for key, _unwatch, again in watches if again])
+            self._replies.read_again([key for key, _unwatch, again in watches if again])
             gate.wait(seconds)
         finally:
             for unwatch in undo:
@@ -911,10 +798,9 @@ class RedisStore:
         self._hub.release_all()
         with self._lock:
             local, self._local_waiters = self._local_waiters, {}
-            local.update(self._reply_waiters)
-            self._reply_waiters = {}
         for key, waiters in local.items():
             wake_all(waiters, MISSING, f"key {key!r}")
+        self._replies.release_all()
 
     def flush(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the keys and results written behind to land;
