@@ -27,9 +27,6 @@ def connect(settings: Settings) -> redis.Redis:
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
             health_check_interval=30,
-            # No CLIENT SETINFO on connect: against a stalled server each would wait a timeout.
-            lib_name=None,
-            lib_version=None,
         )
     except ValueError as exc:
         raise InvalidValue(f"store URL {settings.store!r}: {exc}") from None
