@@ -101,9 +101,10 @@ def test_siblings_use_their_own_prefix(echo: str, name: str, prefix: str) -> Non
 
 
 def test_memcache_get_semantics(echo: str) -> None:
+    slow = HTTPSendGetMessageAsync(echo + "/delay/1000", "", 3000)
+    assert MemCacheGet(slow) == ""  # not there yet: empty, like a missing key
     ok = HTTPSendPostMessageAsync(echo + "/status/500", "body", "", 3000)
     failed = HTTPSendGetMessageAsync("http://127.0.0.1:9/", "", 3000)
-    assert MemCacheGet(ok) == ""  # not there yet: empty, like a missing key
     postkey.wait(ok, 5)
     postkey.wait(failed, 5)
     assert MemCacheExists(ok) and MemCacheExists(failed)
