@@ -45,7 +45,7 @@ from ._stores.delivery import AT_LEAST_ONCE
 from ._stores.names import GROUP, SHARDS, Names
 from ._stores.redis_connect import connect, redacted_url
 from ._stores.redis_limits import HostLimits, parse_retry_after
-from ._stores.redis_queue import WorkQueue, decode_request
+from ._stores.redis_queue import WorkQueue
 from ._stores.redis_writes import WriteBehind, call_scripts
 from ._transport import Transport
 
@@ -65,7 +65,6 @@ class _Taken:
     entry_id: bytes
     owner: str  # "<worker>#<attempt>": the fence of every write of this attempt
     delivery: str
-    fingerprint: str | None
     job: Job
     tries: int = 0  # retries made (settings.retries)
 
@@ -291,7 +290,7 @@ class Worker:
         self, shard: int, key: str, entry_id: bytes, payload: bytes, left_ms: int, owner: str
     ) -> None:
         try:
-            queued = decode_request(payload)
+            queued = codec.decode_job(payload)
             # Checked again as a submit is: whatever wrote the entry, nothing unchecked is sent.
             request = build_request(
                 queued.method,
@@ -311,13 +310,13 @@ class Worker:
         except (codec.RecordError, InvalidRequest, TypeError, ValueError) as exc:
             # Written by something that is not this version of postkey: end it, do not guess.
             job = Job(key, Request("GET", "", b"", (), 1, False))
-            taken = _Taken(shard, entry_id, owner, AT_LEAST_ONCE, None, job)
+            taken = _Taken(shard, entry_id, owner, AT_LEAST_ONCE, job)
             self._store(taken, job.failure(ErrorKind.INTERNAL, f"the queued request is bad: {exc}"))
             return
         # The deadline counts from the submit (Redis time, in the entry's ID): time queued
         # is part of timeout_ms, as in a client's own engine.
         job.deadline = time.monotonic() + left_ms / 1000.0
-        taken = _Taken(shard, entry_id, owner, queued.delivery, job.fingerprint, job)
+        taken = _Taken(shard, entry_id, owner, queued.delivery, job)
         with self._lock:
             self._taken[key] = taken
         self._admit(taken)
@@ -425,7 +424,7 @@ class Worker:
         return True
 
     def _store(self, taken: _Taken, result: Result) -> None:
-        result.fingerprint = taken.fingerprint
+        result.fingerprint = taken.job.fingerprint
         ttl = taken.job.ttl_ms or self._ttls[0]
         keys, args = self._queue.finish_args(
             taken.shard,

@@ -32,7 +32,7 @@ from . import codec
 from .base import MISSING, CacheValue
 from .names import Names
 from .redis_connect import connect, redacted_url
-from .redis_queue import QueueScripts, encode_request, with_announce
+from .redis_queue import CLAIM, QueueScripts, encode_request, with_announce
 from .redis_replies import Replies
 from .redis_waits import WaitHub
 from .redis_writes import WriteBehind
@@ -41,22 +41,7 @@ log = logging.getLogger("postkey")
 
 # Register a key: KEYS record, tombstone; ARGV pending record, fingerprint ('' for a postkey
 # key), pending TTL ms. Returns 1 registered, 0 the same request is known, -1 a conflict.
-_REGISTER = """
-local fp = ARGV[2]
-if fp == '' then
-  if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[3]) then return 1 end
-  return -1
-end
-local t = redis.call('GET', KEYS[2])
-if t then
-  if t == 'F:' .. fp then return 0 end
-  return -1
-end
-if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-redis.call('SET', KEYS[2], 'F:' .. fp, 'PX', ARGV[3])
-return 1
-"""
+_REGISTER = CLAIM + "return claim(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])\n"
 
 # The one terminal write: KEYS record, tombstone, channel; ARGV result record, owner, result TTL
 # ms, result TTL + tombstone TTL ms, and '1' if the owner itself writes. Only a pending record of
@@ -387,13 +372,6 @@ class RedisStore:
                 if record is not None and record[3:4] != b"P"
             ]
         return gone
-
-    def _forget(self, job: Job) -> None:
-        with self._lock:
-            if self._jobs.get(job.key) is job:
-                del self._jobs[job.key]
-                if job.fingerprint is not None:
-                    self._caller_jobs -= 1
 
     def job(self, key: str) -> Job | None:
         """The pending job under ``key`` that this process sends (not one whose result is

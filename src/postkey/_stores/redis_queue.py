@@ -38,6 +38,27 @@ from .names import GROUP, SHARDS, Names
 
 DEAD_LETTERS_KEPT = 10_000  # the dead-letter streams are capped (nothing there is pending)
 
+# Make a key's record: 1 made, 0 the same caller key (fingerprint) names the same request,
+# -1 the key names something else. Without a caller key (fp ''), postkey made the key: it only
+# has to be new. The one rule for REGISTER (local sending) and ENQUEUE (queued).
+CLAIM = """
+local function claim(rec, tomb, record, fp, ttl)
+  if fp == '' then
+    if redis.call('SET', rec, record, 'NX', 'PX', ttl) then return 1 end
+    return -1
+  end
+  local t = redis.call('GET', tomb)
+  if t then
+    if t == 'F:' .. fp then return 0 end
+    return -1
+  end
+  if redis.call('EXISTS', rec) == 1 then return -1 end
+  redis.call('SET', rec, record, 'PX', ttl)
+  redis.call('SET', tomb, 'F:' .. fp, 'PX', ttl)
+  return 1
+end
+"""
+
 # Helpers every script that ends a key shares: a failed result in codec's R format, and the one
 # terminal write (record, tombstone kept or made, publish), so a waiter is always woken.
 _PRELUDE = """
@@ -83,27 +104,20 @@ end
 # submitter's reply id (its results are also announced on its reply channels). The
 # pending record is made here (in Redis's CPU, not the client's). 1 queued, 0 the same request
 # is known, -1 a conflict.
-_ENQUEUE = """
+_ENQUEUE = (
+    CLAIM
+    + """
 local fp = ARGV[1]
 local record = 'pk\\1P' .. cjson.encode({owner = '', fingerprint = (fp ~= '' and fp) or cjson.null,
   submitted_at = tonumber(ARGV[8]), state = 'pending', queued = true, delivery = ARGV[5],
   timeout_ms = tonumber(ARGV[6]), ttl_ms = tonumber(ARGV[7]), attempt = 0, url = ARGV[9],
   reply = ARGV[10]})
-if fp == '' then
-  if not redis.call('SET', KEYS[1], record, 'NX', 'PX', ARGV[2]) then return -1 end
-else
-  local t = redis.call('GET', KEYS[2])
-  if t then
-    if t == 'F:' .. fp then return 0 end
-    return -1
-  end
-  if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
-  redis.call('SET', KEYS[1], record, 'PX', ARGV[2])
-  redis.call('SET', KEYS[2], 'F:' .. fp, 'PX', ARGV[2])
-end
+local claimed = claim(KEYS[1], KEYS[2], record, fp, ARGV[2])
+if claimed ~= 1 then return claimed end
 redis.call('XADD', KEYS[3], '*', 'k', ARGV[4], 'j', ARGV[3])
 return 1
 """
+)
 
 # KEYS stream, dead-letter stream, then record, tombstone, channel per entry; ARGV group, worker,
 # max deliveries, default result TTL, tombstone TTL, then one entry ID per entry. Per entry:
@@ -289,15 +303,6 @@ def encode_request(job: Job, delivery: str, ttl_ms: int) -> bytes:
     )
 
 
-def decode_request(payload: bytes) -> codec.QueuedRequest:
-    """The request a queue entry holds.
-
-    Raises:
-        codec.RecordError: not a queued request this version can read.
-    """
-    return codec.decode_job(payload)
-
-
 class WorkQueue:
     """A worker's side of the queue: read, start, keep alive, reclaim, finish, hand back."""
 
@@ -381,13 +386,3 @@ class WorkQueue:
     ) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of `_HANDBACK`."""
         return [self._names.record(key), self.streams[shard]], [owner, GROUP, entry_id]
-
-    def pending_count(self) -> int:
-        """Entries delivered and not acknowledged, over every shard (for tests and operators)."""
-        total = 0
-        for stream in self.streams:
-            try:
-                total += int(self._redis.xpending(stream, GROUP)["pending"])
-            except redis.ResponseError:
-                pass  # no group yet
-        return total
