@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from postkey import Client
-from postkey.testing import LocalRedis, LocalServer
+from postkey.testing import LocalRedis, LocalRedisCluster, LocalServer
 
 from .servers import HostileServer
 
@@ -56,7 +56,23 @@ def client() -> Iterator[Client]:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """A redis-server of our own on a free port (never the machine's 6379), stopped at the end."""
+def single_redis_url() -> Iterator[str]:
+    """One redis-server of our own on a free port (never the machine's 6379)."""
     with LocalRedis() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def cluster_redis_url() -> Iterator[str]:
+    """A three-master Redis Cluster of our own (``redis+cluster://``)."""
+    with LocalRedisCluster() as url:
+        yield url
+
+
+@pytest.fixture(scope="session", params=["redis", "cluster"])
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """A store URL of our own, stopped at the end: one redis-server, then a Redis Cluster, so
+    every test of the shared store and the queue runs on both."""
+    return str(
+        request.getfixturevalue(f"{'single' if request.param == 'redis' else 'cluster'}_redis_url")
+    )

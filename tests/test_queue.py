@@ -23,6 +23,7 @@ from postkey._stores import codec
 from postkey._stores.names import GROUP, SHARDS, Names
 
 from .recording import RecordingServer
+from .spy import spy_client
 from .test_redis_store import run_python
 from .workers import WorkerProcess
 
@@ -62,7 +63,7 @@ def queued(redis_url: str, p: str, **settings: object) -> Client:
 
 
 def record_meta(redis_url: str, p: str, key: str) -> dict[str, object]:
-    spy = redis_py.Redis.from_url(redis_url)
+    spy = spy_client(redis_url)
     try:
         raw = spy.get(Names(p).record(key))
     finally:
@@ -72,7 +73,7 @@ def record_meta(redis_url: str, p: str, key: str) -> dict[str, object]:
 
 
 def pending_entries(redis_url: str, p: str) -> int:
-    spy = redis_py.Redis.from_url(redis_url)
+    spy = spy_client(redis_url)
     try:
         total = 0
         for shard in range(SHARDS):
@@ -212,7 +213,7 @@ def test_bad_input_is_refused_before_anything_is_queued(redis_url: str) -> None:
             client.post_async("http://127.0.0.1:9/", timeout_ms=10**12)
         client.flush()
     assert pending_entries(redis_url, p) == 0
-    spy = redis_py.Redis.from_url(redis_url)
+    spy = spy_client(redis_url)
     assert list(spy.scan_iter(match=f"{p}:*")) == []
     spy.close()
 
@@ -348,7 +349,7 @@ def test_a_request_that_keeps_killing_its_worker_ends_in_the_dead_letter_stream(
     assert result.state is State.FAILED and result.error_kind == "worker_lost"
     assert "dead-letter" in (result.error or "")
     assert recorder.hits["poison"] == 2
-    spy = redis_py.Redis.from_url(redis_url)
+    spy = spy_client(redis_url)
     dead = [e for s in range(SHARDS) for e in spy.xrange(Names(p).dead(s))]
     spy.close()
     assert len(dead) == 1 and dead[0][1][b"k"].decode() == key
@@ -360,7 +361,7 @@ def test_a_malformed_entry_is_dropped_and_a_bad_payload_ends_its_key(
 ) -> None:
     p = prefix()
     names = Names(p)
-    spy = redis_py.Redis.from_url(redis_url)
+    spy = spy_client(redis_url)
     spy.xadd(names.queue(0), {"junk": "1"})
     with queued(redis_url, p) as client:
         key = client.get_async(echo + "/get")
@@ -386,7 +387,7 @@ def test_a_worker_makes_its_consumer_group_again_when_it_is_gone(
 ) -> None:
     p = prefix()
     worker = spawn(p)
-    spy = redis_py.Redis.from_url(redis_url)
+    spy = spy_client(redis_url)
     for shard in range(SHARDS):
         spy.xgroup_destroy(Names(p).queue(shard), GROUP)
     with queued(redis_url, p) as client:
@@ -507,7 +508,7 @@ def test_every_lua_script_compiles(redis_url: str) -> None:
     from postkey._stores import redis as redis_store
     from postkey._stores import redis_limits, redis_queue
 
-    spy = redis_py.Redis.from_url(redis_url)
+    spy = spy_client(redis_url)
     scripts = redis_queue.QueueScripts(spy)
     sources = [
         getattr(scripts, name).script
@@ -570,7 +571,7 @@ def test_an_entry_whose_key_is_not_a_key_is_dropped_and_the_worker_lives_on(
 ) -> None:
     p = prefix()
     worker = spawn(p)
-    spy = redis_py.Redis.from_url(redis_url)
+    spy = spy_client(redis_url)
     for shard in range(SHARDS):
         spy.xadd(Names(p).queue(shard), {"k": b"\xff\xfe", "j": b"junk"})
         spy.xadd(Names(p).queue(shard), {"k": "no spaces allowed", "j": b"junk"})
@@ -626,7 +627,7 @@ def test_a_start_that_runs_twice_for_one_entry_is_one_attempt(redis_url: str) ->
     with queued(redis_url, p) as client:
         key = client.get_async("http://127.0.0.1:9/")
         client.flush()
-    spy = redis_py.Redis.from_url(redis_url)
+    spy = spy_client(redis_url)
     queue = WorkQueue(spy, Names(p), "w1")
     queue.ensure_groups()
     [(shard, entry_id, _fields)] = queue.read(10, None)

@@ -16,14 +16,14 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import redis as redis_py
 
 import postkey
 from postkey import State
 from postkey._stores.names import SHARDS, Names
-from postkey.testing import LocalRedis
+from postkey.testing import LocalRedis, LocalRedisCluster
 
 from .recording import RecordingServer
+from .spy import spy_client
 from .test_queue import pending_entries, prefix, queued
 from .workers import WorkerProcess
 
@@ -113,7 +113,7 @@ def _chaos(
     while pending_entries(redis_url, p) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert pending_entries(redis_url, p) == 0
-    spy = redis_py.Redis.from_url(redis_url)
+    spy = spy_client(redis_url)
     assert sum(spy.xlen(Names(p).dead(s)) for s in range(SHARDS)) == 0
     spy.close()
     return killed, {rid: r for (rid, _key), r in zip(ordered, results, strict=True)}, at_most_once
@@ -190,10 +190,58 @@ def test_a_late_finish_by_a_worker_that_was_taken_over_is_dropped(
     assert pending_entries(redis_url, p) == 0
 
 
+class _Outage:
+    """A store to kill -9 and start again: one redis-server, or a Redis Cluster of which one
+    master (``whole=False``: a partial outage) or every master goes down."""
+
+    def __init__(self, kind: str, *args: str, whole: bool = False) -> None:
+        self.single = LocalRedis(*args) if kind == "redis" else None
+        self.cluster = LocalRedisCluster(*args) if kind == "cluster" else None
+        self.whole = whole
+        self.started = False
+
+    @property
+    def url(self) -> str:
+        return self.single.url if self.single is not None else self._nodes().url
+
+    def _nodes(self) -> LocalRedisCluster:
+        assert self.cluster is not None
+        return self.cluster
+
+    def _down(self) -> list[LocalRedis]:
+        nodes = self._nodes().nodes
+        return nodes if self.whole else nodes[:1]
+
+    def start(self) -> None:
+        if self.single is not None:
+            self.single.start()
+        elif not self.started:
+            self._nodes().start()
+        else:
+            for node in self._down():
+                node.start()
+            self._nodes().wait_ok()
+        self.started = True
+
+    def kill(self) -> None:
+        if self.single is not None:
+            self.single.kill()
+        else:
+            for node in self._down():
+                node.kill()
+
+    def stop(self) -> None:
+        if self.single is not None:
+            self.single.stop()
+        else:
+            self._nodes().stop()
+
+
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
 def test_redis_killed_and_restarted_with_aof_loses_no_key_and_workers_resume(
-    recorder: RecordingServer, workers: list[WorkerProcess]
+    recorder: RecordingServer, workers: list[WorkerProcess], kind: str
 ) -> None:
-    server = LocalRedis("--appendonly", "yes", "--appendfsync", "always")
+    server = _Outage(kind, "--appendonly", "yes", "--appendfsync", "always")
     server.start()
     p = prefix()
     try:
@@ -244,10 +292,11 @@ def test_redis_killed_and_restarted_with_aof_loses_no_key_and_workers_resume(
         server.stop()
 
 
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
 def test_redis_restarted_without_persistence_gives_clear_errors_and_no_hot_loop(
-    recorder: RecordingServer, workers: list[WorkerProcess]
+    recorder: RecordingServer, workers: list[WorkerProcess], kind: str
 ) -> None:
-    server = LocalRedis()
+    server = _Outage(kind, whole=True)
     server.start()
     p = prefix()
     try:
@@ -290,7 +339,7 @@ def test_every_key_goes_away_with_its_ttl(
     p = prefix()
     workers.append(WorkerProcess(redis_url, p, tombstone_ttl_ms=300).start())
     workers[0].wait_ready()
-    spy = redis_py.Redis.from_url(redis_url)
+    spy = spy_client(redis_url)
 
     def names() -> set[bytes]:
         return set(spy.scan_iter(match=f"{p}:*", count=1000))

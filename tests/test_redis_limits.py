@@ -43,6 +43,14 @@ def cluster_node() -> Iterator[LocalRedis]:
     node.stop()
 
 
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """One redis-server (the conftest's runs on a Cluster too): these tests talk to it with a
+    plain client, and the limits' Cluster behaviour has a test of its own, at the end."""
+    with LocalRedis() as url:
+        yield url
+
+
 @pytest.fixture
 def r(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)

@@ -19,6 +19,8 @@ import postkey
 from postkey import Client, State
 from postkey.testing import LocalRedis
 
+from .spy import spy_client
+
 
 def prefix() -> str:
     return f"t{uuid.uuid4().hex[:12]}"
@@ -54,26 +56,36 @@ def test_a_key_sent_here_is_read_in_another_process(redis_url: str, echo: str) -
     assert other.stdout.split() == ["done", "200", "True", echo + "/post"]
 
 
-def test_another_process_waits_push_based_for_a_key_sent_here(redis_url: str, hostile: str) -> None:
+def test_another_process_waits_push_based_for_a_key_sent_here(redis_url: str, echo: str) -> None:
     p = prefix()
+    # The waiter is up (imports done, store open) before the request is sent, and the request
+    # takes a second: the wait must be woken by the push, not found by a first read.
+    waiter = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import sys, time, postkey
+                with postkey.Client(store={redis_url!r}, store_prefix={p!r}) as c:
+                    print("ready", flush=True)
+                    key = sys.stdin.readline().strip()
+                    r = c.wait(key, 10)
+                    print(r.state, r.status, time.time(), flush=True)
+                """
+            ),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert waiter.stdout is not None and waiter.stdin is not None
+    assert waiter.stdout.readline().strip() == "ready"
     with Client(store=redis_url, store_prefix=p) as client:
-        key = client.get_async(hostile + "/hold", timeout_ms=5000)  # answers after 300 ms
-        waiter = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                textwrap.dedent(
-                    f"""
-                    import time, postkey
-                    with postkey.Client(store={redis_url!r}, store_prefix={p!r}) as c:
-                        r = c.wait({key!r}, 10)
-                        print(r.state, r.status, time.time())
-                    """
-                ),
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        key = client.get_async(echo + "/delay/1000", timeout_ms=5000)
+        client.flush()  # visible everywhere before it is handed over
+        waiter.stdin.write(key + "\n")
+        waiter.stdin.flush()
         result = client.wait(key, 10)
         out, _ = waiter.communicate(timeout=30)
     state, status, woke_at = out.split()
@@ -165,10 +177,9 @@ def test_a_bad_store_setting_is_refused() -> None:
 
 
 def test_ten_thousand_async_waiters_share_one_connection(redis_url: str, echo: str) -> None:
-    import redis as redis_py
 
     p = prefix()
-    spy = redis_py.Redis.from_url(redis_url)
+    spy = spy_client(redis_url)
 
     # Sent by another client: its own keys' waits need no pub/sub (woken as results land).
     sender = Client(store=redis_url, store_prefix=p)
@@ -218,7 +229,6 @@ def test_waits_survive_a_redis_restart(echo: str) -> None:
 
 
 def test_no_waiter_misses_a_result_that_lands_as_it_subscribes(redis_url: str) -> None:
-    import redis as redis_py
 
     from postkey._job import Job
     from postkey._request import build_request
@@ -229,7 +239,7 @@ def test_no_waiter_misses_a_result_that_lands_as_it_subscribes(redis_url: str) -
     store = open_store(settings)
     # Waits from another store, as another process would: its own keys need no pub/sub.
     reader = open_store(settings)
-    killer = redis_py.Redis.from_url(redis_url)
+    killer = spy_client(redis_url)
     request = build_request(
         "GET", "http://127.0.0.1:9/", None, None, 5000, max_timeout_ms=60_000, max_body_bytes=0
     )
@@ -262,10 +272,9 @@ def test_no_waiter_misses_a_result_that_lands_as_it_subscribes(redis_url: str) -
 
 
 def test_every_key_written_goes_away_with_its_ttl(redis_url: str, echo: str) -> None:
-    import redis as redis_py
 
     p = prefix()
-    spy = redis_py.Redis.from_url(redis_url)
+    spy = spy_client(redis_url)
     with Client(store=redis_url, store_prefix=p, result_ttl_ms=300, tombstone_ttl_ms=300) as c:
         keys = [c.get_async(echo + "/get", timeout_ms=5000) for _ in range(200)]
         c.wait_many(keys, 10)

@@ -24,14 +24,16 @@ from postkey._stores import MISSING, Store, open_store
 StoreFactory = Callable[..., Store]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def make_store(request: pytest.FixtureRequest) -> Iterator[StoreFactory]:
     """Builds stores of one kind with the given settings overrides (for Redis: a server of the
     test session's own, and a prefix of each test's own)."""
     made: list[Store] = []
     base: dict[str, object] = {}
-    if request.param == "redis":
-        url = request.getfixturevalue("redis_url")
+    if request.param != "memory":
+        url = request.getfixturevalue(
+            f"{'single' if request.param == 'redis' else 'cluster'}_redis_url"
+        )
         base = {"store": url, "store_prefix": f"t{uuid.uuid4().hex[:12]}"}
 
     def make(**overrides: object) -> Store:

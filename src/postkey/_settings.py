@@ -19,7 +19,7 @@ Resolver = Callable[[str], Sequence[str]]
 ALLOW_ALL = DestinationPolicy()  # frozen: one shared default is safe
 
 MiB = 1024 * 1024
-STORE_SCHEMES = frozenset({"memory", "redis", "rediss", "unix"})
+STORE_SCHEMES = frozenset({"memory", "redis", "rediss", "unix", "redis+cluster", "rediss+cluster"})
 SEND_MODES = ("local", "workers")
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -107,7 +107,8 @@ class Settings:
     max_idempotency_keys: int = 100_000
     #: Where keys, results and cache values live: "memory://" (this process only, the default)
     #: or a Redis URL ("redis://host:6379/0", "rediss://...", "unix:///path?db=0"), readable and
-    #: waitable from every process that uses the same Redis and store_prefix.
+    #: waitable from every process that uses the same Redis and store_prefix; for a Redis
+    #: Cluster, "redis+cluster://" (or "rediss+cluster://") and the address of any node.
     store: str = "memory://"
     #: The prefix of every Redis key postkey writes (several deployments can share a Redis).
     store_prefix: str = "postkey"
@@ -172,7 +173,8 @@ class Settings:
         )
         if not sep or scheme not in STORE_SCHEMES:
             raise InvalidValue(
-                f"store must be 'memory://' or a redis://, rediss:// or unix:// URL, not"
+                f"store must be 'memory://' or a redis://, rediss://, unix://, redis+cluster:// or"
+                f" rediss+cluster:// URL, not"
                 f" {self.store!r}"
             )
         for name, most in (("retries", 100), ("max_deliveries", 1000)):

@@ -20,7 +20,8 @@ goes out in one write on a socket with ``TCP_NODELAY``, so keep-alive requests a
 Nagle's algorithm meeting the client's delayed ACK (~40 ms a request).
 
 ``with LocalRedis() as redis_url:`` runs a ``redis-server`` of its own on a free loopback port
-(without persistence, in a temporary directory) for trying or testing the shared store.
+(without persistence, in a temporary directory) for trying or testing the shared store;
+``with LocalRedisCluster() as url:`` a Redis Cluster of three of them.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["LocalRedis", "LocalServer"]
+__all__ = ["LocalRedis", "LocalRedisCluster", "LocalServer"]
 
 HOST = "127.0.0.1"
 MAX_DELAY_MS = 600_000
@@ -287,6 +288,13 @@ class LocalServer:
         return f"<LocalServer url={self.url}>"
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 class LocalRedis:
     """A ``redis-server`` process of its own on a free 127.0.0.1 port, for tests and examples.
 
@@ -305,9 +313,7 @@ class LocalRedis:
     def __init__(self, *args: str) -> None:
         self._args = args
         self._dir = tempfile.mkdtemp(prefix="postkey-redis-")
-        with socket.socket() as sock:
-            sock.bind((HOST, 0))
-            self.port: int = sock.getsockname()[1]
+        self.port: int = _free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -368,6 +374,108 @@ class LocalRedis:
 
     def __repr__(self) -> str:
         return f"<LocalRedis url={self.url}>"
+
+
+class LocalRedisCluster:
+    """A Redis Cluster of ``masters`` ``redis-server`` processes on free 127.0.0.1 ports (no
+    replicas; ``args`` go to each), its 16,384 slots spread evenly, for tests and examples. Use as
+    a context manager, which gives the store URL (``redis+cluster://`` and the first node)::
+
+        with LocalRedisCluster() as url:
+            client = postkey.Client(store=url)
+
+    ``nodes`` are `LocalRedis` servers, so a test can kill and start one again (its cluster
+    config file stays in its directory, so it rejoins with its slots).
+
+    Raises (on start):
+        FileNotFoundError: no ``redis-server`` or ``redis-cli`` on PATH.
+        RuntimeError: the cluster was not formed within 20 s.
+    """
+
+    def __init__(self, *args: str, masters: int = 3) -> None:
+        # The bus port is given: by default Redis takes the port + 10,000, which a free port
+        # above 55,535 cannot have.
+        self.nodes = [
+            LocalRedis(
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-port",
+                str(_free_port()),
+                *args,
+            )
+            for _ in range(masters)
+        ]
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://127.0.0.1:<first node's port>``."""
+        return f"redis+cluster://{HOST}:{self.nodes[0].port}"
+
+    def start(self) -> LocalRedisCluster:
+        """Start the nodes, join them, give out the slots and wait for ``cluster_state:ok``."""
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise FileNotFoundError("redis-cli is not installed (apt-get install redis-tools)")
+        try:
+            for node in self.nodes:
+                node.start()
+            addresses = [f"{HOST}:{node.port}" for node in self.nodes]
+            create = ["--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"]
+            subprocess.run(
+                [cli, *create],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=20,
+            )
+            self.wait_ok()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ok(self, seconds: float = 20.0) -> None:
+        """Wait until every node says ``cluster_state:ok`` (after a start or a node's restart).
+
+        Raises:
+            RuntimeError: not within ``seconds``.
+        """
+        cli = shutil.which("redis-cli") or "redis-cli"
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            states = []
+            for node in self.nodes:
+                try:
+                    info = subprocess.run(
+                        [cli, "-h", HOST, "-p", str(node.port), "cluster", "info"],
+                        check=False,
+                        capture_output=True,
+                        text=True,
+                        timeout=5,
+                    ).stdout
+                except subprocess.TimeoutExpired:
+                    info = ""
+                states.append("cluster_state:ok" in info)
+            if all(states):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"the cluster on {self.url} was not ok within {seconds:.0f} s")
+
+    def stop(self) -> None:
+        """Stop every node and remove their directories."""
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> str:
+        return self.start().url
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<LocalRedisCluster url={self.url} masters={len(self.nodes)}>"
 
 
 def main(argv: list[str] | None = None) -> None:

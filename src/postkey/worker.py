@@ -43,7 +43,7 @@ from ._settings import Settings
 from ._stores import codec
 from ._stores.delivery import AT_LEAST_ONCE
 from ._stores.names import GROUP, SHARDS, Names
-from ._stores.redis_connect import connect, redacted_url
+from ._stores.redis_connect import STORE_ERRORS, connect, mget, redacted_url
 from ._stores.redis_limits import HostLimits, parse_retry_after
 from ._stores.redis_queue import WorkQueue
 from ._stores.redis_writes import WriteBehind, call_scripts
@@ -170,7 +170,7 @@ class Worker:
                 self._queue.ensure_groups()
                 self._beat()
                 break
-            except redis.RedisError as exc:
+            except STORE_ERRORS as exc:
                 self._redis_error("could not reach the store at start", exc)
                 backoff.sleep(self._stopping)
         upkeep = threading.Thread(target=self._keep_up, name="postkey-worker-upkeep", daemon=True)
@@ -227,12 +227,12 @@ class Worker:
                     log.warning("worker %s: the consumer groups are gone: making them", self.name)
                     try:
                         self._queue.ensure_groups()
-                    except redis.RedisError as again:
+                    except STORE_ERRORS as again:
                         self._redis_error("could not make the consumer groups", again)
                 else:
                     self._redis_error("reading the queue failed", exc)
                 backoff.sleep(self._stopping)
-            except redis.RedisError as exc:
+            except STORE_ERRORS as exc:
                 self._recover_own = True
                 self._redis_error("reading the queue failed", exc)
                 backoff.sleep(self._stopping)
@@ -325,7 +325,7 @@ class Worker:
         """Hand the job to the engine if its host takes it now, else hold it for a while."""
         try:
             wait = self._gate.admit(taken.job)
-        except redis.RedisError as exc:
+        except STORE_ERRORS as exc:
             self._redis_error("checking a host's limits failed", exc)
             wait = 0.5
         if wait <= 0:
@@ -375,7 +375,7 @@ class Worker:
             return
         try:
             self._gate.done(job, result)
-        except redis.RedisError as exc:
+        except STORE_ERRORS as exc:
             self._redis_error("releasing a host's limit failed", exc)
         if self._should_retry(taken, result):
             return
@@ -471,7 +471,7 @@ class Worker:
                 self._beat()
                 self._renew()
                 self._reclaim()
-            except redis.RedisError as exc:
+            except STORE_ERRORS as exc:
                 self._redis_error("upkeep failed", exc)
             except Exception:  # a bug here must not stop renewals silently forever
                 log.exception("worker %s: upkeep raised", self.name)
@@ -479,7 +479,7 @@ class Worker:
         while self._taken and not self._writes_closed:
             try:
                 self._renew()
-            except redis.RedisError as exc:
+            except STORE_ERRORS as exc:
                 self._redis_error("upkeep failed", exc)
             time.sleep(min(every, 0.5))
 
@@ -502,7 +502,7 @@ class Worker:
         names = self._names
         for start in range(0, len(taken), 512):
             chunk = taken[start : start + 512]
-            records = self._redis.mget([names.record(t.job.key) for t in chunk])
+            records = mget(self._redis, [names.record(t.job.key) for t in chunk])
             for t, record in zip(chunk, records, strict=True):
                 if record is not None and record[3:4] != b"P":
                     self._engine.cancel(t.job)
@@ -551,7 +551,7 @@ class Worker:
         self._writes.close(self._claim_idle_ms / 1000.0)
         try:
             self._redis.delete(self._names.owner(self.name))
-        except redis.RedisError:
+        except STORE_ERRORS:
             pass
         self._redis.close()
         log.info(

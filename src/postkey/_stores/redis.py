@@ -21,8 +21,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import redis
-
 from .._errors import IdempotencyKeysFull, InvalidValue, KeyConflict, StoreUnavailable
 from .._job import Job
 from .._result import ErrorKind, Result, State
@@ -31,7 +29,7 @@ from .._waits import check_wait_timeout, wake_all
 from . import codec
 from .base import MISSING, CacheValue
 from .names import Names
-from .redis_connect import connect, redacted_url
+from .redis_connect import STORE_ERRORS, UNAVAILABLE, connect, disconnect, mget, redacted_url
 from .redis_queue import CLAIM, QueueScripts, encode_request, with_announce
 from .redis_replies import Replies
 from .redis_waits import WaitHub
@@ -151,7 +149,7 @@ class RedisStore:
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
             return fn(*args)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except UNAVAILABLE as exc:
             writes = getattr(self, "_writes", None)  # None while the store is being made
             if writes is not None:
                 writes.healthy = False  # submits write synchronously until Redis answers
@@ -176,7 +174,7 @@ class RedisStore:
                 if hook is not None:
                     for job in self.ended_elsewhere():
                         hook(job)
-            except redis.RedisError as exc:
+            except STORE_ERRORS as exc:
                 log.warning("could not renew this process's lease in the store: %s", exc)
             except Exception:  # a bug here must not end the lease: keys would end as lost
                 log.exception("the lease thread's upkeep raised")
@@ -365,7 +363,7 @@ class RedisStore:
         names = self._names
         for start in range(0, len(jobs), 512):
             chunk = jobs[start : start + 512]
-            kinds = self._redis.mget([names.record(job.key) for job in chunk])
+            kinds = mget(self._redis, [names.record(job.key) for job in chunk])
             gone += [
                 job
                 for job, record in zip(chunk, kinds, strict=True)
@@ -409,7 +407,7 @@ class RedisStore:
     def _read_after_loss(self, key: str, ours: Result) -> Result:
         try:
             return self._lookup(key)
-        except redis.RedisError:
+        except STORE_ERRORS:
             return ours
 
     def _watch_result(
@@ -552,7 +550,7 @@ class RedisStore:
         flat: list[str] = []
         for key in unread:
             flat += names.parts(key)[:2]
-        fetched: list[Any] = self._redis.mget(flat) if flat else []
+        fetched: list[Any] = mget(self._redis, flat) if flat else []
         read = {key: (fetched[2 * i], fetched[2 * i + 1]) for i, key in enumerate(unread)}
         out: list[object] = []
         for i, (key, kind) in enumerate(wanted):
@@ -611,7 +609,7 @@ class RedisStore:
             chunk = keys[start : start + 512]
             flat = [name for k in chunk for name in names.parts(k)[:2]]
             mine = [self._local(k) for k in chunk]
-            values: list[Any] = self._call(self._redis.mget, flat)
+            values: list[Any] = self._call(mget, self._redis, flat)
             out += [
                 self._settled_or_pending(k, values[2 * i], values[2 * i + 1], mine[i])
                 for i, k in enumerate(chunk)
@@ -795,9 +793,9 @@ class RedisStore:
         self._hub.close()
         try:
             self._redis.delete(self._names.owner(self.owner))
-        except redis.RedisError:
+        except STORE_ERRORS:
             pass
-        self._redis.close()
+        disconnect(self._redis)
 
 
 _UNKNOWN_HINT = (

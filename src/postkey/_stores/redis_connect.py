@@ -1,35 +1,107 @@
-"""A Redis client made the way every postkey part needs it: bounded in time, never hanging."""
+"""A Redis client made the way every postkey part needs it: bounded in time, never hanging.
+
+One Redis (``redis://``, ``rediss://``, ``unix://``) or a Redis Cluster (``redis+cluster://``,
+``rediss+cluster://`` and the address of any of its nodes). The few calls whose form differs on a
+Cluster (reads of keys in many slots, script calls in a pipeline) are made here, so the rest of
+the store never asks which it has.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ClusterDownError, RedisClusterException, SlotNotCoveredError
 from redis.retry import Retry
 
-from .._errors import InvalidValue
+from .._errors import InvalidValue, StoreUnavailable
 from .._settings import Settings
 
+CLUSTER_SUFFIX = "+cluster"
 
-def connect(settings: Settings) -> redis.Redis:
+#: What a call raises when the store, or on a Cluster the node holding a key, does not answer.
+#: redis-py raises its bare RedisClusterException when no node of a Cluster answers (its other
+#: uses, such as keys of several slots in one command, are mistakes postkey does not make:
+#: every command's keys share a slot, which the Cluster tests check).
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    ClusterDownError,
+    SlotNotCoveredError,
+    RedisClusterException,
+)
+#: Everything talking to the store may raise (redis-py's Cluster errors are not RedisErrors).
+STORE_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException)
+
+
+def is_cluster_url(url: str) -> bool:
+    """True for ``redis+cluster://`` and ``rediss+cluster://``."""
+    return url.partition("://")[0].endswith(CLUSTER_SUFFIX)
+
+
+def connect(settings: Settings) -> Any:
     """A client for ``settings.store``: every call has a socket timeout (store_timeout_ms) and
     one retry after a short backoff, so a Redis that is down fails a call within about twice
-    the timeout, never hangs it.
+    the timeout, never hangs it. For a Cluster, a `redis.RedisCluster`, which asks the node
+    named in the URL for the others (and so talks to the network at once).
 
     Raises:
         InvalidValue: a malformed URL.
+        StoreUnavailable: a Cluster whose nodes did not answer.
     """
     timeout_s = settings.store_timeout_ms / 1000.0
+    common: dict[str, Any] = {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
+    }
+    url = settings.store
     try:
-        return redis.Redis.from_url(
-            settings.store,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
-            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-            health_check_interval=30,
+        if not is_cluster_url(url):
+            return redis.Redis.from_url(
+                url,
+                retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+                health_check_interval=30,
+                **common,
+            )
+        scheme, sep, rest = url.partition("://")
+        return redis.RedisCluster.from_url(
+            scheme.removesuffix(CLUSTER_SUFFIX) + sep + rest,
+            **common,
         )
     except ValueError as exc:
-        raise InvalidValue(f"store URL {settings.store!r}: {exc}") from None
+        raise InvalidValue(f"store URL {redacted_url(url)!r}: {exc}") from None
+    except UNAVAILABLE as exc:
+        raise StoreUnavailable(f"the store {redacted_url(url)} did not answer: {exc}") from None
+
+
+def is_cluster(client: Any) -> bool:
+    """True if ``client`` talks to a Redis Cluster."""
+    return isinstance(client, redis.RedisCluster)
+
+
+def mget(client: Any, keys: list[str]) -> list[Any]:
+    """GET of many keys in one round trip per node (on a Cluster, keys of many slots)."""
+    if is_cluster(client):
+        return list(client.mget_nonatomic(keys))
+    return list(client.mget(keys))
+
+
+def evalsha(pipe: Any, sha: str, keys: list[str], args: list[Any]) -> None:
+    """Queue a script call on ``pipe`` (redis-py's cluster pipeline refuses its ``evalsha``
+    method, but routes the command itself by the script's first key)."""
+    pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+
+
+def disconnect(client: Any) -> None:
+    """Close ``client``'s connections. A later call opens new ones, as a closed ``redis.Redis``
+    does (a client's results stay readable after it closed); a closed ``RedisCluster`` would
+    forget its nodes instead, so its pools are only disconnected."""
+    if is_cluster(client):
+        client.disconnect_connection_pools()
+    else:
+        client.close()
 
 
 def redacted_url(url: str) -> str:

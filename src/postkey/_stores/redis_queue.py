@@ -35,6 +35,7 @@ from .._job import Job
 from .._result import ErrorKind, State
 from . import codec
 from .names import GROUP, SHARDS, Names
+from .redis_connect import is_cluster
 
 DEAD_LETTERS_KEPT = 10_000  # the dead-letter streams are capped (nothing there is pending)
 
@@ -271,6 +272,10 @@ def _with_codes(lua: str) -> str:
     )
 
 
+#: On a Cluster, how long an idle worker's read blocks on one shard before it looks at all.
+CLUSTER_BLOCK_MS = 50
+
+
 class QueueScripts:
     """The queue's scripts, registered on one Redis client."""
 
@@ -312,6 +317,8 @@ class WorkQueue:
         self.consumer = consumer
         self.scripts = QueueScripts(client)
         self.streams = [names.queue(i) for i in range(SHARDS)]
+        self._cluster = is_cluster(client)
+        self._turn = 0  # the shard an idle read on a Cluster blocks on next
 
     def ensure_groups(self) -> None:
         """Create the consumer group on every shard's stream (from the start: entries are
@@ -329,8 +336,36 @@ class WorkQueue:
         """New entries for this consumer, up to ``count``: (shard, entry ID, fields); with
         ``own``, the entries already delivered to it and not acknowledged instead."""
         start = "0" if own else ">"
+        if self._cluster:
+            return self._read_slot_by_slot(count, block_ms, start)
         reply = self._redis.xreadgroup(
             GROUP, self.consumer, dict.fromkeys(self.streams, start), count=count, block=block_ms
+        )
+        return self._entries(reply)
+
+    def _read_slot_by_slot(
+        self, count: int, block_ms: int | None, start: str
+    ) -> list[tuple[int, bytes, list[Any]]]:
+        # A Cluster refuses one XREADGROUP over streams of several slots, and a read can block
+        # on one slot only. So: every shard without blocking, in one pipeline (a round trip
+        # per master); when all are empty, block briefly on one shard, a different one each
+        # time, so an idle worker still notices new work within ~CLUSTER_BLOCK_MS.
+        pipe = self._redis.pipeline(transaction=False)
+        each = -(-count // SHARDS)
+        for stream in self.streams:
+            pipe.xreadgroup(GROUP, self.consumer, {stream: start}, count=each)
+        out: list[tuple[int, bytes, list[Any]]] = []
+        for reply in pipe.execute():
+            out += self._entries(reply)
+        if out or not block_ms or start != ">":
+            return out
+        self._turn = (self._turn + 1) % SHARDS
+        reply = self._redis.xreadgroup(
+            GROUP,
+            self.consumer,
+            {self.streams[self._turn]: start},
+            count=count,
+            block=min(block_ms, CLUSTER_BLOCK_MS),
         )
         return self._entries(reply)
 

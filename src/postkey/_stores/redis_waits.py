@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -24,6 +25,8 @@ from .._waits import wake_all
 from .base import MISSING
 from .codec import RECORD_MAGIC
 from .names import Names
+from .redis_connect import UNAVAILABLE
+from .redis_pubsub import Channels, ClusterChannels, open_channels
 
 log = logging.getLogger("postkey")
 
@@ -34,13 +37,14 @@ Wake = Callable[[object], None]
 Check = Callable[[list[tuple[str, str]], dict[str, bytes]], list[object]]
 
 _BACKOFF_MAX_S = 2.0
+_LOST: tuple[type[Exception], ...] = (*UNAVAILABLE, OSError)  # the connection: start over
 _RECHECK_MAX = 1_000  # keys read per last-resort recheck
 
 
 class WaitHub:
     """Waiters of one store, woken from one pub/sub connection on one thread."""
 
-    def __init__(self, client: redis.Redis, names: Names, check: Check, recheck_s: float) -> None:
+    def __init__(self, client: Any, names: Names, check: Check, recheck_s: float) -> None:
         self._client = client
         self._names = names
         self._check = check
@@ -60,7 +64,7 @@ class WaitHub:
         self._on_confirmed: Callable[[str], None] | None = None
         self._on_lost: Callable[[], None] | None = None
         self._on_recheck: Callable[[], None] | None = None
-        self._pubsub: redis.client.PubSub | None = None
+        self._pubsub: Channels | ClusterChannels | None = None
         self._thread = threading.Thread(target=self._run, name="postkey-redis-waits", daemon=True)
         self._thread.start()
 
@@ -150,7 +154,7 @@ class WaitHub:
         while not self._stopping:
             try:
                 self._serve()
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            except _LOST as exc:
                 if self._stopping:
                     break
                 log.warning("redis wait connection lost (%s); reconnecting in %.2fs", exc, backoff)
@@ -184,7 +188,7 @@ class WaitHub:
 
     def _serve(self) -> None:
         if self._pubsub is None:
-            self._pubsub = self._client.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
+            self._pubsub = open_channels(self._client)
         pubsub = self._pubsub
         next_recheck = time.monotonic() + self._recheck_s
         while not self._stopping:
@@ -192,7 +196,7 @@ class WaitHub:
             ready: set[str] = set()
             known: dict[str, bytes] = {}
             while True:  # drain what hiredis has buffered as well as what the socket holds
-                message = pubsub.get_message(timeout=0)
+                message = pubsub.get_message()
                 if message is None:
                     break
                 channel = message.get("channel")
@@ -242,25 +246,21 @@ class WaitHub:
         except Exception:  # a bug in a handler must not stop the hub
             log.exception("a reply handler raised")
 
-    def _send_requests(self, pubsub: redis.client.PubSub) -> None:
+    def _send_requests(self, pubsub: Channels | ClusterChannels) -> None:
         with self._lock:
             listen, self._listen_requests = self._listen_requests, []
             requests, self._requests = self._requests, deque()
         if listen:
-            pubsub.ssubscribe(*listen)
+            pubsub.ssubscribe(listen)
         subscribe = [self._names.channel(k) for wanted, k in requests if wanted]
         unsubscribe = [self._names.channel(k) for wanted, k in requests if not wanted]
         if subscribe:
-            pubsub.ssubscribe(*subscribe)
-        if unsubscribe and pubsub.connection is not None:
-            pubsub.sunsubscribe(*unsubscribe)
+            pubsub.ssubscribe(subscribe)
+        if unsubscribe:
+            pubsub.sunsubscribe(unsubscribe)
 
-    def _sleep(self, pubsub: redis.client.PubSub, timeout: float) -> None:
-        watched = [self._wake_r]
-        connection = pubsub.connection
-        sock = getattr(connection, "_sock", None) if connection is not None else None
-        if sock is not None:
-            watched.append(sock.fileno())
+    def _sleep(self, pubsub: Channels | ClusterChannels, timeout: float) -> None:
+        watched = [self._wake_r, *pubsub.fds()]
         readable, _, _ = select.select(watched, [], [], timeout)
         if self._wake_r in readable:
             try:

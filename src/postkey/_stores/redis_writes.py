@@ -19,6 +19,8 @@ from typing import Any
 import redis
 from redis.commands.core import Script
 
+from .redis_connect import UNAVAILABLE, evalsha
+
 log = logging.getLogger("postkey")
 
 #: Called with the script's answer, or None when the write could not be made.
@@ -39,7 +41,7 @@ def call_scripts(
     """
     pipe = client.pipeline(transaction=False)
     for script, keys, args in calls:
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        evalsha(pipe, script.sha, keys, args)
     answers: list[Any] = pipe.execute(raise_on_error=False)
     again = [i for i, a in enumerate(answers) if isinstance(a, redis.exceptions.NoScriptError)]
     if again:
@@ -48,7 +50,7 @@ def call_scripts(
         pipe = client.pipeline(transaction=False)
         for i in again:
             script, keys, args = calls[i]
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            evalsha(pipe, script.sha, keys, args)
         for i, answer in zip(again, pipe.execute(raise_on_error=False), strict=True):
             answers[i] = answer
     return answers
@@ -120,21 +122,31 @@ class WriteBehind:
     def _send(self, batch: list[tuple[Script, list[str], list[Any], Done | None]]) -> None:
         deadline = time.monotonic() + self._give_up_s
         delay = 0.05
+        answers: list[Any] = [None] * len(batch)
+        todo = list(range(len(batch)))
         while True:
             try:
-                answers = call_scripts(self._client, [op[:3] for op in batch])
+                got = call_scripts(self._client, [batch[i][:3] for i in todo])
+            except UNAVAILABLE as exc:
+                got = [exc] * len(todo)
+            for i, answer in zip(todo, got, strict=True):
+                answers[i] = answer
+            # Sent again: the calls that met a store that did not answer (all of them on one
+            # Redis; on a Cluster, those whose node is down, "the cluster is down" included).
+            todo = [i for i in todo if isinstance(answers[i], UNAVAILABLE)]
+            if not todo:
                 self.healthy = True
                 break
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                self.healthy = False
-                if time.monotonic() + delay > deadline or self._stopping:
-                    log.error("%d writes to the store were lost: %s", len(batch), exc)
-                    answers = [None] * len(batch)
-                    with self._ready:
-                        self._lost += len(batch)
-                    break
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+            self.healthy = False
+            if time.monotonic() + delay > deadline or self._stopping:
+                log.error("%d writes to the store were lost: %s", len(todo), answers[todo[0]])
+                for i in todo:
+                    answers[i] = None
+                with self._ready:
+                    self._lost += len(todo)
+                break
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
         for (_script, _keys, _args, done), raw in zip(batch, answers, strict=True):
             answer = raw
             if isinstance(raw, Exception):
