@@ -19,7 +19,13 @@ from typing import Any
 import redis
 from redis.commands.core import Script
 
-from .redis_connect import UNAVAILABLE, evalsha
+from .redis_connect import UNAVAILABLE, evalsha, is_cluster
+
+_pack: Callable[[tuple[Any, ...]], bytes] | None
+try:
+    from hiredis import pack_command as _pack
+except ImportError:  # redis-py without hiredis: its own pipeline
+    _pack = None
 
 log = logging.getLogger("postkey")
 
@@ -29,31 +35,63 @@ Done = Callable[[Any], None]
 _BATCH = 512
 
 
-def call_scripts(
-    client: redis.Redis, calls: list[tuple[Script, list[str], list[Any]]]
-) -> list[Any]:
+def call_scripts(client: Any, calls: list[tuple[Script, list[str], list[Any]]]) -> list[Any]:
     """Run script calls in one pipeline; their answers (an exception for a call that failed).
 
     By EVALSHA alone: redis-py's own script calls in a pipeline first ask SCRIPT EXISTS, one
     more round trip per batch. A call that meets NOSCRIPT (a Redis restarted without
     persistence has an empty script cache) did not run: its script is loaded and the call
     sent again; the calls that ran are not.
+
+    Raises:
+        redis.ConnectionError, redis.TimeoutError: the store did not answer (the calls may or
+            may not have run: every script postkey sends can run twice harmlessly).
     """
-    pipe = client.pipeline(transaction=False)
-    for script, keys, args in calls:
-        evalsha(pipe, script.sha, keys, args)
-    answers: list[Any] = pipe.execute(raise_on_error=False)
+    send = _send_packed if _pack is not None and not is_cluster(client) else _send_pipelined
+    answers = send(client, calls)
     again = [i for i, a in enumerate(answers) if isinstance(a, redis.exceptions.NoScriptError)]
     if again:
         for script in {calls[i][0].sha: calls[i][0] for i in again}.values():
             client.script_load(script.script)
-        pipe = client.pipeline(transaction=False)
-        for i in again:
-            script, keys, args = calls[i]
-            evalsha(pipe, script.sha, keys, args)
-        for i, answer in zip(again, pipe.execute(raise_on_error=False), strict=True):
+        for i, answer in zip(again, send(client, [calls[i] for i in again]), strict=True):
             answers[i] = answer
     return answers
+
+
+def _send_pipelined(client: Any, calls: list[tuple[Script, list[str], list[Any]]]) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for script, keys, args in calls:
+        evalsha(pipe, script.sha, keys, args)
+    answers: list[Any] = pipe.execute(raise_on_error=False)
+    return answers
+
+
+def _send_packed(client: Any, calls: list[tuple[Script, list[str], list[Any]]]) -> list[Any]:
+    # The same pipeline without redis-py's Pipeline: the commands packed by hiredis in C and
+    # written at once, the answers read one by one. Profiled on W1 with the shared store,
+    # redis-py's per-command packing, checks and parsing were most of a writer's time.
+    assert _pack is not None
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        connection.send_packed_command(
+            [
+                _pack(("EVALSHA", script.sha, len(keys), *keys, *args))
+                for script, keys, args in calls
+            ]
+        )
+        answers: list[Any] = []
+        for _ in calls:
+            try:
+                answers.append(connection.read_response())
+            except redis.ResponseError as exc:  # this call's error; the others still answer
+                answers.append(exc)
+        return answers
+    except BaseException:
+        connection.disconnect()  # answers may be left unread on it: never reuse it
+        raise
+    finally:
+        pool.release(connection)
 
 
 class WriteBehind:
