@@ -9,7 +9,7 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c const
 RUN_STAMP := $(VENV)/.run-stamp
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck pytest bench clean redis-server
+.PHONY: run test lint typecheck pytest bench clean redis-server chromium
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "postkey needs Python 3.11+"'
@@ -20,14 +20,20 @@ $(RUN_STAMP): pyproject.toml constraints.txt | $(VENV)/bin/python
 	@touch $(RUN_STAMP)
 
 $(STAMP): pyproject.toml constraints.txt | $(VENV)/bin/python
-	$(PIP) -e '.[test,bench,redis]'
+	$(PIP) -e '.[test,bench,redis,gateway]'
 	@command -v redis-server >/dev/null || $(MAKE) --no-print-directory redis-server
+	@command -v chromium >/dev/null || $(MAKE) --no-print-directory chromium
 	@touch $(STAMP) $(RUN_STAMP)
 
 # The tests start redis-server processes of their own (on free ports); install it if missing.
 redis-server:
 	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
 	else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; fi
+
+# The dashboard's browser test drives Debian's chromium through Playwright (no browser download).
+chromium:
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi
 
 run: $(RUN_STAMP)
 	$(BIN)/postkey demo

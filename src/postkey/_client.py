@@ -85,6 +85,8 @@ class _Submit(NamedTuple):
     ttl_ms: int | None
     on_done: OnDone | None
     delivery: str | None = None
+    #: Prepended to the key (generated or given); the gateway's tenant namespaces.
+    namespace: str = ""
 
 
 class _ClientCore:
@@ -282,6 +284,7 @@ class _ClientCore:
         ttl_ms: int | None = None,
         on_done: OnDone | None = None,
         delivery: str | None = None,
+        namespace: str = "",
         wait_for_room: bool = True,
     ) -> str:
         if self._closed:
@@ -294,14 +297,15 @@ class _ClientCore:
             )
         if key is None:
             if key_format == "hex":
-                key = new_key()
+                key = namespace + new_key()
             elif key_format == "mychat":
-                key = mychat_key(request.method)
+                key = namespace + mychat_key(request.method)
             else:
                 raise InvalidRequest(f"key_format must be 'hex' or 'mychat', not {key_format!r}")
             job = Job(key, request, on_done=on_done, ttl_ms=ttl_ms)
         else:
-            job = Job(check_key(key), request, on_done=on_done, ttl_ms=ttl_ms)
+            key = check_key(namespace + key)
+            job = Job(key, request, on_done=on_done, ttl_ms=ttl_ms)
             job.fingerprint = request.fingerprint()
         self._here()
         if self.settings.send == "workers":

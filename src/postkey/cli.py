@@ -1,4 +1,5 @@
-"""The ``postkey`` command: send requests, wait for results, run a JSONL batch, run the demo."""
+"""The ``postkey`` command: send requests, wait for results, run a JSONL batch, run the demo,
+serve the HTTP gateway."""
 
 from __future__ import annotations
 
@@ -495,6 +496,135 @@ def batch(
         blocked = f"{outcome.blocked} request(s) blocked by the destination policy"
         click.echo(f"postkey: {blocked}: {ALLOW_HINT}", err=True)
     sys.exit(0 if outcome.ok else EXIT_FAILED)
+
+
+@cli.command(short_help="Serve the HTTP gateway (API for any language).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--store", help="memory:// (default) or a Redis URL; default: POSTKEY_STORE.")
+@click.option(
+    "--send",
+    type=click.Choice(["local", "workers"]),
+    help="Who sends: this process (local) or `postkey worker`s (a Redis store); default:"
+    " POSTKEY_SEND or local.",
+)
+@click.option("--keys", "keys_file", help="A TOML file of tenants and API key hashes.")
+@click.option(
+    "--api-key-file",
+    help="Without --keys: read the API key from this file, or write a new one there.",
+)
+@click.option("--no-auth", is_flag=True, help="No API key (loopback addresses only).")
+@click.option(
+    "--rate-limit",
+    type=click.FloatRange(0, 1e9),
+    default=0,
+    show_default=True,
+    help="Requests/s per tenant when its keys file entry sets none (0: no limit).",
+)
+@click.option("--burst", type=click.IntRange(0, 10**9), default=0, help="Rate limit bucket size.")
+@click.option(
+    "--max-body",
+    type=click.IntRange(1, 2**40),
+    default=32 * 1024 * 1024,
+    show_default=True,
+    help="Largest request body read, in bytes (413 past it).",
+)
+@click.option(
+    "--max-wait",
+    type=click.FloatRange(0.001, 86_400),
+    default=60.0,
+    show_default=True,
+    help="Longest ?wait= long-poll, in seconds.",
+)
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(0.01, 3600),
+    default=10.0,
+    show_default=True,
+    help="Seconds a client has to send a request's headers.",
+)
+@click.option(
+    "--body-timeout",
+    type=click.FloatRange(0.01, 3600),
+    default=30.0,
+    show_default=True,
+    help="Seconds a client has to send a request's body.",
+)
+@click.option(
+    "--secure-cookies",
+    is_flag=True,
+    help="Mark the dashboard's session cookie Secure (behind a TLS proxy that does not send"
+    " X-Forwarded-Proto).",
+)
+@click.option(
+    "--server",
+    type=click.Choice(["uvicorn", "granian"]),
+    default="uvicorn",
+    show_default=True,
+    help="The HTTP server (granian needs the granian package).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+@_policy_options
+def serve(
+    host: str,
+    port: int,
+    store: str | None,
+    send: str | None,
+    keys_file: str | None,
+    api_key_file: str | None,
+    no_auth: bool,
+    rate_limit: float,
+    burst: int,
+    max_body: int,
+    max_wait: float,
+    header_timeout: float,
+    body_timeout: float,
+    secure_cookies: bool,
+    server: str,
+    log_level: str,
+    allow_private: bool,
+    allow: tuple[str, ...],
+    deny: tuple[str, ...],
+) -> None:
+    """Serve the HTTP gateway: submit requests and read their results over HTTP.
+
+    Without --keys, one tenant ('default') with a new API key, printed at start (or kept in
+    --api-key-file). Destinations are public addresses only unless given --allow-private,
+    --allow or POSTKEY_POLICY (a keys file can allow more per tenant)."""
+    try:
+        from .gateway._launch import build_config  # noqa: PLC0415  # needs the gateway extra
+        from .gateway._server import serve as run_server  # noqa: PLC0415
+        from .gateway._server import serve_on_granian  # noqa: PLC0415
+    except ImportError as exc:
+        raise click.UsageError(
+            f"the gateway needs its extra: pip install 'postkey[gateway]' ({exc})"
+        ) from None
+    settings = _guarded_settings(allow_private, allow, deny)
+    settings = settings.replace(**{k: v for k, v in (("store", store), ("send", send)) if v})
+    config = build_config(
+        settings,
+        host,
+        keys_file=keys_file,
+        api_key_file=api_key_file,
+        no_auth=no_auth,
+        rate_per_s=rate_limit,
+        burst=burst,
+        say=lambda line: click.echo(f"postkey serve: {line}", err=True),
+        max_body_bytes=max_body,
+        max_wait_s=max_wait,
+        body_timeout_s=body_timeout,
+        secure_cookies=secure_cookies,
+    )
+    logging.getLogger("postkey").setLevel(log_level.upper())
+    if server == "granian":
+        serve_on_granian(config, host, port, header_timeout_s=header_timeout, log_level=log_level)
+    else:
+        run_server(config, host, port, header_timeout_s=header_timeout, log_level=log_level)
 
 
 @cli.command(short_help="Run the seed's scenario on a local test server.", epilog=EXIT_CODES_HELP)

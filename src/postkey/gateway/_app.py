@@ -1,0 +1,78 @@
+"""`create_app`: the gateway's Starlette application, its routes and its lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from ._auth import auth_routes
+from ._cache import cache_routes
+from ._config import GatewayConfig
+from ._errors import HANDLERS, ContainBugs
+from ._gateway import Gateway
+from ._mychat import mychat_routes
+from ._openapi import openapi_document
+from ._ops import ops_routes
+from ._requests import request_routes
+
+
+def _dashboard() -> list[BaseRoute]:
+    # The dashboard (``/`` and ``/static/...``) lives in its own module, built separately; the
+    # API works without it.
+    try:
+        module = importlib.import_module(f"{__package__}._dashboard")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}._dashboard":
+            raise
+        return []
+    routes: list[BaseRoute] = module.dashboard_routes()
+    return routes
+
+
+def create_app(config: GatewayConfig) -> Starlette:
+    """The gateway as an ASGI application. Its clients start with the app's lifespan and close
+    (requests in flight get a few seconds) when it ends.
+
+    Raises:
+        InvalidValue: a bad setting in ``config``.
+    """
+    gateway = Gateway(config)
+    document = openapi_document(config.max_wait_s, config.max_batch, config.settings.max_timeout_ms)
+
+    async def openapi(_request: Request) -> Response:
+        return JSONResponse(document)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        gateway.start()
+        try:
+            yield {}
+        finally:
+            await gateway.aclose()
+
+    routes: list[BaseRoute] = [
+        *request_routes(),
+        *cache_routes(),
+        *mychat_routes(),
+        *ops_routes(),
+        *auth_routes(),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        # ---- the dashboard's routes (gateway/_dashboard.py): "/" and "/static/..." ----
+        *_dashboard(),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers=HANDLERS,
+        middleware=[Middleware(ContainBugs)],
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+    return app

@@ -1,0 +1,48 @@
+"""Reading a request body under a size cap and a deadline: never more than the cap is read, and a
+body that is too large or too slow ends its connection."""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.requests import ClientDisconnect, Request
+
+from ._errors import ApiError
+
+# Sent with 408 / 413: the rest of the body is never read, so the connection cannot be reused.
+_CLOSE = {"Connection": "close"}
+
+
+async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
+    """The whole body, if it is at most ``max_bytes`` and arrives within ``timeout_s`` seconds.
+
+    Raises:
+        ApiError: 413 over the cap (announced by Content-Length or counted while reading),
+            408 too slow, 400 a bad Content-Length or a client that went away.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit() or len(declared) > 18:
+            raise ApiError(400, "Content-Length is not a number", headers=_CLOSE)
+        if int(declared) > max_bytes:
+            raise ApiError(413, _too_large(max_bytes), headers=_CLOSE)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ApiError(413, _too_large(max_bytes), headers=_CLOSE)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(
+            408, f"the request body did not arrive within {timeout_s:g} s", headers=_CLOSE
+        ) from None
+    except ClientDisconnect:
+        raise ApiError(400, "the client went away before its body arrived") from None
+    return b"".join(chunks)
+
+
+def _too_large(max_bytes: int) -> str:
+    return f"the request body is larger than the gateway's limit of {max_bytes} bytes"

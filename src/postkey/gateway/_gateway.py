@@ -1,0 +1,106 @@
+"""`Gateway`: what one running gateway holds (its config, a client per destination policy, the
+activity, metrics and rate limits) and the namespaced calls routes make through it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from starlette.requests import Request
+
+from .._async_client import AsyncClient
+from .._policy import DestinationPolicy
+from .._result import Result
+from ._activity import Activity
+from ._config import GatewayConfig
+from ._limits import RateLimiter
+from ._metrics import Metrics
+from ._tenants import Tenant
+
+_T = TypeVar("_T")
+CLOSE_GRACE_S = 5.0  # at shutdown, how long requests in flight may still finish
+
+
+class Gateway:
+    """The state of one gateway process. Clients are made by `start` (in the server's process,
+    inside its event loop's lifespan) and closed by `aclose`."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.activity = Activity()
+        self.limiter = RateLimiter()
+        self.waiters = 0  # long-polls waiting now
+        self._by_policy: dict[DestinationPolicy, AsyncClient] = {}
+        self._by_tenant: dict[str, AsyncClient] = {}
+        self.metrics = Metrics(self._engine_stats)
+        self.remote = config.settings.store != "memory://"
+
+    def start(self) -> None:
+        """Make one client per distinct destination policy (tenants with none of their own share
+        one): each has its own engine and, with the memory store, its own store."""
+        base = self.config.settings.policy
+        for tenant in self.config.tenants:
+            policy = base
+            if tenant.allow:
+                policy = DestinationPolicy(base.mode, base.allow + tenant.allow, base.deny)
+            client = self._by_policy.get(policy)
+            if client is None:
+                client = self._by_policy[policy] = AsyncClient(
+                    self.config.settings.replace(policy=policy)
+                )
+            self._by_tenant[tenant.name] = client
+
+    async def aclose(self) -> None:
+        """Close every client: requests in flight get `CLOSE_GRACE_S`, the rest are cancelled."""
+        clients, self._by_policy, self._by_tenant = list(self._by_policy.values()), {}, {}
+        await asyncio.gather(*(c.aclose(timeout=CLOSE_GRACE_S) for c in clients))
+
+    def client(self, tenant: Tenant) -> AsyncClient:
+        """The client that sends ``tenant``'s requests and holds its keys."""
+        return self._by_tenant[tenant.name]
+
+    @property
+    def clients(self) -> list[AsyncClient]:
+        """Every client, once."""
+        return list(self._by_policy.values())
+
+    async def call(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)``: at once with the memory store, on a thread with Redis, so that a slow
+        store never stalls the event loop."""
+        if not self.remote:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    def on_done(self, tenant: Tenant, method: str, url: str) -> Callable[[Result], None]:
+        """The callback that records a request's result in the activity and the metrics (on
+        the client's callback thread)."""
+        activity, metrics, name = self.activity, self.metrics, tenant.name
+        skip = len(tenant.namespace)
+
+        def done(result: Result) -> None:
+            activity.finished(name, result.key[skip:], url, result)
+            metrics.on_result(method, url, result)
+
+        return done
+
+    def _engine_stats(self) -> tuple[int, int, int | None, int | None, int | None]:
+        queued = in_flight = 0
+        entries = size = evictions = None
+        for client in self.clients:
+            # Read-only peeks at the engine and the memory cache, for the metrics only.
+            engine = client._engine
+            queued += engine.queued
+            in_flight += engine.in_flight
+            cache = getattr(client._store, "cache", None)
+            if cache is not None:
+                entries = (entries or 0) + cache.count()
+                size = (size or 0) + cache.bytes_used
+                evictions = (evictions or 0) + cache.evictions
+        return queued, in_flight, entries, size, evictions
+
+
+def gateway_of(request: Request) -> Gateway:
+    """The Gateway serving ``request``."""
+    gateway: Gateway = request.app.state.gateway
+    return gateway

@@ -1,0 +1,195 @@
+"""``/v1/requests``: submit one or a batch, read or long-poll a result, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from .._client import _Submit
+from .._errors import PostkeyError
+from .._result import Result, State
+from ._auth import require_tenant
+from ._body import read_body
+from ._errors import ApiError
+from ._gateway import Gateway, gateway_of
+from ._submit import key_in, parse_json, prepare, refusal_of
+from ._tenants import Tenant
+
+_JSON = "application/json"
+
+
+def check_json_type(request: Request) -> None:
+    """Refuse a body that is not declared as JSON.
+
+    Raises:
+        ApiError: 415.
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != _JSON and not content_type.endswith("+json"):
+        raise ApiError(415, "send the request as Content-Type: application/json")
+
+
+async def json_body(request: Request, gateway: Gateway) -> Any:
+    """The JSON body of ``request``, read under the gateway's limits."""
+    check_json_type(request)
+    config = gateway.config
+    return parse_json(await read_body(request, config.max_body_bytes, config.body_timeout_s))
+
+
+async def submit(gateway: Gateway, tenant: Tenant, prepared: _Submit) -> str:
+    """Submit a validated request; the tenant's form of its key.
+
+    Raises:
+        ApiError: 409 a caller key that names another request, 503 a full queue or no store.
+    """
+    client = gateway.client(tenant)
+    namespace = tenant.namespace
+    request = prepared.request
+    method, url = request.method, request.url
+    duplicate = False
+    if prepared.key is not None:
+        # The same caller key again sends nothing: count it once.
+        state = await gateway.call(client.status, namespace + prepared.key)
+        duplicate = state is not State.UNKNOWN and state is not State.EXPIRED
+    on_done = None if duplicate else gateway.on_done(tenant, method, url)
+    try:
+        key = await client._submit_soon(prepared._replace(on_done=on_done))
+    except PostkeyError as exc:
+        raise refusal_of(exc, namespace) from None
+    mine = key[len(namespace) :]
+    if not duplicate:
+        gateway.activity.submitted(tenant.name, mine, method, url)
+        gateway.metrics.on_submit(method)
+    return mine
+
+
+async def create(request: Request) -> Response:
+    """``POST /v1/requests``: 202 ``{"key": ...}``."""
+    tenant = require_tenant(request)
+    gateway = gateway_of(request)
+    gateway.limiter.take(tenant)
+    item = await json_body(request, gateway)
+    prepared = prepare(gateway.client(tenant), tenant, item)
+    key = await submit(gateway, tenant, prepared)
+    return JSONResponse({"key": key}, 202, headers={"Location": f"/v1/requests/{key}"})
+
+
+async def create_batch(request: Request) -> Response:
+    """``POST /v1/requests/batch`` with ``{"requests": [...]}``: every request is validated
+    first (one bad request: 422 naming its index, nothing sent), then all are submitted;
+    202 ``{"keys": [...]}`` in order."""
+    tenant = require_tenant(request)
+    gateway = gateway_of(request)
+    document = await json_body(request, gateway)
+    if not isinstance(document, dict) or set(document) != {"requests"}:
+        raise ApiError(422, 'send {"requests": [...]}', "invalid_type")
+    items = document["requests"]
+    if not isinstance(items, list) or not items:
+        raise ApiError(422, "requests must be a non-empty array", "invalid_type")
+    most = gateway.config.max_batch
+    if len(items) > most:
+        raise ApiError(422, f"a batch holds at most {most} requests, not {len(items)}", "too_many")
+    gateway.limiter.take(tenant, len(items))
+    client = gateway.client(tenant)
+    prepared = [prepare(client, tenant, item, f"requests[{i}]: ") for i, item in enumerate(items)]
+    keys: list[str] = []
+    for one in prepared:
+        try:
+            keys.append(await submit(gateway, tenant, one))
+        except ApiError as exc:
+            exc.extra = {"keys": keys}  # what was submitted before the refusal
+            raise
+    return JSONResponse({"keys": keys}, 202)
+
+
+def result_json(result: Result, key: str) -> dict[str, Any]:
+    """`Result.to_dict` with the tenant's form of the key (docs/GATEWAY.md lists the fields)."""
+    out = result.to_dict()
+    out["key"] = key
+    return out
+
+
+def _wait_seconds(request: Request, gateway: Gateway) -> float | None:
+    raw = request.query_params.get("wait")
+    if raw is None:
+        return None
+    most = gateway.config.max_wait_s
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= most:  # NaN too
+        raise ApiError(422, f"wait must be a number of seconds from 0 to {most:g}", "invalid_wait")
+    return seconds
+
+
+async def read(request: Request) -> Response:
+    """``GET /v1/requests/{key}``: 200 result, 202 pending / running, 404 unknown, 410 expired;
+    ``?wait=SECONDS`` waits (push-based) for the result first."""
+    tenant = require_tenant(request)
+    gateway = gateway_of(request)
+    gateway.limiter.take(tenant)
+    key = request.path_params["key"]
+    stored = key_in(tenant, key)
+    seconds = _wait_seconds(request, gateway)
+    client = gateway.client(tenant)
+    if seconds:
+        if gateway.waiters >= gateway.config.max_waiters:
+            raise ApiError(503, "too many long-polls waiting", headers={"Retry-After": "1"})
+        gateway.waiters += 1
+        try:
+            result = await client.wait(stored, seconds)
+        finally:
+            gateway.waiters -= 1
+    else:
+        result = await gateway.call(client.get, stored)
+    return _result_response(result, key)
+
+
+def _result_response(result: Result, key: str) -> Response:
+    state = result.state
+    if state is State.UNKNOWN:
+        raise ApiError(404, f"no request or result under key {key!r}", "unknown_key")
+    if state is State.EXPIRED:
+        raise ApiError(410, f"the result under key {key!r} has expired", "expired")
+    if state in (State.PENDING, State.RUNNING):
+        return JSONResponse({"key": key, "state": state.value}, 202, headers={"Retry-After": "1"})
+    return JSONResponse(result_json(result, key))
+
+
+async def cancel(request: Request) -> Response:
+    """``DELETE /v1/requests/{key}``: ends a pending or running request as failed /
+    cancelled (200 with the result); 409 if it had already ended, 404 / 410 as for reads."""
+    tenant = require_tenant(request)
+    gateway = gateway_of(request)
+    gateway.limiter.take(tenant)
+    key = request.path_params["key"]
+    stored = key_in(tenant, key)
+    client = gateway.client(tenant)
+    before = await gateway.call(client.get, stored)
+    if before.state in (State.PENDING, State.RUNNING):
+        await _in_thread(client.cancel, stored)
+        after = await client.wait(stored, 5.0)
+        return _result_response(after, key)
+    if before.state in (State.DONE, State.FAILED):
+        raise ApiError(409, f"the request under key {key!r} has already ended", "already_ended")
+    return _result_response(before, key)
+
+
+async def _in_thread(fn: Any, *args: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+def request_routes() -> list[BaseRoute]:
+    """The routes under ``/v1/requests``."""
+    return [
+        Route("/v1/requests", create, methods=["POST"]),
+        Route("/v1/requests/batch", create_batch, methods=["POST"]),
+        Route("/v1/requests/{key}", read, methods=["GET"]),
+        Route("/v1/requests/{key}", cancel, methods=["DELETE"]),
+    ]

@@ -1,0 +1,182 @@
+"""Serving the gateway: on uvicorn (the default), with a deadline on every request head: a client
+that sends its request line and headers too slowly (slowloris), or too many header bytes, is cut
+off; or on granian, whose own header-read timeout and buffer cap do that."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pickle
+import tempfile
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from ._app import create_app
+from ._config import GatewayConfig
+
+#: Names the file that hands the config to granian's worker process (not POSTKEY_: every
+#: postkey command refuses POSTKEY_ variables that name no setting).
+CONFIG_FILE_ENV = "PK_GATEWAY_CONFIG_FILE"
+
+#: Default seconds a client has to send a request's line and headers.
+HEADER_TIMEOUT_S = 10.0
+#: Default bytes a request's line and headers may take.
+MAX_HEADER_BYTES = 64 * 1024
+
+
+def _refusal(status: int, reason: str, code: str, message: str) -> bytes:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+class GuardedHttpTools(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline and a size cap on each request head (set by
+    `guarded_protocol`): connections that send nothing are bounded too."""
+
+    header_timeout_s = HEADER_TIMEOUT_S
+    max_header_bytes = MAX_HEADER_BYTES
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._head_bytes = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._deadline is None:
+            self._head_bytes = 0
+            self._deadline = self.loop.call_later(self.header_timeout_s, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _refuse(self, status: int, reason: str, code: str, message: str) -> None:
+        self._disarm()
+        if not self.transport.is_closing():
+            self.transport.write(_refusal(status, reason, code, message))
+            self.transport.close()
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        message = f"the request head did not arrive within {self.header_timeout_s:g} s"
+        self._refuse(408, "Request Timeout", "request_timeout", message)
+
+    def data_received(self, data: bytes) -> None:
+        reading_head = self._deadline is not None
+        super().data_received(data)
+        if reading_head and self._deadline is not None:  # the head is still incomplete
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_header_bytes:
+                message = f"the request head is over {self.max_header_bytes} bytes"
+                self._refuse(431, "Request Header Fields Too Large", "headers_too_large", message)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(400, "Bad Request", "bad_request", msg)
+
+
+def guarded_protocol(header_timeout_s: float, max_header_bytes: int) -> type[asyncio.Protocol]:
+    """`GuardedHttpTools` with these bounds."""
+    bounds = {"header_timeout_s": header_timeout_s, "max_header_bytes": max_header_bytes}
+    return type("GuardedHttpTools", (GuardedHttpTools,), bounds)
+
+
+def serve(
+    config: GatewayConfig,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    header_timeout_s: float = HEADER_TIMEOUT_S,
+    max_header_bytes: int = MAX_HEADER_BYTES,
+    log_level: str = "info",
+    access_log: bool = False,
+) -> None:
+    """Run the gateway on uvicorn until SIGINT / SIGTERM. Access logs are off by default (their
+    lines would carry keys); request bodies and API keys are never logged."""
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            host=host,
+            port=port,
+            http=guarded_protocol(header_timeout_s, max_header_bytes),
+            lifespan="on",
+            ws="none",
+            timeout_keep_alive=5,
+            log_level=log_level,
+            access_log=access_log,
+            server_header=False,
+        )
+    )
+    server.run()
+
+
+def app_from_config_file() -> Starlette:
+    """The app for granian's worker process, from the config `serve_on_granian` wrote."""
+    with open(os.environ[CONFIG_FILE_ENV], "rb") as f:
+        config = pickle.load(f)  # our own file, written by our parent, mode 0600
+    return create_app(config)
+
+
+def serve_on_granian(
+    config: GatewayConfig,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    header_timeout_s: float = HEADER_TIMEOUT_S,
+    max_header_bytes: int = MAX_HEADER_BYTES,
+    log_level: str = "info",
+) -> None:
+    """Run the gateway on granian (one worker process) until SIGINT / SIGTERM. Its header-read
+    timeout closes slow connections without an answer; a head over its buffer is refused."""
+    from granian.constants import HTTPModes, Interfaces  # noqa: PLC0415  # only when chosen
+    from granian.http import HTTP1Settings  # noqa: PLC0415
+    from granian.log import LogLevels  # noqa: PLC0415
+    from granian.server import Server  # noqa: PLC0415
+
+    fd, path = tempfile.mkstemp(prefix="postkey-gateway-", suffix=".config")  # mode 0600
+    with os.fdopen(fd, "wb") as f:
+        pickle.dump(config, f)
+    os.environ[CONFIG_FILE_ENV] = path
+    try:
+        Server(
+            f"{__name__}:app_from_config_file",
+            address=host,
+            port=port,
+            interface=Interfaces.ASGI,
+            workers=1,
+            http=HTTPModes.http1,
+            websockets=False,
+            http1_settings=HTTP1Settings(
+                header_read_timeout=max(1, int(header_timeout_s * 1000)),
+                max_buffer_size=max_header_bytes,
+            ),
+            log_level=LogLevels(log_level),
+            log_access=False,
+            factory=True,
+        ).serve()
+    finally:
+        os.unlink(path)

@@ -1,0 +1,200 @@
+"""A submit's JSON (``POST /v1/requests``, its batch form, the MyChat route) turned into a
+validated submit for a tenant, or a refusal that says what is wrong. Nothing is sent here."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import difflib
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from .._async_client import AsyncClient
+from .._client import _Submit
+from .._errors import (
+    ClientClosed,
+    IdempotencyKeysFull,
+    InvalidKey,
+    KeyConflict,
+    PostkeyError,
+    QueueFull,
+    StoreUnavailable,
+)
+from .._keys import MAX_KEY_LENGTH, check_key
+from ._errors import STORE_DOWN, ApiError
+from ._tenants import Tenant
+
+#: The longest key a tenant may use: the store's longest, less the longest namespace.
+MAX_KEY = MAX_KEY_LENGTH - 50
+
+#: The fields of a request object, and the JSON types each takes.
+FIELDS: dict[str, tuple[type, ...]] = {
+    "method": (str,),
+    "url": (str,),
+    "headers": (dict, list, str),
+    "body": (str,),
+    "body_base64": (str,),
+    "json": (object,),
+    "data": (dict, list),
+    "params": (dict, list),
+    "timeout_ms": (int,),
+    "key": (str,),
+    "key_format": (str,),
+    "follow_redirects": (bool,),
+    "ttl_ms": (int,),
+    "delivery": (str,),
+    "http_version": (str,),
+}
+_TYPE_NAMES = {
+    str: "a string",
+    dict: "an object",
+    list: "an array",
+    int: "an integer",
+    bool: "a boolean",
+}
+
+
+def parse_json(raw: bytes) -> Any:
+    """The JSON document in ``raw``.
+
+    Raises:
+        ApiError: 400 if it is not UTF-8 JSON.
+    """
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ApiError(400, f"the body is not valid JSON: {exc}", "invalid_json") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def key_in(tenant: Tenant, key: str) -> str:
+    """The store's name of ``tenant``'s ``key``.
+
+    Raises:
+        ApiError: 422 a malformed key, or one longer than `MAX_KEY` (200) characters.
+    """
+    if isinstance(key, str) and len(key) > MAX_KEY:
+        raise ApiError(
+            422, f"key is {len(key)} characters long; the maximum is {MAX_KEY}", "invalid_key"
+        )
+    try:
+        check_key(key)
+    except InvalidKey as exc:
+        raise ApiError(422, str(exc), "invalid_key") from None
+    return tenant.namespace + key
+
+
+def _check_types(item: Mapping[str, Any], where: str) -> None:
+    for name, value in item.items():
+        kinds = FIELDS.get(name)
+        if kinds is None:
+            close = difflib.get_close_matches(name, FIELDS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ApiError(422, f"{where}unknown field {name!r}{hint}", "unknown_field")
+        if value is None or kinds == (object,):
+            continue
+        if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
+            names = " or ".join(_TYPE_NAMES[k] for k in kinds)
+            raise ApiError(422, f"{where}{name} must be {names}", "invalid_type")
+
+
+def _pairs(value: Any, name: str, where: str) -> Any:
+    # JSON has no tuples: a list of [name, value] arrays becomes a list of pairs.
+    if isinstance(value, list):
+        if not all(isinstance(p, list) and len(p) == 2 for p in value):
+            raise ApiError(422, f"{where}{name} as an array must hold [name, value] pairs")
+        return [tuple(p) for p in value]
+    return value
+
+
+def _body(spec: dict[str, Any], where: str) -> str | bytes | None:
+    body: str | bytes | None = spec.pop("body", None)
+    encoded = spec.pop("body_base64", None)
+    if encoded is None:
+        return body
+    if body is not None:
+        raise ApiError(422, f"{where}give body or body_base64, not both", "invalid_body")
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, f"{where}body_base64 is not valid base64", "invalid_body") from None
+
+
+def prepare(
+    client: AsyncClient,
+    tenant: Tenant,
+    item: Any,
+    where: str = "",
+    *,
+    key_format: str | None = None,
+) -> _Submit:
+    """Validate one request object for ``tenant`` (``where`` prefixes messages, e.g. a batch
+    index); ``key_format`` forces a key form (the MyChat route).
+
+    Raises:
+        ApiError: 422 naming the field and what is wrong with it.
+    """
+    if not isinstance(item, dict):
+        raise ApiError(422, f"{where}a request must be a JSON object", "invalid_type")
+    _check_types(item, where)
+    spec = {k: v for k, v in item.items() if v is not None}
+    method = spec.pop("method", "GET")
+    url = spec.pop("url", None)
+    if url is None:
+        raise ApiError(422, f"{where}url is required", "invalid_url")
+    headers = _pairs(spec.pop("headers", None), "headers", where)
+    body = _body(spec, where)
+    if "json" in item and item["json"] is None:
+        spec["json"] = None
+    for name in ("data", "params"):
+        if name in spec:
+            spec[name] = _pairs(spec[name], name, where)
+    key = spec.pop("key", None)
+    if key is not None:
+        spec["key"] = key_in(tenant, key)[len(tenant.namespace) :]
+    if key_format is not None:
+        spec["key_format"] = key_format
+    timeout_ms = spec.pop("timeout_ms", None)
+    try:
+        prepared = client._prepare(  # the gateway is one of the client's doors
+            "request", method, url, body, headers, timeout_ms, spec
+        )
+    except PostkeyError as exc:
+        raise ApiError(422, f"{where}{exc}", _code_of(exc)) from None
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ApiError(422, f"{where}{exc}", "invalid") from None
+    if prepared.key_format not in ("hex", "mychat"):
+        raise ApiError(422, f"{where}key_format must be 'hex' or 'mychat'", "invalid")
+    ttl = prepared.ttl_ms
+    if ttl is not None and not 1 <= ttl <= client._store.max_ttl_ms:
+        raise ApiError(
+            422,
+            f"{where}ttl_ms must be between 1 and {client._store.max_ttl_ms}",
+            "invalid",
+        )
+    return prepared._replace(namespace=tenant.namespace)
+
+
+def _code_of(exc: Exception) -> str:
+    # InvalidURL -> invalid_url, KeyConflict -> key_conflict
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", "_", type(exc).__name__).lower()
+
+
+def refusal_of(exc: PostkeyError, namespace: str) -> ApiError:
+    """The HTTP refusal for an error raised by a submit that passed validation (its message
+    with the tenant's keys as the tenant knows them)."""
+    message = str(exc).replace(namespace, "")
+    if isinstance(exc, KeyConflict):
+        return ApiError(409, message, "key_conflict")
+    if isinstance(exc, IdempotencyKeysFull | QueueFull):
+        return ApiError(503, message, "queue_full", headers={"Retry-After": "1"})
+    if isinstance(exc, StoreUnavailable):
+        return ApiError(503, STORE_DOWN, "unavailable", headers={"Retry-After": "1"})
+    if isinstance(exc, ClientClosed):
+        return ApiError(503, message, "unavailable", headers={"Retry-After": "1"})
+    return ApiError(422, message, _code_of(exc))

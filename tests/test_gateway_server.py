@@ -1,0 +1,254 @@
+"""The real ``postkey serve`` process over real sockets, on uvicorn and on granian: slow and
+oversized clients are cut off, keys are generated or read as documented, and --no-auth stays on
+loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .gateway_process import ServeProcess, keys_file
+
+KEY = "pk_test_server_0123456789"
+LIMIT = 1 << 20  # --max-body
+
+
+@pytest.fixture(scope="module", params=["uvicorn", "granian"])
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServeProcess]:
+    if request.param == "granian":
+        pytest.importorskip("granian")  # in the bench extra, which `make test` installs
+    keys = keys_file(tmp_path_factory.mktemp("keys"), acme=KEY)
+    server = ServeProcess(
+        "--server",
+        request.param,
+        "--keys",
+        str(keys),
+        "--header-timeout",
+        "1",
+        "--body-timeout",
+        "1",
+        "--max-body",
+        str(LIMIT),
+    ).wait_ready()
+    yield server
+    server.stop()
+
+
+def connect(server: ServeProcess) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=10)
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything until the server closes (the 10 s socket timeout bounds it)."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return data
+
+
+def healthy(server: ServeProcess) -> bool:
+    with urllib.request.urlopen(server.url + "/healthz", timeout=5) as answer:
+        return bool(answer.status == 200)
+
+
+def test_a_connection_that_sends_nothing_is_closed(served: ServeProcess) -> None:
+    started = time.monotonic()
+    with connect(served) as sock:
+        answer = read_all(sock)
+    assert time.monotonic() - started < 9  # closed by the 1 s head deadline, not our 10 s timeout
+    if "--server granian" in " ".join(served.args):
+        assert answer == b""  # granian hangs up without an answer
+    else:
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert b'"request_timeout"' in answer
+
+
+def test_a_drip_fed_request_head_is_cut_off(served: ServeProcess) -> None:
+    started = time.monotonic()
+    with connect(served) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        try:
+            for _ in range(100):  # a header byte every 50 ms: 5 s if nobody stops it
+                sock.sendall(b"X")
+                time.sleep(0.05)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 408") or answer == b""
+    assert time.monotonic() - started < 4.5  # cut off at the 1 s head deadline, not at 5 s
+
+
+def test_many_slow_clients_at_once_are_cut_off_and_others_are_served(served: ServeProcess) -> None:
+    socks = [connect(served) for _ in range(200)]
+    for sock in socks:
+        sock.sendall(b"POST /v1/requests HTTP/1.1\r\nHost: x\r\n")
+    assert healthy(served)  # served while 200 slow clients hang on
+    answers = [read_all(sock) for sock in socks]
+    for sock in socks:
+        sock.close()
+    assert all(a.startswith(b"HTTP/1.1 408") or a == b"" for a in answers)
+
+
+def test_pipelined_and_keep_alive_requests_are_served(served: ServeProcess) -> None:
+    with connect(served) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
+        time.sleep(0.3)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = read_all(sock)
+    assert answer.count(b"HTTP/1.1 200") == 3 and b"408" not in answer
+
+
+def test_a_slow_body_is_cut_off(served: ServeProcess) -> None:
+    with connect(served) as sock:
+        sock.sendall(
+            b"PUT /v1/cache/slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + KEY.encode()
+            + b"\r\nContent-Length: 1000\r\n\r\n"
+        )
+        try:
+            for _ in range(100):
+                sock.sendall(b"x")
+                time.sleep(0.05)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 408") or answer == b""
+
+
+def test_a_request_head_over_64_kib_is_refused(served: ServeProcess) -> None:
+    with connect(served) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        try:
+            sock.sendall(b"".join(b"X-Filler-%d: %s\r\n" % (i, b"y" * 100) for i in range(700)))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 431") or answer == b"", answer[:100]
+
+
+def test_a_declared_100_mb_body_is_refused_before_it_is_read(served: ServeProcess) -> None:
+    with connect(served) as sock:
+        sock.sendall(
+            b"POST /v1/requests HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + KEY.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: 104857600\r\n\r\n"
+        )
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+    assert b"connection: close" in answer.lower() and b'"too_large"' in answer
+
+
+def test_a_streamed_100_mb_body_is_cut_off_at_the_limit(served: ServeProcess) -> None:
+    sent = 0
+    answer = bytearray()
+    sock = connect(served)
+
+    def reader() -> None:
+        answer.extend(read_all(sock))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    chunk = b"%x\r\n%s\r\n" % (1 << 16, b"x" * (1 << 16))
+    try:
+        sock.sendall(
+            b"PUT /v1/cache/big HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + KEY.encode()
+            + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        while sent < 100 << 20:
+            sock.sendall(chunk)
+            sent += 1 << 16
+    except (BrokenPipeError, ConnectionResetError, TimeoutError):
+        pass
+    thread.join(15)
+    sock.close()
+    # The server read about the limit and hung up; what got further sat in socket buffers.
+    assert sent < 32 << 20, f"{sent} bytes went in before the server hung up"
+    assert not answer or answer.startswith(b"HTTP/1.1 413")
+    assert healthy(served)
+
+
+def test_a_submit_through_the_real_server(served: ServeProcess, echo: str) -> None:
+    request = urllib.request.Request(
+        served.url + "/v1/requests",
+        data=json.dumps({"url": echo + "/get?real=1"}).encode(),
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        key = json.load(answer)["key"]
+    read = urllib.request.Request(
+        f"{served.url}/v1/requests/{key}?wait=10", headers={"Authorization": f"Bearer {KEY}"}
+    )
+    with urllib.request.urlopen(read, timeout=15) as answer:
+        assert json.load(answer)["status"] == 200
+
+
+def _serve_output(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTKEY_")}
+    return subprocess.run(
+        [sys.executable, "-m", "postkey", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=env,
+    )
+
+
+def test_no_auth_is_refused_off_loopback() -> None:
+    done = _serve_output("--no-auth", "--host", "0.0.0.0", "--port", "1")
+    assert done.returncode == 2
+    assert "--no-auth serves only on a loopback address" in done.stderr
+
+
+def test_without_keys_a_key_is_generated_and_printed(echo: str) -> None:
+    server = ServeProcess().wait_ready()
+    try:
+        found = re.search(
+            r"API key for tenant 'default' \(this run only\): (pk_\S+)", server.output()
+        )
+        assert found, server.output()
+        request = urllib.request.Request(
+            server.url + "/v1/cache/x", headers={"Authorization": f"Bearer {found.group(1)}"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(request, timeout=5)
+        assert info.value.code == 404  # authenticated: the key is simply not there
+    finally:
+        server.stop()
+
+
+def test_an_api_key_file_is_written_once_readable_by_its_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "key.txt"
+    server = ServeProcess("--api-key-file", str(path)).wait_ready()
+    server.stop()
+    key = path.read_text().strip()
+    assert key.startswith("pk_") and key not in server.output()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    again = ServeProcess("--api-key-file", str(path)).wait_ready()
+    again.stop()
+    assert path.read_text().strip() == key
+
+
+def test_keys_and_bodies_never_reach_the_log(served: ServeProcess) -> None:
+    # Runs after the module's other tests: they sent the key, bodies and queries.
+    log = served.output()
+    assert KEY not in log and "real=1" not in log and "xxxx" not in log
+    assert "Traceback" not in log
