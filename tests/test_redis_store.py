@@ -19,7 +19,7 @@ import postkey
 from postkey import Client, State
 from postkey.testing import LocalRedis
 
-from .spy import spy_client
+from .spy import clients, kill_pubsub_clients, spy_client
 
 
 def prefix() -> str:
@@ -193,7 +193,7 @@ def test_ten_thousand_async_waiters_share_one_connection(redis_url: str, echo: s
             deadline = time.monotonic() + 3.5  # the response comes at 4 s
             while True:  # until the waits reach the hub (through the executor, under load)
                 await asyncio.sleep(0.05)
-                pubsubs = [c for c in spy.client_list() if int(c.get("ssub", 0) or 0) > 0]
+                pubsubs = [c for c in clients(spy) if int(c.get("ssub", 0) or 0) > 0]
                 if pubsubs or time.monotonic() > deadline:
                     break
             assert len(pubsubs) == 1, pubsubs  # one sharded pub/sub connection for them all
@@ -260,7 +260,7 @@ def test_no_waiter_misses_a_result_that_lands_as_it_subscribes(redis_url: str) -
             )
             waiter.start()
             if i % 50 == 0:
-                killer.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+                kill_pubsub_clients(killer)
             time.sleep((i % 5) / 1000)  # finish before, during and after the subscription
             store.finish(job, job.failure(postkey.ErrorKind.CANCELLED, "race"))
             started = time.monotonic()
