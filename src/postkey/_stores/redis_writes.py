@@ -74,12 +74,14 @@ def _send_packed(client: Any, calls: list[tuple[Script, list[str], list[Any]]]) 
     pool = client.connection_pool
     connection = pool.get_connection()
     try:
-        connection.send_packed_command(
+        # One buffer, one write: given a list, redis-py would make a system call per command.
+        packed = b"".join(
             [
                 _pack(("EVALSHA", script.sha, len(keys), *keys, *args))
                 for script, keys, args in calls
             ]
         )
+        connection.send_packed_command([packed])
         answers: list[Any] = []
         for _ in calls:
             try:
