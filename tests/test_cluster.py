@@ -109,3 +109,21 @@ def test_a_master_down_fails_only_its_keys_and_clearly(
         again = client.get_async(echo + "/get")  # the Cluster is whole again: all is well
         assert client.wait(again, 10).status == 200
     spy.close()
+
+
+def test_a_url_of_the_wrong_kind_is_refused_saying_which_to_use(cluster_redis_url: str) -> None:
+    from postkey.testing import LocalRedis
+    from postkey.worker import Worker
+
+    node = cluster_redis_url.replace("redis+cluster://", "redis://")
+    with pytest.raises(postkey.InvalidValue, match="names a node of a Redis Cluster: use 'redis"):
+        Client(store=node)
+    worker = Worker(postkey.Settings(store=node))
+    with pytest.raises(postkey.InvalidValue, match=r"use 'redis\+cluster://"):
+        worker.run()  # at once: no retrying of a misconfiguration
+    with LocalRedis() as single:
+        wrong = single.replace("redis://", "redis+cluster://")
+        with pytest.raises(
+            postkey.InvalidValue, match="this Redis is not a Cluster: use 'redis://"
+        ):
+            Client(store=wrong)

@@ -33,6 +33,18 @@ def prefix() -> str:
 
 
 @pytest.fixture
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """One redis-server for the queue's features; the tests marked ``BOTH`` run on a Redis
+    Cluster too (as do the contract, the fault suite and tests/test_cluster.py), which keeps
+    ``make test`` within its few minutes."""
+    kind = getattr(request, "param", "redis")
+    return str(request.getfixturevalue(f"{'single' if kind == 'redis' else 'cluster'}_redis_url"))
+
+
+BOTH = pytest.mark.parametrize("redis_url", ["redis", "cluster"], indirect=True)
+
+
+@pytest.fixture
 def recorder() -> Iterator[RecordingServer]:
     with RecordingServer() as server:
         yield server
@@ -97,6 +109,7 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
+@BOTH
 def test_a_queued_request_is_sent_by_a_worker_and_read_from_another_process(
     redis_url: str, echo: str, spawn: Callable[..., WorkerProcess]
 ) -> None:
@@ -232,6 +245,7 @@ def test_a_worker_without_a_store_is_a_usage_error() -> None:
     assert "Redis store" in done.stderr
 
 
+@BOTH
 def test_cancel_from_another_process_ends_a_queued_key_and_it_is_never_sent(
     redis_url: str, recorder: RecordingServer, spawn: Callable[..., WorkerProcess]
 ) -> None:
@@ -382,6 +396,7 @@ def test_a_malformed_entry_is_dropped_and_a_bad_payload_ends_its_key(
     spy.close()
 
 
+@BOTH
 def test_a_worker_makes_its_consumer_group_again_when_it_is_gone(
     redis_url: str, echo: str, spawn: Callable[..., WorkerProcess]
 ) -> None:
@@ -451,6 +466,7 @@ def test_the_worker_logs_are_key_value_lines(
     json.dumps(lines)  # plain text, nothing binary
 
 
+@BOTH
 def test_a_host_limit_holds_across_all_workers(
     redis_url: str, recorder: RecordingServer, spawn: Callable[..., WorkerProcess]
 ) -> None:
@@ -503,6 +519,7 @@ def test_absurd_queue_settings_are_refused() -> None:
         postkey.Settings(host_concurrency=-1)
 
 
+@BOTH
 def test_every_lua_script_compiles(redis_url: str) -> None:
     # A script that does not compile fails only when first called, deep in a worker's loop.
     from postkey._stores import redis as redis_store

@@ -43,7 +43,13 @@ from ._settings import Settings
 from ._stores import codec
 from ._stores.delivery import AT_LEAST_ONCE
 from ._stores.names import GROUP, SHARDS, Names
-from ._stores.redis_connect import STORE_ERRORS, connect, mget, redacted_url
+from ._stores.redis_connect import (
+    STORE_ERRORS,
+    check_not_a_cluster_node,
+    connect,
+    mget,
+    redacted_url,
+)
 from ._stores.redis_limits import HostLimits, parse_retry_after
 from ._stores.redis_queue import WorkQueue
 from ._stores.redis_writes import WriteBehind, call_scripts
@@ -163,10 +169,20 @@ class Worker:
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Read and send until `stop`; then drain (see the module docstring)."""
+        """Read and send until `stop`; then drain (see the module docstring).
+
+        Raises:
+            InvalidValue: the store URL names a node of a Redis Cluster as a single Redis.
+        """
         backoff = _Backoff()
         while not self._stopping.is_set():
             try:
+                try:
+                    check_not_a_cluster_node(self._redis, self.settings.store)
+                except InvalidValue:
+                    self._engine.close(0, reason="the worker did not start")
+                    self._close()
+                    raise
                 self._queue.ensure_groups()
                 self._beat()
                 break

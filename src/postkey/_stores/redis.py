@@ -29,7 +29,15 @@ from .._waits import check_wait_timeout, wake_all
 from . import codec
 from .base import MISSING, CacheValue
 from .names import Names
-from .redis_connect import STORE_ERRORS, UNAVAILABLE, connect, disconnect, mget, redacted_url
+from .redis_connect import (
+    STORE_ERRORS,
+    UNAVAILABLE,
+    check_not_a_cluster_node,
+    connect,
+    disconnect,
+    mget,
+    redacted_url,
+)
 from .redis_queue import CLAIM, QueueScripts, encode_request, with_announce
 from .redis_replies import Replies
 from .redis_waits import WaitHub
@@ -132,7 +140,9 @@ class RedisStore:
         #: process ended, e.g. cancelled: the client stops sending it.
         self.on_ended_elsewhere: Callable[[Job], None] | None = None
         self._closing = threading.Event()
-        self._call(self._renew_lease)  # fails here, clearly, if Redis is not there
+        # Fails here, clearly, if Redis is not there or is a Cluster node named as one Redis.
+        self._call(check_not_a_cluster_node, self._redis, self._url)
+        self._call(self._renew_lease)
         self._leases = threading.Thread(target=self._keep_lease, name="postkey-lease", daemon=True)
         self._leases.start()
         self._hub = WaitHub(self._redis, self._names, self._check, _RECHECK_S)

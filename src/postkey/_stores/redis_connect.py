@@ -73,7 +73,38 @@ def connect(settings: Settings) -> Any:
     except ValueError as exc:
         raise InvalidValue(f"store URL {redacted_url(url)!r}: {exc}") from None
     except UNAVAILABLE as exc:
+        if "cluster mode is not enabled" in str(exc).lower():
+            raise InvalidValue(
+                f"store URL {redacted_url(url)!r}: this Redis is not a Cluster: use {_plain(url)!r}"
+            ) from None
         raise StoreUnavailable(f"the store {redacted_url(url)} did not answer: {exc}") from None
+
+
+def check_not_a_cluster_node(client: Any, url: str) -> None:
+    """For a single-Redis URL: refuse a node of a Redis Cluster, which holds only some of the
+    slots (every other key would answer MOVED), naming the URL to use instead.
+
+    Raises:
+        InvalidValue: ``url`` names a Cluster node.
+        redis.ConnectionError, redis.TimeoutError: the store did not answer.
+    """
+    if is_cluster(client):
+        return
+    try:
+        info = client.info("cluster")
+    except redis.ResponseError:  # INFO not allowed (an ACL): nothing to tell
+        return
+    if info.get("cluster_enabled"):
+        scheme, sep, rest = redacted_url(url).partition("://")
+        raise InvalidValue(
+            f"store URL {redacted_url(url)!r} names a node of a Redis Cluster: use"
+            f" {scheme + CLUSTER_SUFFIX + sep + rest!r}"
+        )
+
+
+def _plain(url: str) -> str:
+    scheme, sep, rest = redacted_url(url).partition("://")
+    return scheme.removesuffix(CLUSTER_SUFFIX) + sep + rest
 
 
 def is_cluster(client: Any) -> bool:
