@@ -55,6 +55,10 @@ def connect(settings: Settings) -> Any:
         "socket_timeout": timeout_s,
         "socket_connect_timeout": timeout_s,
         "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
+        # RESP2: redis-py 8 speaks RESP3 by default, where each pub/sub message goes through
+        # its push-handler path (a logger looked up per message): 20-26 us of CPU a message
+        # against 10-16 us in RESP2, measured. postkey needs nothing RESP3 adds.
+        "protocol": 2,
     }
     url = settings.store
     try:
