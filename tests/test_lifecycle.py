@@ -72,6 +72,28 @@ def test_after_fork_a_multiprocessing_child_gets_working_clients(echo: str) -> N
         postkey.close()
 
 
+def test_a_forked_child_never_hands_out_the_keys_its_parent_will() -> None:
+    from postkey._keys import new_key
+
+    new_key()  # the parent has random bytes read ahead now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(write, "".join(new_key() for _ in range(8)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    child = os.read(read, 4096).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    parent = "".join(new_key() for _ in range(8))
+    child_keys = {child[i : i + 32] for i in range(0, len(child), 32)}
+    parent_keys = {parent[i : i + 32] for i in range(0, len(parent), 32)}
+    assert len(child_keys) == 8 and len(parent_keys) == 8
+    assert not child_keys & parent_keys
+
+
 def test_a_forked_child_never_uses_the_parents_connections() -> None:
     server = HostileServer().start()
     client = Client()
