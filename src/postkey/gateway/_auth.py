@@ -20,6 +20,7 @@ COOKIE = "postkey_session"
 _SAFE_METHODS = frozenset({"GET", "HEAD"})
 _FORM = "application/x-www-form-urlencoded"
 _MAX_FORM_BYTES = 4096
+_OTHER_SITES = frozenset({"cross-site", "same-site"})
 
 
 def authenticate(request: Request) -> Tenant | None:
@@ -58,10 +59,13 @@ def require_tenant(request: Request) -> Tenant:
 
 
 def _check_origin(request: Request) -> None:
-    # A form posted from another site: browsers send its Origin, which must be this host.
+    # A form posted from another site: browsers send its Origin, which must be this host, and
+    # (the current ones) Sec-Fetch-Site. "Origin: null" is what a sandboxed frame or a page
+    # redirected across sites sends: another site can post with it, so it is refused too.
     origin = request.headers.get("origin")
     host = request.headers.get("host", "").lower()
-    if origin is not None and origin != "null" and urlsplit(origin).netloc.lower() != host:
+    site = request.headers.get("sec-fetch-site", "").lower()
+    if (origin is not None and urlsplit(origin).netloc.lower() != host) or site in _OTHER_SITES:
         raise ApiError(403, "cross-site form post refused")
 
 

@@ -22,7 +22,8 @@ async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes
     """
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit() or len(declared) > 18:
+        # isascii: str.isdigit() is also true of '²' and other digits int() refuses.
+        if not (declared.isascii() and declared.isdigit()) or len(declared) > 18:
             raise ApiError(400, "Content-Length is not a number", headers=_CLOSE)
         if int(declared) > max_bytes:
             raise ApiError(413, _too_large(max_bytes), headers=_CLOSE)

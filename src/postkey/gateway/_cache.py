@@ -52,7 +52,8 @@ def _ttl(request: Request) -> int | None:
     raw = request.query_params.get("ttl_ms")
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 12 or int(raw) < 1:
+    # isascii: str.isdigit() is also true of '²' and other digits int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12 or int(raw) < 1:
         raise ApiError(422, "ttl_ms must be a positive integer (milliseconds)", "invalid_ttl")
     return int(raw)
 

@@ -31,14 +31,18 @@ class Gateway:
         self.activity = Activity()
         self.limiter = RateLimiter()
         self.waiters = 0  # long-polls waiting now
+        # Set when the server begins to shut down: long-polls answer what they know and end.
+        self.stopping = asyncio.Event()
         self._by_policy: dict[DestinationPolicy, AsyncClient] = {}
         self._by_tenant: dict[str, AsyncClient] = {}
         self.metrics = Metrics(self._engine_stats)
+        self.metrics.long_polls.set_function(lambda: self.waiters)
         self.remote = config.settings.store != "memory://"
 
     def start(self) -> None:
         """Make one client per distinct destination policy (tenants with none of their own share
         one): each has its own engine and, with the memory store, its own store."""
+        self.stopping = asyncio.Event()  # of this start's event loop
         base = self.config.settings.policy
         for tenant in self.config.tenants:
             policy = base
@@ -51,8 +55,14 @@ class Gateway:
                 )
             self._by_tenant[tenant.name] = client
 
+    def begin_shutdown(self) -> None:
+        """The server stops: long-polls stop waiting and answer what is known now, so that they
+        do not hold the shutdown for up to ``max_wait_s`` (called on the event loop's thread)."""
+        self.stopping.set()
+
     async def aclose(self) -> None:
         """Close every client: requests in flight get `CLOSE_GRACE_S`, the rest are cancelled."""
+        self.begin_shutdown()
         clients, self._by_policy, self._by_tenant = list(self._by_policy.values()), {}, {}
         await asyncio.gather(*(c.aclose(timeout=CLOSE_GRACE_S) for c in clients))
 

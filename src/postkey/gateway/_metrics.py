@@ -16,6 +16,9 @@ from ._activity import host_of
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_HOSTS = 100  # distinct host labels; later hosts are counted as "other"
+#: Methods with a label of their own; any other method token (a client may send any) is counted as
+#: "other", so that a caller cannot grow the metrics without bound.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -54,6 +57,11 @@ class Metrics:
             "Requests this gateway submitted whose result it has not seen yet.",
             registry=self.registry,
         )
+        self.long_polls = Gauge(
+            "postkey_gateway_long_polls",
+            "Long-polls (GET /v1/requests/{key}?wait=) waiting now.",
+            registry=self.registry,
+        )
         self.rejected = Counter(
             "postkey_gateway_rejected",
             "API calls refused, by HTTP status.",
@@ -75,7 +83,7 @@ class Metrics:
 
     def on_submit(self, method: str) -> None:
         """Count an accepted request."""
-        self.submitted.labels(method).inc()
+        self.submitted.labels(method_label(method)).inc()
         self.in_flight.inc()
 
     def on_result(self, method: str, url: str, result: Result) -> None:
@@ -88,6 +96,7 @@ class Metrics:
             status_class = ""
             kind = result.error_kind.value if result.error_kind is not None else "internal"
             outcome = "failed"
+        method = method_label(method)
         self.completed.labels(self.host_label(url), method, status_class, kind).inc()
         if result.elapsed_ms is not None:
             self.latency.labels(method, outcome).observe(result.elapsed_ms / 1000.0)
@@ -95,6 +104,11 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)
+
+
+def method_label(method: str) -> str:
+    """``method`` as a label: one of `METHODS`, or "other"."""
+    return method if method in METHODS else "other"
 
 
 class _EngineCollector(Collector):

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from .._async_client import AsyncClient
 from .._client import _Submit
 from .._errors import PostkeyError
 from .._result import Result, State
@@ -97,6 +98,7 @@ async def create_batch(request: Request) -> Response:
     gateway.limiter.take(tenant, len(items))
     client = gateway.client(tenant)
     prepared = [prepare(client, tenant, item, f"requests[{i}]: ") for i, item in enumerate(items)]
+    _check_batch_keys(prepared)
     keys: list[str] = []
     for one in prepared:
         try:
@@ -105,6 +107,23 @@ async def create_batch(request: Request) -> Response:
             exc.extra = {"keys": keys}  # what was submitted before the refusal
             raise
     return JSONResponse({"keys": keys}, 202)
+
+
+def _check_batch_keys(prepared: list[_Submit]) -> None:
+    # One caller key for two different requests in the same batch: refused before anything is
+    # sent (the same request twice is one idempotent submit, answered with its key twice).
+    seen: dict[str, tuple[int, str]] = {}
+    for i, one in enumerate(prepared):
+        if one.key is None:
+            continue
+        fingerprint = one.request.fingerprint()
+        first = seen.setdefault(one.key, (i, fingerprint))
+        if first[1] != fingerprint:
+            raise ApiError(
+                422,
+                f"requests[{i}]: key {one.key!r} names a different request in requests[{first[0]}]",
+                "key_conflict",
+            )
 
 
 def result_json(result: Result, key: str) -> dict[str, Any]:
@@ -143,12 +162,39 @@ async def read(request: Request) -> Response:
             raise ApiError(503, "too many long-polls waiting", headers={"Retry-After": "1"})
         gateway.waiters += 1
         try:
-            result = await client.wait(stored, seconds)
+            result = await _long_poll(request, gateway, client, stored, seconds)
         finally:
             gateway.waiters -= 1
     else:
         result = await gateway.call(client.get, stored)
     return _result_response(result, key)
+
+
+async def _long_poll(
+    request: Request, gateway: Gateway, client: AsyncClient, stored: str, seconds: float
+) -> Result:
+    # The wait ends with the result, at its timeout, when the caller hangs up (its waiter must
+    # not stay registered until the timeout) or when the server begins to stop (a long-poll
+    # must not hold the shutdown for up to max_wait_s); in the last two cases with what is
+    # known now.
+    waiting = asyncio.ensure_future(client.wait(stored, seconds))
+    gone = asyncio.ensure_future(_disconnected(request))
+    stopping = asyncio.ensure_future(gateway.stopping.wait())
+    try:
+        await asyncio.wait({waiting, gone, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (waiting, gone, stopping):
+            task.cancel()
+        await asyncio.gather(waiting, gone, stopping, return_exceptions=True)
+    if not waiting.cancelled():
+        return waiting.result()  # its result, or the exception it raised
+    return await gateway.call(client.get, stored)
+
+
+async def _disconnected(request: Request) -> None:
+    # Once the request's body has been read, the server's next message is the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _result_response(result: Result, key: str) -> Response:

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import pickle
+import socket
 import tempfile
 from typing import Any
 
@@ -17,6 +18,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ._app import create_app
 from ._config import GatewayConfig
+from ._gateway import Gateway
 
 #: Names the file that hands the config to granian's worker process (not POSTKEY_: every
 #: postkey command refuses POSTKEY_ variables that name no setting).
@@ -26,6 +28,11 @@ CONFIG_FILE_ENV = "PK_GATEWAY_CONFIG_FILE"
 HEADER_TIMEOUT_S = 10.0
 #: Default bytes a request's line and headers may take.
 MAX_HEADER_BYTES = 64 * 1024
+#: At shutdown, how long requests being served may take to finish (a client that reads its
+#: answer too slowly, say) before they are cancelled; bodies and long-polls end sooner.
+SHUTDOWN_GRACE_S = 10
+#: On granian, seconds from SIGTERM until its worker is killed (long-polls included).
+GRANIAN_KILL_S = 20
 
 
 def _refusal(status: int, reason: str, code: str, message: str) -> bytes:
@@ -117,9 +124,10 @@ def serve(
 ) -> None:
     """Run the gateway on uvicorn until SIGINT / SIGTERM. Access logs are off by default (their
     lines would carry keys); request bodies and API keys are never logged."""
-    server = uvicorn.Server(
+    app = create_app(config)
+    server = _Server(
         uvicorn.Config(
-            create_app(config),
+            app,
             host=host,
             port=port,
             http=guarded_protocol(header_timeout_s, max_header_bytes),
@@ -129,9 +137,23 @@ def serve(
             log_level=log_level,
             access_log=access_log,
             server_header=False,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
         )
     )
+    server.gateway = app.state.gateway
     server.run()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which tells the gateway when it begins to shut down: long-polls then
+    answer at once instead of holding the shutdown for up to ``max_wait_s``."""
+
+    gateway: Gateway | None = None
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.gateway is not None:
+            self.gateway.begin_shutdown()
+        await super().shutdown(sockets)
 
 
 def app_from_config_file() -> Starlette:
@@ -177,6 +199,9 @@ def serve_on_granian(
             log_level=LogLevels(log_level),
             log_access=False,
             factory=True,
+            # granian waits for open requests (long-polls: up to max_wait_s) before the app
+            # hears of the shutdown; past this, its worker is killed.
+            workers_kill_timeout=GRANIAN_KILL_S,
         ).serve()
     finally:
         os.unlink(path)
