@@ -140,6 +140,34 @@ def test_interpreter_exit_lets_requests_finish(tmp_path: object, hostile: str) -
     assert out.stdout.strip() == "done 200", out.stderr
 
 
+def test_at_exit_a_callback_of_a_request_that_ends_in_the_grace_runs_to_its_end(
+    echo: str,
+) -> None:
+    import subprocess
+    import sys
+
+    # Regression: the exit hook listed the callback threads before the engines ended, so the
+    # thread a request ending during the grace started was not waited for: cut short.
+    script = (
+        "import time, postkey\n"
+        "def slow(r):\n"
+        "    time.sleep(0.3)\n"
+        "    print('done', r.status, flush=True)\n"
+        f"postkey.get_async({echo + '/delay/300'!r}, timeout_ms=5000, on_done=slow)\n"
+    )
+    env = {**os.environ, "POSTKEY_EXIT_GRACE_MS": "10000"}
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "done 200", out.stderr
+
+
 def test_a_closed_engine_never_writes_into_a_reused_descriptor(echo: str) -> None:
     # Regression: waking a stopped engine wrote a NUL byte into whatever socket had reused the
     # number of its closed wake-up pipe, corrupting another client's request.

@@ -97,7 +97,6 @@ def _at_exit() -> None:
     global exit_deadline
     with _lock:
         engines = list(_engines)
-        runners = list(_runners)
     now = time.monotonic()
     deadline = now + max((e.exit_grace_ms for e in engines), default=0) / 1000.0
     if exit_deadline is None:
@@ -110,6 +109,10 @@ def _at_exit() -> None:
     for engine in engines:
         # The engine cancels what is left at its deadline; the small extra covers that work.
         engine.join(max(deadline - time.monotonic(), 0.0) + 0.5)
+    # Only now: a request that ends during the grace starts its client's callback thread
+    # then, and a list taken before the engines ended would miss it (the callback cut short).
+    with _lock:
+        runners = list(_runners)
     for runner in runners:
         runner.finish(max(deadline - time.monotonic(), 0.0) + _CALLBACK_EXTRA_S)
     with _lock:
