@@ -74,6 +74,9 @@ def test_an_interrupt_in_cache_calls_never_leaves_the_lock_held() -> None:
 
     def handler(signum: int, frame: object) -> None:
         if armed[0]:
+            # One interrupt per arming: it lands inside the try that armed it, never in the
+            # test's own loop between one try and the next.
+            armed[0] = False
             raise _Interrupt
 
     main = threading.get_ident()
@@ -94,6 +97,7 @@ def test_an_interrupt_in_cache_calls_never_leaves_the_lock_held() -> None:
             try:
                 armed[0] = True
                 if time.monotonic() > deadline:
+                    armed[0] = False
                     break
                 for i in range(200):
                     cache.set(f"k{i}", "v")
