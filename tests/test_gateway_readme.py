@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 from .gateway_process import free_port
+from .shell_examples import example_env, run_example_script
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -28,18 +26,7 @@ def test_the_gateway_section_has_curl_examples() -> None:
 def test_the_curl_examples_run_as_written(tmp_path: Path) -> None:
     script = "\n".join(gateway_blocks())
     script = script.replace("8787", str(free_port())).replace("8788", str(free_port()))
-    wrapped = f"set -e\ntrap 'kill $(jobs -p) 2>/dev/null' EXIT\n{script}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTKEY_")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    done = subprocess.run(
-        ["bash", "-c", wrapped],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=tmp_path,
-        env=env,
-    )
+    done = run_example_script(script, tmp_path, example_env())
     out = done.stdout
     assert done.returncode == 0, f"stdout:\n{out}\nstderr:\n{done.stderr}"
     assert '{"status":"ok"}' in out

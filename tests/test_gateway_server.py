@@ -63,6 +63,22 @@ def read_all(sock: socket.socket) -> bytes:
     return data
 
 
+def head_with_key(request_line: str, *headers: str) -> bytes:
+    """A raw request head with the tenant's API key: the line, Host, Authorization, headers."""
+    lines = [request_line, "Host: x", f"Authorization: Bearer {KEY}", *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def drip_feed(sock: socket.socket, byte: bytes) -> None:
+    """Sends ``byte`` every 50 ms, 100 times (5 s if nobody stops it), until the server hangs up."""
+    try:
+        for _ in range(100):
+            sock.sendall(byte)
+            time.sleep(0.05)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
 def healthy(server: ServeProcess) -> bool:
     with urllib.request.urlopen(server.url + "/healthz", timeout=5) as answer:
         return bool(answer.status == 200)
@@ -84,12 +100,7 @@ def test_a_drip_fed_request_head_is_cut_off(served: ServeProcess) -> None:
     started = time.monotonic()
     with connect(served) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-        try:
-            for _ in range(100):  # a header byte every 50 ms: 5 s if nobody stops it
-                sock.sendall(b"X")
-                time.sleep(0.05)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        drip_feed(sock, b"X")  # a header byte at a time
         answer = read_all(sock)
     assert answer.startswith(b"HTTP/1.1 408") or answer == b""
     assert time.monotonic() - started < 4.5  # cut off at the 1 s head deadline, not at 5 s
@@ -117,17 +128,8 @@ def test_pipelined_and_keep_alive_requests_are_served(served: ServeProcess) -> N
 
 def test_a_slow_body_is_cut_off(served: ServeProcess) -> None:
     with connect(served) as sock:
-        sock.sendall(
-            b"PUT /v1/cache/slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-            + KEY.encode()
-            + b"\r\nContent-Length: 1000\r\n\r\n"
-        )
-        try:
-            for _ in range(100):
-                sock.sendall(b"x")
-                time.sleep(0.05)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        sock.sendall(head_with_key("PUT /v1/cache/slow HTTP/1.1", "Content-Length: 1000"))
+        drip_feed(sock, b"x")  # a body byte at a time
         answer = read_all(sock)
     assert answer.startswith(b"HTTP/1.1 408") or answer == b""
 
@@ -146,9 +148,11 @@ def test_a_request_head_over_64_kib_is_refused(served: ServeProcess) -> None:
 def test_a_declared_100_mb_body_is_refused_before_it_is_read(served: ServeProcess) -> None:
     with connect(served) as sock:
         sock.sendall(
-            b"POST /v1/requests HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-            + KEY.encode()
-            + b"\r\nContent-Type: application/json\r\nContent-Length: 104857600\r\n\r\n"
+            head_with_key(
+                "POST /v1/requests HTTP/1.1",
+                "Content-Type: application/json",
+                "Content-Length: 104857600",
+            )
         )
         answer = read_all(sock)
     assert answer.startswith(b"HTTP/1.1 413"), answer
@@ -167,11 +171,7 @@ def test_a_streamed_100_mb_body_is_cut_off_at_the_limit(served: ServeProcess) ->
     thread.start()
     chunk = b"%x\r\n%s\r\n" % (1 << 16, b"x" * (1 << 16))
     try:
-        sock.sendall(
-            b"PUT /v1/cache/big HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-            + KEY.encode()
-            + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
-        )
+        sock.sendall(head_with_key("PUT /v1/cache/big HTTP/1.1", "Transfer-Encoding: chunked"))
         while sent < 100 << 20:
             sock.sendall(chunk)
             sent += 1 << 16

@@ -12,7 +12,6 @@ import builtins
 import dataclasses
 import importlib
 import inspect
-import os
 import re
 import socket
 import subprocess
@@ -26,6 +25,8 @@ import pytest
 
 import postkey
 from postkey import mychat
+
+from .shell_examples import example_env, run_example_script
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 _FENCE_RE = re.compile(r"^```([^\n`]*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -277,12 +278,6 @@ def _free_port() -> int:
     return port
 
 
-def _shell_env(tmp_path: Path) -> dict[str, str]:
-    bin_dir = str(Path(sys.executable).parent)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTKEY_")}
-    return {**env, "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", "HOME": str(tmp_path)}
-
-
 # The shell examples that talk to the local server on port 8765, in README order: the Quickstart
 # starts the server, the CLI section uses it. Run together, in one bash, as written except for
 # the port (a free one, so that a busy 8765 cannot fail the test).
@@ -297,16 +292,7 @@ def test_shell_examples_run_as_written(tmp_path: Path) -> None:
     port = str(_free_port())
     script = "\n".join(code.replace("8765", port) for _, code in LIVE_SHELL)
     # Each example line must succeed; the server the first block starts goes at the end.
-    wrapped = f"set -e\ntrap 'kill $(jobs -p) 2>/dev/null' EXIT\n{script}"
-    done = subprocess.run(
-        ["bash", "-c", wrapped],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=tmp_path,
-        env=_shell_env(tmp_path),
-    )
+    done = run_example_script(script, tmp_path, example_env(home=tmp_path))
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     out = done.stdout
     assert '"signup"' in out  # the Quickstart's POST, printed with --wait
@@ -327,7 +313,7 @@ def test_console_examples_print_what_they_show(tmp_path: Path) -> None:
             timeout=60,
             check=False,
             cwd=tmp_path,
-            env=_shell_env(tmp_path),
+            env=example_env(home=tmp_path),
         )
         assert (done.stdout + done.stderr).strip() == "\n".join(shown).strip(), f"line {line}"
 

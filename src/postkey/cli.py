@@ -86,6 +86,28 @@ def _policy_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+# The levels the long-running commands (worker, serve) log at; one list, so they take the same.
+_log_level_option = click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+
+
+def _client_deadline_option(
+    name: str, part: str, default_s: float
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """serve's deadline on one part of a request a client sends (a slow client is cut off)."""
+    return click.option(
+        name,
+        type=click.FloatRange(0.01, 3600),
+        default=default_s,
+        show_default=True,
+        help=f"Seconds a client has to send a request's {part}.",
+    )
+
+
 def _guarded_settings(
     allow_private: bool, allow: tuple[str, ...], deny: tuple[str, ...]
 ) -> Settings:
@@ -390,12 +412,7 @@ def cancel(key: str, store: str | None) -> None:
     " (at-least-once) or end as unknown_outcome (at-most-once).",
 )
 @click.option("--name", help="This worker's name in the consumer group (default: host-pid-random).")
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-)
+@_log_level_option
 @_policy_options
 def worker(
     store: str | None,
@@ -536,20 +553,8 @@ def batch(
     show_default=True,
     help="Longest ?wait= long-poll, in seconds.",
 )
-@click.option(
-    "--header-timeout",
-    type=click.FloatRange(0.01, 3600),
-    default=10.0,
-    show_default=True,
-    help="Seconds a client has to send a request's headers.",
-)
-@click.option(
-    "--body-timeout",
-    type=click.FloatRange(0.01, 3600),
-    default=30.0,
-    show_default=True,
-    help="Seconds a client has to send a request's body.",
-)
+@_client_deadline_option("--header-timeout", "headers", default_s=10.0)
+@_client_deadline_option("--body-timeout", "body", default_s=30.0)
 @click.option(
     "--secure-cookies",
     is_flag=True,
@@ -563,12 +568,7 @@ def batch(
     show_default=True,
     help="The HTTP server (granian needs the granian package).",
 )
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-)
+@_log_level_option
 @_policy_options
 def serve(
     host: str,
@@ -598,8 +598,8 @@ def serve(
     --allow or POSTKEY_POLICY (a keys file can allow more per tenant)."""
     try:
         from .gateway._launch import build_config  # noqa: PLC0415  # needs the gateway extra
+        from .gateway._server import ServeOptions, serve_on_granian  # noqa: PLC0415
         from .gateway._server import serve as run_server  # noqa: PLC0415
-        from .gateway._server import serve_on_granian  # noqa: PLC0415
     except ImportError as exc:
         raise click.UsageError(
             f"the gateway needs its extra: pip install 'postkey[gateway]' ({exc})"
@@ -621,10 +621,11 @@ def serve(
         secure_cookies=secure_cookies,
     )
     logging.getLogger("postkey").setLevel(log_level.upper())
+    options = ServeOptions(host, port, header_timeout_s=header_timeout, log_level=log_level)
     if server == "granian":
-        serve_on_granian(config, host, port, header_timeout_s=header_timeout, log_level=log_level)
+        serve_on_granian(config, options)
     else:
-        run_server(config, host, port, header_timeout_s=header_timeout, log_level=log_level)
+        run_server(config, options)
 
 
 @cli.command(short_help="Run the seed's scenario on a local test server.", epilog=EXIT_CODES_HELP)

@@ -9,10 +9,9 @@ from starlette.routing import BaseRoute, Route
 from .._errors import InvalidKey, InvalidValue, KeyConflict, PostkeyError
 from .._result import Result, State
 from ..mychat import error_text
-from ._auth import require_tenant
 from ._body import read_body
 from ._errors import ApiError
-from ._gateway import gateway_of
+from ._requests import admitted
 from ._submit import key_in, refusal_of
 
 _MISSING = object()
@@ -31,9 +30,7 @@ def text_of(value: object) -> str:
 async def get_value(request: Request) -> Response:
     """``GET /v1/cache/{key}``: the value as stored (bytes: application/octet-stream, text:
     text/plain); a request's key gives MemCacheGet's text. 404 none, 410 expired."""
-    tenant = require_tenant(request)
-    gateway = gateway_of(request)
-    gateway.limiter.take(tenant)
+    tenant, gateway = admitted(request)
     key = request.path_params["key"]
     stored = key_in(tenant, key)
     client = gateway.client(tenant)
@@ -61,9 +58,7 @@ def _ttl(request: Request) -> int | None:
 async def put_value(request: Request) -> Response:
     """``PUT /v1/cache/{key}?ttl_ms=N``: store the body's bytes (204). 409 if the key names a
     request, 422 a bad key or TTL."""
-    tenant = require_tenant(request)
-    gateway = gateway_of(request)
-    gateway.limiter.take(tenant)
+    tenant, gateway = admitted(request)
     stored = key_in(tenant, request.path_params["key"])
     ttl = _ttl(request)
     config = gateway.config
@@ -81,9 +76,7 @@ async def put_value(request: Request) -> Response:
 
 async def delete_value(request: Request) -> Response:
     """``DELETE /v1/cache/{key}``: 204 if there was a value, else 404."""
-    tenant = require_tenant(request)
-    gateway = gateway_of(request)
-    gateway.limiter.take(tenant)
+    tenant, gateway = admitted(request)
     key = request.path_params["key"]
     stored = key_in(tenant, key)
     if not await gateway.call(gateway.client(tenant).cache_delete, stored):

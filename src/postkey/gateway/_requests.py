@@ -24,6 +24,18 @@ from ._tenants import Tenant
 _JSON = "application/json"
 
 
+def admitted(request: Request) -> tuple[Tenant, Gateway]:
+    """The caller's tenant and the gateway, once the tenant's rate limit let one request in.
+
+    Raises:
+        ApiError: 401 without a valid API key, 429 over the tenant's rate limit.
+    """
+    tenant = require_tenant(request)
+    gateway = gateway_of(request)
+    gateway.limiter.take(tenant)
+    return tenant, gateway
+
+
 def check_json_type(request: Request) -> None:
     """Refuse a body that is not declared as JSON.
 
@@ -71,9 +83,7 @@ async def submit(gateway: Gateway, tenant: Tenant, prepared: _Submit) -> str:
 
 async def create(request: Request) -> Response:
     """``POST /v1/requests``: 202 ``{"key": ...}``."""
-    tenant = require_tenant(request)
-    gateway = gateway_of(request)
-    gateway.limiter.take(tenant)
+    tenant, gateway = admitted(request)
     item = await json_body(request, gateway)
     prepared = prepare(gateway.client(tenant), tenant, item)
     key = await submit(gateway, tenant, prepared)
@@ -150,9 +160,7 @@ def _wait_seconds(request: Request, gateway: Gateway) -> float | None:
 async def read(request: Request) -> Response:
     """``GET /v1/requests/{key}``: 200 result, 202 pending / running, 404 unknown, 410 expired;
     ``?wait=SECONDS`` waits (push-based) for the result first."""
-    tenant = require_tenant(request)
-    gateway = gateway_of(request)
-    gateway.limiter.take(tenant)
+    tenant, gateway = admitted(request)
     key = request.path_params["key"]
     stored = key_in(tenant, key)
     seconds = _wait_seconds(request, gateway)
@@ -211,9 +219,7 @@ def _result_response(result: Result, key: str) -> Response:
 async def cancel(request: Request) -> Response:
     """``DELETE /v1/requests/{key}``: ends a pending or running request as failed /
     cancelled (200 with the result); 409 if it had already ended, 404 / 410 as for reads."""
-    tenant = require_tenant(request)
-    gateway = gateway_of(request)
-    gateway.limiter.take(tenant)
+    tenant, gateway = admitted(request)
     key = request.path_params["key"]
     stored = key_in(tenant, key)
     client = gateway.client(tenant)

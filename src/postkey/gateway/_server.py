@@ -10,6 +10,7 @@ import os
 import pickle
 import socket
 import tempfile
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
@@ -112,29 +113,31 @@ def guarded_protocol(header_timeout_s: float, max_header_bytes: int) -> type[asy
     return type("GuardedHttpTools", (GuardedHttpTools,), bounds)
 
 
-def serve(
-    config: GatewayConfig,
-    host: str = "127.0.0.1",
-    port: int = 8080,
-    *,
-    header_timeout_s: float = HEADER_TIMEOUT_S,
-    max_header_bytes: int = MAX_HEADER_BYTES,
-    log_level: str = "info",
-    access_log: bool = False,
-) -> None:
+@dataclass(frozen=True)
+class ServeOptions:
+    """Where the gateway listens and how it bounds request heads: the same on either server."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    header_timeout_s: float = HEADER_TIMEOUT_S
+    max_header_bytes: int = MAX_HEADER_BYTES
+    log_level: str = "info"
+
+
+def serve(config: GatewayConfig, options: ServeOptions, *, access_log: bool = False) -> None:
     """Run the gateway on uvicorn until SIGINT / SIGTERM. Access logs are off by default (their
     lines would carry keys); request bodies and API keys are never logged."""
     app = create_app(config)
     server = _Server(
         uvicorn.Config(
             app,
-            host=host,
-            port=port,
-            http=guarded_protocol(header_timeout_s, max_header_bytes),
+            host=options.host,
+            port=options.port,
+            http=guarded_protocol(options.header_timeout_s, options.max_header_bytes),
             lifespan="on",
             ws="none",
             timeout_keep_alive=5,
-            log_level=log_level,
+            log_level=options.log_level,
             access_log=access_log,
             server_header=False,
             timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
@@ -163,15 +166,7 @@ def app_from_config_file() -> Starlette:
     return create_app(config)
 
 
-def serve_on_granian(
-    config: GatewayConfig,
-    host: str = "127.0.0.1",
-    port: int = 8080,
-    *,
-    header_timeout_s: float = HEADER_TIMEOUT_S,
-    max_header_bytes: int = MAX_HEADER_BYTES,
-    log_level: str = "info",
-) -> None:
+def serve_on_granian(config: GatewayConfig, options: ServeOptions) -> None:
     """Run the gateway on granian (one worker process) until SIGINT / SIGTERM. Its header-read
     timeout closes slow connections without an answer; a head over its buffer is refused."""
     from granian.constants import HTTPModes, Interfaces  # noqa: PLC0415  # only when chosen
@@ -186,17 +181,17 @@ def serve_on_granian(
     try:
         Server(
             f"{__name__}:app_from_config_file",
-            address=host,
-            port=port,
+            address=options.host,
+            port=options.port,
             interface=Interfaces.ASGI,
             workers=1,
             http=HTTPModes.http1,
             websockets=False,
             http1_settings=HTTP1Settings(
-                header_read_timeout=max(1, int(header_timeout_s * 1000)),
-                max_buffer_size=max_header_bytes,
+                header_read_timeout=max(1, int(options.header_timeout_s * 1000)),
+                max_buffer_size=options.max_header_bytes,
             ),
-            log_level=LogLevels(log_level),
+            log_level=LogLevels(options.log_level),
             log_access=False,
             factory=True,
             # granian waits for open requests (long-polls: up to max_wait_s) before the app
