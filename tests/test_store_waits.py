@@ -190,6 +190,19 @@ def test_ctrl_c_during_a_blocking_wait_many_leaves_no_waiter_behind() -> None:
 
 
 @pytest.mark.usefixtures("sigint")
+def test_ctrl_c_during_a_blocking_wait_leaves_no_waiter_behind() -> None:
+    store = MemoryStore(Settings())
+    job = pending_job(store, "k")
+    timer = ctrl_c_in(0.2)
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        store.wait("k", None)
+    timer.join()
+    assert time.monotonic() - started < 2.0
+    assert no_waiters(store, job)
+
+
+@pytest.mark.usefixtures("sigint")
 def test_ctrl_c_during_a_blocking_cache_wait_leaves_no_waiter_behind() -> None:
     store = MemoryStore(Settings())
     timer = ctrl_c_in(0.2)

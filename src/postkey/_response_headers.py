@@ -22,13 +22,21 @@ class Headers:
 
     def __init__(self, pairs: Sequence[tuple[str, str]] = ()) -> None:
         self._pairs = tuple(pairs)
-        self._index: dict[str, list[str]] | None = None  # lower-case name -> values, lazily
+        # Lower-case name -> its value, or a tuple of its values when sent more than once; built
+        # lazily. Only str and tuples of str: the garbage collector does not track such a dict,
+        # which matters when thousands of results are read (lists made every index tracked).
+        self._index: dict[str, str | tuple[str, ...]] | None = None
 
-    def _values(self) -> dict[str, list[str]]:
+    def _values(self) -> dict[str, str | tuple[str, ...]]:
         if self._index is None:
-            index: dict[str, list[str]] = {}
+            index: dict[str, str | tuple[str, ...]] = {}
             for name, value in self._pairs:
-                index.setdefault(name.lower(), []).append(value)
+                lower = name.lower()
+                seen = index.get(lower)
+                if seen is None:
+                    index[lower] = value
+                else:
+                    index[lower] = (*seen, value) if isinstance(seen, tuple) else (seen, value)
             self._index = index
         return self._index
 
@@ -41,7 +49,7 @@ class Headers:
         values = self._values().get(name.lower())
         if values is None:
             raise KeyError(name)
-        return values[0] if len(values) == 1 else ", ".join(values)
+        return values if isinstance(values, str) else ", ".join(values)
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """``self[name]``, or ``default`` when there is no such header."""
@@ -52,7 +60,8 @@ class Headers:
 
     def get_list(self, name: str) -> list[str]:
         """Every value of ``name`` in the order received (empty if none)."""
-        return list(self._values().get(name.lower(), ()))
+        values = self._values().get(name.lower(), ())
+        return [values] if isinstance(values, str) else list(values)
 
     def items(self) -> list[tuple[str, str]]:
         """Every (name, value) pair as received: original spelling, duplicates kept, in order."""

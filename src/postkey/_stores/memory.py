@@ -219,7 +219,13 @@ class MemoryStore:
         Raises:
             InvalidValue: a bad ``timeout`` (see `check_wait_timeout`).
         """
-        return self.wait_many([key], timeout)[0]
+        seconds = check_wait_timeout(timeout)
+        if key in self._jobs:
+            self._sleep_until_it_ended(key, seconds)
+        # A settled key costs this lookup and nothing more (the common case of reading results
+        # in order: most have landed by the time they are asked for).
+        result = self.cache.get(key)
+        return result if isinstance(result, Result) else self.lookup(key)
 
     def wait_many(self, keys: list[str], timeout: float | None) -> list[Result]:
         """`wait` for all ``keys`` at once: one sleep, woken when the last one ends.
@@ -240,6 +246,29 @@ class MemoryStore:
             r if isinstance(r, Result) else self.lookup(k)
             for k, r in zip(keys, results, strict=True)
         ]
+
+    def _sleep_until_it_ended(self, key: str, seconds: float | None) -> None:
+        # One lock per waiter, made only for a key still running; finish releases it.
+        gate = threading.Lock()
+        gate.acquire()
+
+        def wake(_result: object) -> None:
+            gate.release()
+
+        with self._lock:
+            job = self._jobs.get(key)
+            if job is None:
+                return  # ended meanwhile: wait reads its result
+            if job.waiters is None:
+                job.waiters = {wake: None}
+            else:
+                job.waiters[wake] = None
+        ended = False
+        try:
+            ended = gate.acquire(timeout=-1 if seconds is None else seconds)
+        finally:
+            if not ended:  # a timeout or an interrupt: no waiter is left behind
+                self._unwatch([job], wake)
 
     def _sleep_until_ended(self, keys: list[str], seconds: float | None) -> None:
         gate = threading.Lock()
