@@ -47,8 +47,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Four test processes on two cores: most tests wait on sockets and subprocesses, not the CPU.
 pytest: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 4
 
 # Benchmarks are scripts, not tests: they install nginx if missing and take a few minutes.
 bench: $(STAMP)

@@ -97,19 +97,21 @@ def status(key: str) -> State:
     return default_client().status(key)
 
 
-def get(key: str) -> Result:
+def get(key: str, *, take: bool = False) -> Result:
     """What is known of ``key`` now; see `Client.get`."""
-    return default_client().get(key)
+    return default_client().get(key, take=take)
 
 
-def wait(key: str, timeout: float | None = None) -> Result:
+def wait(key: str, timeout: float | None = None, *, take: bool = False) -> Result:
     """Block until ``key`` ends or ``timeout`` seconds pass; see `Client.wait`."""
-    return default_client().wait(key, timeout)
+    return default_client().wait(key, timeout, take=take)
 
 
-def wait_many(keys: Iterable[str], timeout: float | None = None) -> list[Result]:
+def wait_many(
+    keys: Iterable[str], timeout: float | None = None, *, take: bool = False
+) -> list[Result]:
     """`wait` for several keys; see `Client.wait_many`."""
-    return default_client().wait_many(keys, timeout)
+    return default_client().wait_many(keys, timeout, take=take)
 
 
 def cancel(key: str) -> bool:

@@ -119,12 +119,19 @@ class AsyncClient(_ClientCore):
         finally:
             engine.remove_room_callback(made)
 
-    async def wait(self, key: str, timeout: float | None = None) -> Result:
+    async def wait(self, key: str, timeout: float | None = None, *, take: bool = False) -> Result:
         """Await the end of ``key`` (see `Client.wait`); woken by the store via the event loop.
+
+        ``take=True`` removes a terminal result from the store as it is returned (see
+        `Client.get`).
 
         Raises:
             InvalidValue: ``timeout`` is neither None nor a number of seconds from 0 to 31 days.
         """
+        result = await self._wait(key, timeout)
+        return await self._off_loop(self._taken, result, take) if take else result
+
+    async def _wait(self, key: str, timeout: float | None) -> Result:
         seconds = check_wait_timeout(timeout)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
@@ -143,14 +150,18 @@ class AsyncClient(_ClientCore):
         finally:
             unwatch()
 
-    async def wait_many(self, keys: Iterable[str], timeout: float | None = None) -> list[Result]:
+    async def wait_many(
+        self, keys: Iterable[str], timeout: float | None = None, *, take: bool = False
+    ) -> list[Result]:
         """Await every key concurrently under one ``timeout``; Results in the keys' order.
+
+        ``take=True`` removes each terminal result from the store as it is returned.
 
         Raises:
             InvalidValue: a bad ``timeout``, before any key is waited for.
         """
         check_wait_timeout(timeout)
-        return list(await asyncio.gather(*(self.wait(k, timeout) for k in keys)))
+        return list(await asyncio.gather(*(self.wait(k, timeout, take=take) for k in keys)))
 
     async def cache_wait(self, key: str, timeout: float | None = None, default: Any = None) -> Any:
         """Await a value under ``key`` for up to ``timeout`` seconds.

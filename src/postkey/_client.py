@@ -386,9 +386,20 @@ class _ClientCore:
         """The state of ``key``: unknown, pending, running, done, failed or expired."""
         return self._store.lookup(_str_key(key)).state
 
-    def get(self, key: str) -> Result:
-        """What is known of ``key`` now, as a Result (check ``.state``); never blocks."""
-        return self._store.lookup(_str_key(key))
+    def get(self, key: str, *, take: bool = False) -> Result:
+        """What is known of ``key`` now, as a Result (check ``.state``); never blocks.
+
+        ``take=True``: a terminal result is also removed from the store as it is returned (the
+        key then reads unknown; a caller-given idempotency key stays remembered for its TTL), so
+        large responses do not stay cached after they are read. It does not make reads
+        exclusive: two readers that take the same key at once may both get the result.
+        """
+        return self._taken(self._store.lookup(_str_key(key)), take)
+
+    def _taken(self, result: Result, take: bool) -> Result:
+        if take and result.state.terminal:
+            self._store.cache_delete(result.key)
+        return result
 
     def cancel(self, key: str, timeout: float = 5.0) -> bool:
         """End a pending or running request as failed / cancelled.
@@ -545,28 +556,33 @@ class Client(_ClientCore):
                 raise
         return keys
 
-    def wait(self, key: str, timeout: float | None = None) -> Result:
+    def wait(self, key: str, timeout: float | None = None, *, take: bool = False) -> Result:
         """Block until ``key`` ends (done or failed) or ``timeout`` seconds pass.
 
         Returns the terminal Result, or the current one (pending / running) on timeout; an
         unknown or expired key returns at once. Woken by the store, never by polling.
+        ``take=True`` removes a terminal result from the store as it is returned (see `get`).
 
         Raises:
             InvalidValue: ``timeout`` is not None or a number of seconds from 0 to 31 days.
         """
         _lifecycle.run_exit_hook_first()  # the caller may be a thread joined at exit
-        return self._store.wait(_str_key(key), timeout)
+        return self._taken(self._store.wait(_str_key(key), timeout), take)
 
-    def wait_many(self, keys: Iterable[str], timeout: float | None = None) -> list[Result]:
+    def wait_many(
+        self, keys: Iterable[str], timeout: float | None = None, *, take: bool = False
+    ) -> list[Result]:
         """`wait` for every key under one overall ``timeout``; Results in the keys' order.
 
-        The calling thread sleeps once and is woken when the last key ends.
+        The calling thread sleeps once and is woken when the last key ends. ``take=True``
+        removes each terminal result from the store as it is returned (see `get`).
 
         Raises:
             InvalidValue: ``timeout`` is not None or a number of seconds from 0 to 31 days.
         """
         _lifecycle.run_exit_hook_first()  # the caller may be a thread joined at exit
-        return self._store.wait_many([_str_key(k) for k in keys], timeout)
+        results = self._store.wait_many([_str_key(k) for k in keys], timeout)
+        return [self._taken(r, take) for r in results] if take else results
 
     def cache_wait(self, key: str, timeout: float | None = None, default: Any = None) -> Any:
         """Block until ``key`` holds a value (or result) or ``timeout`` seconds pass.

@@ -1,0 +1,94 @@
+"""Reading a result with ``take=True`` removes it from the store as it is returned, on the
+memory store and on Redis, for `get`, `wait` and `wait_many`, sync and async; a pending key is
+never taken, and a caller's idempotency key stays remembered (nothing is sent twice)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from postkey import AsyncClient, Client, State
+from tests.recording import RecordingServer
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> str:
+    """A store URL: the embedded one, or a Redis of our own (one redis-server)."""
+    if request.param == "memory":
+        return "memory://"
+    return str(request.getfixturevalue("single_redis_url"))
+
+
+@pytest.fixture
+def taking_client(store: str) -> Iterator[Client]:
+    with Client(store=store, store_prefix=f"t{uuid.uuid4().hex[:12]}") as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def recorder() -> Iterator[RecordingServer]:
+    with RecordingServer() as server:
+        yield server
+
+
+def test_wait_with_take_returns_the_result_and_leaves_nothing_behind(
+    taking_client: Client, echo: str
+) -> None:
+    key = taking_client.post_async(echo + "/post", "x" * 1000, None, 5000)
+    result = taking_client.wait(key, 10, take=True)
+    assert result.state is State.DONE and result.status == 200 and len(result.body) > 1000
+    assert taking_client.status(key) is State.UNKNOWN
+    assert not taking_client.cache_exists(key)
+    assert taking_client.get(key).state is State.UNKNOWN
+
+
+def test_wait_many_with_take_removes_every_result(taking_client: Client, echo: str) -> None:
+    keys = [taking_client.get_async(echo + f"/get?i={i}", timeout_ms=5000) for i in range(20)]
+    results = taking_client.wait_many(keys, 10, take=True)
+    assert [r.key for r in results] == keys
+    assert all(r.state is State.DONE and r.status == 200 for r in results)
+    assert all(taking_client.status(k) is State.UNKNOWN for k in keys)
+
+
+def test_get_with_take_leaves_a_pending_key_alone(taking_client: Client, echo: str) -> None:
+    key = taking_client.get_async(echo + "/delay/500", timeout_ms=5000)
+    assert taking_client.get(key, take=True).state in (State.PENDING, State.RUNNING)
+    assert taking_client.wait(key, 0).state in (State.PENDING, State.RUNNING)  # still there
+    assert taking_client.wait(key, 10).state is State.DONE  # ... and it still ends
+    assert taking_client.get(key, take=True).state is State.DONE
+    assert taking_client.get(key).state is State.UNKNOWN
+
+
+def test_a_wait_that_times_out_takes_nothing(taking_client: Client, echo: str) -> None:
+    key = taking_client.get_async(echo + "/delay/500", timeout_ms=5000)
+    assert taking_client.wait(key, 0.01, take=True).state in (State.PENDING, State.RUNNING)
+    assert taking_client.wait(key, 10, take=True).state is State.DONE
+
+
+def test_a_taken_idempotency_key_is_still_remembered_and_not_sent_again(
+    taking_client: Client, recorder: RecordingServer
+) -> None:
+    rid = uuid.uuid4().hex
+    url = f"{recorder.url}/rec/{rid}"
+    key = taking_client.post_async(url, "{}", None, 5000, key=f"order-{rid}")
+    assert taking_client.wait(key, 10, take=True).body == f"{rid} 1".encode()
+    again = taking_client.post_async(url, "{}", None, 5000, key=f"order-{rid}")
+    assert again == key
+    assert recorder.hits[rid] == 1  # the same request under the same key is never sent twice
+
+
+def test_async_wait_and_wait_many_take_too(store: str, echo: str) -> None:
+    async def main() -> None:
+        async with AsyncClient(store=store, store_prefix=f"t{uuid.uuid4().hex[:12]}") as client:
+            one = await client.get_async(echo + "/get", timeout_ms=5000)
+            assert (await client.wait(one, 10, take=True)).status == 200
+            assert client.status(one) is State.UNKNOWN
+            keys = [await client.get_async(echo + f"/get?i={i}", timeout_ms=5000) for i in range(5)]
+            results = await client.wait_many(keys, 10, take=True)
+            assert all(r.status == 200 for r in results)
+            assert all(client.status(k) is State.UNKNOWN for k in keys)
+
+    asyncio.run(main())
