@@ -207,8 +207,8 @@ def test_if_the_engine_loop_dies_every_key_ends_and_the_client_says_closed(hosti
 
     engine._transfers.perform = broken  # type: ignore[method-assign]
     engine._wake()
-    engine._thread.join(10)
-    assert not engine._thread.is_alive()
+    engine._runner.join(10)
+    assert not engine._runner.is_alive()
     finals = [c.get(k) for k in keys]
     assert {(r.state, r.error_kind) for r in finals} == {(State.FAILED, ErrorKind.INTERNAL)}
     assert "boom" in (finals[0].error or "")
@@ -353,6 +353,27 @@ def test_a_cancelled_transfer_drops_what_it_had_received(hostile: str) -> None:
         time.sleep(0.1)
         for curl in c._engine._transfers._idle:
             assert not curl.body_parts and not curl.head_lines
+
+
+@pytest.mark.parametrize("closed", [True, False], ids=["closed", "dropped"])
+def test_a_client_that_is_gone_frees_its_store(closed: bool) -> None:
+    # The exit hook tracks every store (to release its waiters at exit): that must not keep the
+    # store of a client nobody holds any more, closed or simply dropped.
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        c = Client()
+        for i in range(8):
+            c.cache_set(f"v{i}", bytes(1 << 20))
+        if closed:
+            c.close()
+        del c
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 2 << 20, f"{held / 2**20:.1f} MiB of a gone client's store still held"
 
 
 def test_memoised_parsing_does_not_keep_large_inputs_alive(echo: str) -> None:

@@ -103,6 +103,7 @@ class _ClientCore:
         self._generation = _lifecycle.generation
         self._store_ = open_store(self.settings)
         _lifecycle.track_cache(self._store_)
+        weakref.finalize(self, _lifecycle.untrack_cache, self._store_)
         self._callbacks_ = CallbackRunner(
             self.settings.max_callback_backlog, self.settings.callback_grace_ms
         )

@@ -80,7 +80,7 @@ class Engine:
         self._closing_reason = "the client was closed before the request finished"
         self._next_housekeeping = time.monotonic() + _HOUSEKEEPING_S
         self._wakeup = Wakeup()
-        self._thread = threading.Thread(target=self._run, name="postkey-engine", daemon=True)
+        self._runner = threading.Thread(target=self._run, name="postkey-engine", daemon=True)
         if _lifecycle.exiting():
             # Made after interpreter exit began (say, the default client again, from a thread
             # still running): nobody would bound it, so it takes no work at all.
@@ -88,7 +88,7 @@ class Engine:
             self._closing_reason = _AT_EXIT
             self._drain_until = time.monotonic()
         _lifecycle.track(self)
-        self._thread.start()
+        self._runner.start()
 
     # -- any thread ------------------------------------------------------------------------------
 
@@ -179,19 +179,19 @@ class Engine:
                 self._closing_reason = reason
             self._drain_until = until
         self._wake()
-        if wait and threading.current_thread() is not self._thread:
+        if wait and threading.current_thread() is not self._runner:
             self.join()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the engine thread to end; True if it has."""
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
-        return not self._thread.is_alive()
+        if threading.current_thread() is not self._runner:
+            self._runner.join(timeout)
+        return not self._runner.is_alive()
 
     @property
     def closed(self) -> bool:
         """True once the engine stopped taking work (closed, or stopped by an internal error)."""
-        return self._finished or not self._thread.is_alive()
+        return self._finished or not self._runner.is_alive()
 
     @property
     def exit_grace_ms(self) -> int:

@@ -14,7 +14,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -41,7 +40,9 @@ _runners: dict[_Finisher, None] = {}
 # Objects inherited from the parent across fork(): referenced for good, never finalised here.
 _inherited: list[object] = []
 # Caches whose waiters are released at exit (a wait for a value nobody will set must not hold it).
-_caches: weakref.WeakSet[_Releasable] = weakref.WeakSet()
+# Held until their client goes (untrack_cache), not by weak reference: a store compiled by mypyc
+# cannot be weakly referenced.
+_caches: dict[_Releasable, None] = {}
 
 #: Incremented in a child process after fork(); clients compare it to rebuild themselves.
 generation = 0
@@ -76,9 +77,15 @@ def untrack(engine: Engine) -> None:
 
 
 def track_cache(cache: _Releasable) -> None:
-    """Release ``cache``'s waiters at interpreter exit."""
+    """Release ``cache``'s waiters at interpreter exit (until `untrack_cache`)."""
     with _lock:
-        _caches.add(cache)
+        _caches[cache] = None
+
+
+def untrack_cache(cache: _Releasable) -> None:
+    """Forget a cache whose client is gone."""
+    with _lock:
+        _caches.pop(cache, None)
 
 
 def track_runner(runner: _Finisher) -> None:

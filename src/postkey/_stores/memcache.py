@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from heapq import heappop, heappush
-from typing import Any
+from typing import Any, ClassVar
 
 from .._waits import check_wait_timeout, wake_all
 from .base import MISSING
@@ -72,7 +72,7 @@ class MemCache:
     injectable so tests can move time; waits always use real time.
     """
 
-    MISSING: Any = _MISSING
+    MISSING: ClassVar[Any] = _MISSING  # a class attribute (a compiled class needs it said)
 
     def __init__(
         self,
