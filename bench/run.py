@@ -26,11 +26,22 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+# The compiled build (mypyc), unpacked by `make fast`; its clients run with it on PYTHONPATH.
+FAST_SITE = ROOT / "build" / "fast-site"
 CLIENTS = {
-    "postkey": ("postkey (public API, end to end)", "postkey_w1.py"),
+    "postkey": ("postkey (public API, end to end, wait_many)", "postkey_w1.py"),
+    "postkey-perkey": (
+        "postkey, wait(key) one by one, status + headers + body read",
+        "postkey_w1_perkey.py",
+    ),
+    "postkey-compiled": ("postkey compiled (mypyc), wait_many", "postkey_w1.py"),
+    "postkey-perkey-compiled": (
+        "postkey compiled (mypyc), wait(key) one by one, status + headers + body",
+        "postkey_w1_perkey.py",
+    ),
     "postkey-guard": ("postkey, public_only + allow 127.0.0.1", "postkey_w1.py"),
     "postkey-redis": ("postkey, shared store on Redis (sends itself)", "postkey_w1_redis.py"),
-    "pycurl": ("bare pycurl CurlMulti loop", "pycurl_bare.py"),
+    "pycurl": ("bare pycurl CurlMulti loop (keeps status, headers, body)", "pycurl_bare.py"),
     "aiohttp": ("aiohttp, 256 worker tasks", "aiohttp_w1.py"),
     "requests-futures": ("requests-futures, 256 threads", "requests_futures_w1.py"),
 }
@@ -83,9 +94,13 @@ class Nginx:
         shutil.rmtree(self.prefix, ignore_errors=True)
 
 
-def run_client(script: str, url: str, guard: bool = False) -> dict[str, float]:
+def run_client(
+    script: str, url: str, guard: bool = False, compiled: bool = False
+) -> dict[str, float]:
     """Run one client process on CPU 0; its JSON line plus peak RSS (MB) from wait4."""
-    env = {**os.environ, "W1_URL": url, "PYTHONPATH": str(ROOT / "src")}
+    if compiled and not (FAST_SITE / "postkey").is_dir():
+        raise SystemExit(f"{FAST_SITE} has no compiled build: run `make fast` first")
+    env = {**os.environ, "W1_URL": url, "PYTHONPATH": str(FAST_SITE if compiled else ROOT / "src")}
     if guard:
         env["W1_GUARD"] = "1"
     proc = subprocess.Popen(
@@ -172,8 +187,11 @@ def median_row(rows: list[dict[str, float]]) -> dict[str, float]:
     }
 
 
-#: Arguments of the scripts whose output is appended (the gateway's: a few minutes in all).
-BENCH_ARGS = {"gateway.py": ("--submits", "10000", "--runs", "3")}
+#: Arguments of the scripts whose output is appended (each takes a few minutes).
+BENCH_ARGS = {
+    "gateway.py": ("--submits", "10000", "--runs", "3"),
+    "workloads.py": ("--rounds", "3"),
+}
 
 
 def main() -> None:
@@ -190,10 +208,10 @@ def main() -> None:
     with Nginx() as nginx:
         for c in chosen:  # warm-up (file cache, nginx), not counted
             if c != "requests-futures":
-                run_client(CLIENTS[c][1], nginx.url, c == "postkey-guard")
+                run_client(CLIENTS[c][1], nginx.url, c == "postkey-guard", "compiled" in c)
         for i in range(args.runs):
             for c in chosen:
-                row = run_client(CLIENTS[c][1], nginx.url, c == "postkey-guard")
+                row = run_client(CLIENTS[c][1], nginx.url, c == "postkey-guard", "compiled" in c)
                 runs[c].append(row)
                 print(
                     f"run {i + 1} {c:17s} {row['rps']:>9,.0f} req/s  {row['rss_mb']:.0f} MB",
@@ -279,6 +297,7 @@ def main() -> None:
             ("deadlines.py", "Deadlines against slow servers"),
             ("memory_bounds.py", "Memory under a capped response"),
             ("gateway.py", "The HTTP gateway"),
+            ("workloads.py", "More workloads: TLS, HTTP/2, many hosts, large bodies, load"),
         ):
             out = subprocess.run(
                 [sys.executable, str(HERE / script), *BENCH_ARGS.get(script, ())],

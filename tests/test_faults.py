@@ -202,10 +202,20 @@ def test_if_the_engine_loop_dies_every_key_ends_and_the_client_says_closed(hosti
     time.sleep(0.1)
     engine = c._engine
 
-    def broken() -> None:
-        raise _EngineBug("boom")
+    class BrokenMulti:
+        """libcurl's multi handle, but perform() raises (the engine's own classes may be
+        compiled and cannot be patched; the handle they hold is a plain object)."""
 
-    engine._transfers.perform = broken  # type: ignore[method-assign]
+        def __init__(self, real: object) -> None:
+            self.real = real
+
+        def perform(self) -> None:
+            raise _EngineBug("boom")
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.real, name)
+
+    engine._transfers._multi = BrokenMulti(engine._transfers._multi)
     engine._wake()
     engine._runner.join(10)
     assert not engine._runner.is_alive()
@@ -429,6 +439,23 @@ def test_plain_http_requests_to_one_host_open_their_own_connections() -> None:
             c.wait_many(keys, 5)
         # no PIPEWAIT on http://: eight connections at once, not one with seven waiting behind
         assert server.peak_active == 8, server.peak_active
+    finally:
+        server.stop()
+
+
+def test_connections_to_more_hosts_than_max_in_flight_are_kept_for_reuse() -> None:
+    server = HostileServer().start()
+    port = _port(server.url)
+    try:
+        with Client(max_in_flight=8, max_per_host=1, resolver=lambda n: ["127.0.0.1"]) as c:
+            for _ in range(3):
+                keys = [
+                    c.get_async(f"http://h{i}.test:{port}/x", timeout_ms=5000) for i in range(100)
+                ]
+                assert {r.status for r in c.wait_many(keys, 20)} == {404}
+        # One connection per host name, reused in the next two rounds: the cache of idle
+        # connections (max_idle_connections) is not limited to the 8 in flight.
+        assert server.connections <= 110, server.connections
     finally:
         server.stop()
 

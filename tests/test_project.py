@@ -35,3 +35,22 @@ def test_the_readme_links_only_to_files_in_the_repository() -> None:
     for target in re.findall(r"\]\(([^)#]+)\)", readme):
         if not target.startswith(("http://", "https://")):
             assert (ROOT / target).exists(), f"README links to {target}, which is not here"
+
+
+def test_the_suite_runs_on_the_build_it_says() -> None:
+    # make test runs the suite twice: on src/ (pure Python) and, with TEST_ON_COMPILED_BUILD=1,
+    # on the mypyc wheel. Each run must really be on its build, every listed module compiled.
+    import importlib
+    import os
+
+    listed = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["hatch"]["build"][
+        "targets"
+    ]["wheel"]["hooks"]["mypyc"]["include"]
+    names = [p.removeprefix("/src/").removesuffix(".py").replace("/", ".") for p in listed]
+    assert len(names) >= 10
+    files = {name: str(importlib.import_module(name).__file__) for name in names}
+    if os.environ.get("TEST_ON_COMPILED_BUILD") == "1":
+        assert all(f.endswith(".so") for f in files.values()), files
+        assert all(str(PACKAGE) not in f for f in files.values()), "compiled run imports src/"
+    else:
+        assert all(f.startswith(str(PACKAGE)) and f.endswith(".py") for f in files.values()), files

@@ -183,14 +183,15 @@ def test_ten_thousand_async_waiters_share_one_connection(redis_url: str, echo: s
 
     # Sent by another client: its own keys' waits need no pub/sub (woken as results land).
     sender = Client(store=redis_url, store_prefix=p)
-    # The response takes 4 s: long enough for all 10,000 waits to be registered first.
-    key = sender.get_async(echo + "/delay/4000", timeout_ms=10_000)
+    # The response takes 6 s: long enough for all 10,000 waits to be registered first, even
+    # with the rest of the suite running beside this test (4 s was not, once).
+    key = sender.get_async(echo + "/delay/6000", timeout_ms=12_000)
     sender.flush()
 
     async def main() -> list[postkey.Result]:
         async with postkey.AsyncClient(store=redis_url, store_prefix=p) as client:
             waits = [asyncio.ensure_future(client.wait(key, 15)) for _ in range(10_000)]
-            deadline = time.monotonic() + 3.5  # the response comes at 4 s
+            deadline = time.monotonic() + 5.5  # the response comes at 6 s
             while True:  # until the waits reach the hub (through the executor, under load)
                 await asyncio.sleep(0.05)
                 pubsubs = [c for c in clients(spy) if int(c.get("ssub", 0) or 0) > 0]

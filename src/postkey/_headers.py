@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from ._errors import InvalidHeader
 from ._memo import remember
@@ -38,7 +39,7 @@ FORBIDDEN_HEADERS = frozenset(
 )
 
 
-def parse_headers(headers: HeadersInput) -> HeaderPairs:
+def parse_headers(headers: Any) -> HeaderPairs:
     """Validate request headers given as a CRLF-joined string, a mapping or (name, value) pairs.
 
     In the string form, lines are separated by CRLF; a bare LF is accepted as CRLF, empty lines
@@ -75,7 +76,9 @@ def parse_headers(headers: HeadersInput) -> HeaderPairs:
             return memoised
     if isinstance(headers, bytes | bytearray):
         raise InvalidHeader("headers must be a str, a mapping or (name, value) pairs, not bytes")
-    pairs: list[tuple[str, str]] = []
+    # Any, not HeadersInput: what the caller gave is checked here, not on entry (the compiled
+    # build would raise a bare TypeError for a pair that is not two str).
+    pairs: list[tuple[Any, Any]] = []
     try:
         for item in headers.items() if isinstance(headers, Mapping) else headers:
             name, value = item
@@ -106,7 +109,7 @@ def _parse_header_text(text: str) -> HeaderPairs:
     return _check_pairs(pairs)
 
 
-def _check_pairs(pairs: list[tuple[str, str]]) -> HeaderPairs:
+def _check_pairs(pairs: list[tuple[Any, Any]]) -> HeaderPairs:
     if len(pairs) > MAX_HEADER_COUNT:
         raise InvalidHeader(f"{len(pairs)} headers; the maximum is {MAX_HEADER_COUNT}")
     out: list[tuple[str, str]] = []

@@ -12,7 +12,7 @@ from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from ._errors import InvalidBody, InvalidMethod, InvalidRequest, InvalidTimeout, InvalidURL
-from ._headers import HeaderPairs, HeadersInput, parse_headers
+from ._headers import HeaderPairs, parse_headers
 
 MAX_URL_LENGTH = 8192
 SCHEMES = frozenset({"http", "https"})
@@ -73,17 +73,21 @@ class Request:
 
 
 def build_request(
-    method: str,
-    url: str,
-    body: Body,
-    headers: HeadersInput,
-    timeout_ms: int,
+    method: object,
+    url: object,
+    body: object,
+    headers: object,
+    timeout_ms: object,
     *,
     max_timeout_ms: int,
     max_body_bytes: int,
-    follow_redirects: bool = False,
+    follow_redirects: object = False,
 ) -> Request:
     """Validate every part of a request and return it.
+
+    What the caller gave is typed ``object`` here and in the checks: the compiled build (mypyc)
+    checks annotated types on entry, and would raise a bare TypeError before the check that says
+    what is wrong.
 
     Raises:
         InvalidMethod, InvalidURL, InvalidHeader, InvalidBody, InvalidTimeout: what is wrong, said

@@ -45,6 +45,10 @@ class Settings:
     max_in_flight: int = 256
     #: Connections to one host (scheme + name + port) at once; more transfers wait in libcurl.
     max_per_host: int = 64
+    #: Open connections kept for reuse, all hosts together (libcurl closes the oldest idle one
+    #: past it). Apart from max_in_flight: a sender to 1,000 hosts with 256 in flight otherwise
+    #: opened a new connection for every request. Capped below the process's open-file limit.
+    max_idle_connections: int = 1024
     #: Response body cap; a larger body ends the request as failed / too_large.
     max_response_bytes: int = 10 * MiB
     #: Response header lines accepted (libcurl also caps their total size at 300 KiB).

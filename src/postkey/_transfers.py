@@ -4,6 +4,7 @@ ones, reused (a handle keeps its connection settings; see `Transport.prepare`)."
 from __future__ import annotations
 
 import logging
+import resource
 from collections.abc import Callable
 
 import pycurl
@@ -18,6 +19,18 @@ log = logging.getLogger(__name__)
 Finished = Callable[[Job, Result], None]
 
 
+def connection_cache_size(settings: Settings) -> int:
+    """libcurl's connection cache size: ``max_idle_connections``, at least ``max_in_flight``, and
+    leaving room under the open-file limit for the transfers themselves and the rest of the
+    process (an idle connection holds a descriptor; running out fails new connections)."""
+    wanted = max(settings.max_idle_connections, settings.max_in_flight)
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    room = soft - settings.max_in_flight - 128
+    return max(min(wanted, room), settings.max_in_flight)
+
+
 class Transfers:
     """Running transfers, each an easy handle with its job on ``curl.job``. Engine thread only."""
 
@@ -26,7 +39,7 @@ class Transfers:
         self._max_idle = settings.max_in_flight
         self._multi = pycurl.CurlMulti()
         self._multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, settings.max_per_host)
-        self._multi.setopt(pycurl.M_MAXCONNECTS, settings.max_in_flight)
+        self._multi.setopt(pycurl.M_MAXCONNECTS, connection_cache_size(settings))
         self.running: set[pycurl.Curl] = set()
         self._idle: list[pycurl.Curl] = []
         self._closed = False

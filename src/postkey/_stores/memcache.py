@@ -313,7 +313,7 @@ class MemCache:
                 if not waiters:
                     del self._waiters[key]
 
-    def wait(self, key: str, timeout: float | None, default: Any = None) -> Any:
+    def wait(self, key: str, timeout: object, default: Any = None) -> Any:
         """Block until ``key`` holds a value or ``timeout`` seconds pass; return it or ``default``.
 
         The waiting thread sleeps on a lock that the setter releases: no polling. However the
@@ -388,7 +388,9 @@ class MemCache:
                 expires_at, key = heappop(heap)
                 done += 1
                 entry = entries.get(key)
-                if entry is not None and entry.expires_at is expires_at:
+                # == and not `is`: a compiled build keeps floats unboxed, so identity says
+                # nothing. An entry set again since has another time (or the same: due now too).
+                if entry is not None and entry.expires_at == expires_at:
                     self._expire(entry, now)
         return done
 
@@ -412,7 +414,7 @@ class MemCache:
             until, key = heappop(heap)
             done += 1
             seen = remembered.get(key)
-            if seen is not None and seen[0] is until:
+            if seen is not None and seen[0] == until:  # the current time (== : see _reap)
                 del remembered[key]
         return done
 

@@ -13,7 +13,6 @@ from .._job import Job
 from .._result import Result, State
 from .._settings import Settings
 from .._waits import check_wait_timeout, wake_all
-from .base import CacheValue
 from .memcache import MemCache
 
 log = logging.getLogger(__name__)
@@ -212,7 +211,7 @@ class MemoryStore:
                     if waiters:
                         waiters.pop(wake, None)
 
-    def wait(self, key: str, timeout: float | None) -> Result:
+    def wait(self, key: str, timeout: object) -> Result:
         """Block until ``key`` has a terminal Result or ``timeout`` seconds pass; return what is
         known then (pending or running on timeout).
 
@@ -227,7 +226,7 @@ class MemoryStore:
         result = self.cache.get(key)
         return result if isinstance(result, Result) else self.lookup(key)
 
-    def wait_many(self, keys: list[str], timeout: float | None) -> list[Result]:
+    def wait_many(self, keys: list[str], timeout: object) -> list[Result]:
         """`wait` for all ``keys`` at once: one sleep, woken when the last one ends.
 
         However the wait ends (all ended, timeout, KeyboardInterrupt), no waiter is left behind.
@@ -312,7 +311,7 @@ class MemoryStore:
 
     # -- the general cache -----------------------------------------------------------------------
 
-    def cache_set(self, key: str, value: CacheValue, ttl_ms: int | None) -> None:
+    def cache_set(self, key: str, value: object, ttl_ms: object) -> None:
         """Store a str or bytes value.
 
         Raises:
@@ -359,7 +358,7 @@ class MemoryStore:
         """Forget ``wake`` (see `Store.cache_unwatch`)."""
         self.cache.remove_waiter(key, wake)
 
-    def cache_wait(self, key: str, timeout: float | None, default: Any = None) -> Any:
+    def cache_wait(self, key: str, timeout: object, default: Any = None) -> Any:
         """Block until ``key`` holds a value or ``timeout`` seconds pass.
 
         Raises:
