@@ -164,6 +164,41 @@ def test_a_burst_for_one_name_costs_one_lookup_and_keeps_its_deadlines(hostile: 
         assert len(calls) < 300, len(calls)  # concurrent jobs for one name share a lookup
 
 
+def test_an_answer_is_reused_for_resolver_cache_ms_and_a_failure_is_not(hostile: str) -> None:
+    calls: list[str] = []
+    failing = {"flaky.test"}
+
+    def resolver(name: str) -> list[str]:
+        calls.append(name)
+        if name in failing:
+            failing.discard(name)
+            raise OSError("temporary failure")
+        return ["127.0.0.1"]
+
+    port = _port(hostile)  # its /fast answers 404 at once
+    with Client(resolver=resolver, resolver_cache_ms=400) as c:
+        for _ in range(5):  # one after another: no lookup in flight to share
+            assert (
+                c.wait(c.get_async(f"http://a.test:{port}/fast", timeout_ms=3000), 5).status == 404
+            )
+        assert calls == ["a.test"]
+        time.sleep(0.5)  # the answer is older than resolver_cache_ms: asked again
+        assert c.wait(c.get_async(f"http://a.test:{port}/fast", timeout_ms=3000), 5).status == 404
+        assert calls == ["a.test", "a.test"]
+        first = c.wait(c.get_async(f"http://flaky.test:{port}/fast", timeout_ms=3000), 5)
+        assert first.error_kind is ErrorKind.DNS
+        assert (
+            c.wait(c.get_async(f"http://flaky.test:{port}/fast", timeout_ms=3000), 5).status == 404
+        )
+    with Client(resolver=resolver, resolver_cache_ms=0) as c:
+        calls.clear()
+        for _ in range(3):
+            assert (
+                c.wait(c.get_async(f"http://b.test:{port}/fast", timeout_ms=3000), 5).status == 404
+            )
+        assert calls == ["b.test"] * 3
+
+
 def test_an_answer_that_raises_while_read_fails_its_requests_and_leaks_nothing(
     hostile: str,
 ) -> None:

@@ -65,7 +65,9 @@ class Engine:
         self._running = self._transfers.running  # read by other threads for counts only
         self._scheduler = Scheduler(settings.max_in_flight, settings.max_per_host)
         self._resolutions = (
-            Resolutions(settings.resolver, self._wake) if settings.resolver is not None else None
+            Resolutions(settings.resolver, self._wake, settings.resolver_cache_ms)
+            if settings.resolver is not None
+            else None
         )
         self._asleep = False
         self._sleep_until = 0.0  # when the engine wakes by itself at the latest (monotonic)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 
@@ -28,6 +29,8 @@ MAX_LOOKUPS = 64
 #: the resolver is evidently stuck and each one holds a thread.
 MAX_ABANDONED = 256
 MAX_ADDRESSES = 64
+#: Names whose answers are kept for reuse (the oldest answer goes first past it).
+MAX_CACHED_NAMES = 10_000
 _IDLE_EXIT_S = 10.0  # an idle resolver thread ends after this long
 
 
@@ -88,8 +91,12 @@ class Resolutions:
     Jobs waiting for the same name share one lookup, so a burst to one host costs one call.
     """
 
-    def __init__(self, resolver: Resolver, wake: Callable[[], None]) -> None:
+    def __init__(self, resolver: Resolver, wake: Callable[[], None], cache_ms: int = 0) -> None:
         self._resolver = resolver
+        self._cache_s = cache_ms / 1000.0
+        # name -> (monotonic time it is good until, addresses); engine thread only, in the
+        # order answers arrived, so the oldest is first to go.
+        self._answers: dict[str, tuple[float, list[str]]] = {}
         self._wake = wake
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
@@ -115,6 +122,17 @@ class Resolutions:
     def start(self, job: Job) -> Failure | None:
         """Look up ``job``'s host on a resolver thread; a Failure if that cannot be done."""
         name = job.origin[1]
+        cached = self._answers.get(name)
+        if cached is not None:
+            if cached[0] > time.monotonic():
+                # Settled on the engine's next turn, like an answer that just arrived.
+                known = _Lookup(name)
+                known.jobs[job] = None
+                self._of_job[job] = known
+                with self._lock:
+                    self._landed.append((known, cached[1]))
+                return None
+            del self._answers[name]
         lookup = self._by_name.get(name)  # only the engine thread adds or removes names
         if lookup is not None and not lookup.abandoned:
             lookup.jobs[job] = None
@@ -148,6 +166,8 @@ class Resolutions:
             lookup, answer = self._landed.popleft()
             if self._by_name.get(lookup.name) is lookup:
                 del self._by_name[lookup.name]
+                if self._cache_s > 0 and not isinstance(answer, str):
+                    self._remember(lookup.name, answer)
             for job in lookup.jobs:
                 del self._of_job[job]
                 if job.done:
@@ -159,6 +179,13 @@ class Resolutions:
                     ready.append(job)
             lookup.jobs.clear()
         return ready, failed
+
+    def _remember(self, name: str, addresses: list[str]) -> None:
+        answers = self._answers
+        answers.pop(name, None)  # re-inserted last: the order stays oldest first
+        if len(answers) >= MAX_CACHED_NAMES:
+            del answers[next(iter(answers))]
+        answers[name] = (time.monotonic() + self._cache_s, addresses)
 
     def abandon(self, job: Job) -> bool:
         """Stop waiting for ``job``'s lookup (its deadline passed, or it was cancelled)."""

@@ -103,6 +103,9 @@ class Settings:
     #: Resolve host names with this function (name -> addresses) instead of the system resolver.
     #: It runs on a resolver thread, inside each request's deadline. For tests and custom DNS.
     resolver: Resolver | None = None
+    #: How long a resolver's answer for a name is reused, in ms (0: ask it for every request
+    #: that finds no lookup of its name in flight). libcurl keeps its own answers 60 s too.
+    resolver_cache_ms: int = 60_000
     #: Bytes (approximate) of tombstones, the marks that make a key whose value expired or was
     #: evicted read as `expired` rather than `unknown`; past this the oldest are dropped. Never
     #: more than cache_max_bytes. Idempotency keys are bounded by max_idempotency_keys instead.
@@ -161,6 +164,7 @@ class Settings:
                     "host_rate_per_s",
                     "max_pause_ms",
                     "retries",
+                    "resolver_cache_ms",
                 )
                 lowest = 0 if f.name in zero_ok else 1
                 if value < lowest:
