@@ -396,8 +396,8 @@ def test_a_cancelled_transfer_drops_what_it_had_received(hostile: str) -> None:
         time.sleep(1.5)  # headers and a byte or two arrived
         assert c.cancel(key)
         time.sleep(0.1)
-        for curl in c._engine._transfers._idle:
-            assert not curl.body_parts and not curl.head_lines
+        for handle in c._engine._transfers._idle:
+            assert not handle.body_parts and not handle.head_lines
 
 
 @pytest.mark.parametrize("closed", [True, False], ids=["closed", "dropped"])

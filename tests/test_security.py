@@ -204,7 +204,9 @@ def test_dns_rebinding_never_reaches_loopback(hostile: str, hostile_server: Host
         return next(answers)
 
     port = port_of(hostile)
-    with Client(policy=PUBLIC_ONLY, resolver=rebinding) as c:
+    # resolver_cache_ms=0: every request asks again, so the second one really gets the
+    # rebound answer (kept answers would pin the first, public one for 60 s).
+    with Client(policy=PUBLIC_ONLY, resolver=rebinding, resolver_cache_ms=0) as c:
         first = c.wait(c.get_async(f"http://rebind.test:{port}/hold", timeout_ms=500), 5)
         second = c.wait(c.get_async(f"http://rebind.test:{port}/hold", timeout_ms=500), 5)
     assert first.state == "failed" and first.error_kind in ("connect", "timeout")

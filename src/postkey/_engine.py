@@ -484,7 +484,7 @@ class Engine:
             if job.waiting:
                 job.waiting = False
                 self._scheduler.discard(job)
-            elif job.curl is not None:
+            elif job.handle is not None:
                 self._transfers.abort(job)
                 self._scheduler.release(job.origin)
             elif self._resolutions is not None and self._resolutions.abandon(job):

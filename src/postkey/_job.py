@@ -18,10 +18,10 @@ class Job:
 
     __slots__ = (
         "addresses",
-        "curl",
         "deadline",
         "done",
         "fingerprint",
+        "handle",
         "hops",
         "key",
         "on_done",
@@ -54,7 +54,7 @@ class Job:
         self.submitted_at = time.time()
         # The deadline counts from submission: time spent queued is part of timeout_ms.
         self.deadline = time.monotonic() + request.timeout_ms / 1000.0
-        self.curl: Any = None
+        self.handle: Any = None  # its transfer's Handle while on the wire
         # Set when an injected resolver has answered for this job's host.
         self.addresses: list[str] | None = None
         #: (scheme, host, port) of the current hop: the unit of the per-host caps.

@@ -59,7 +59,7 @@ class Scheduler:
         if len(self._deadlines) > self._compact_above:
             # Entries of jobs that started or ended are dropped lazily; rebuilding once the
             # heap doubled since the last rebuild keeps that amortised O(1) per entry.
-            live = [e for e in self._deadlines if not e[2].done and e[2].curl is None]
+            live = [e for e in self._deadlines if not e[2].done and e[2].handle is None]
             heapq.heapify(live)
             self._deadlines = live
             self._compact_above = 2 * len(live) + 1024
@@ -129,7 +129,7 @@ class Scheduler:
         heap = self._deadlines
         while heap and heap[0][0] <= now:
             job = heapq.heappop(heap)[2]
-            if not job.done and job.curl is None:
+            if not job.done and job.handle is None:
                 late.append(job)
         return late
 

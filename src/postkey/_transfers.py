@@ -12,7 +12,7 @@ import pycurl
 from ._job import Job
 from ._result import ErrorKind, Result, State
 from ._settings import Settings
-from ._transport import Transport
+from ._transport import Handle, Transport
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def connection_cache_size(settings: Settings) -> int:
 
 
 class Transfers:
-    """Running transfers, each an easy handle with its job on ``curl.job``. Engine thread only."""
+    """Running transfers, each a `Handle` with its job on ``handle.job``. Engine thread only."""
 
     def __init__(self, settings: Settings, transport: Transport) -> None:
         self._transport = transport
@@ -40,8 +40,9 @@ class Transfers:
         self._multi = pycurl.CurlMulti()
         self._multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, settings.max_per_host)
         self._multi.setopt(pycurl.M_MAXCONNECTS, connection_cache_size(settings))
-        self.running: set[pycurl.Curl] = set()
-        self._idle: list[pycurl.Curl] = []
+        #: The handles on the wire, by the pycurl object libcurl hands back when one finishes.
+        self.running: dict[pycurl.Curl, Handle] = {}
+        self._idle: list[Handle] = []
         self._closed = False
 
     def start(self, job: Job, timeout_ms: int) -> None:
@@ -50,19 +51,19 @@ class Transfers:
         Raises:
             Exception: the handle could not be configured (nothing is left half started).
         """
-        curl = self._idle.pop() if self._idle else self._transport.new_handle()
+        handle = self._idle.pop() if self._idle else self._transport.new_handle()
         try:
-            self._transport.prepare(curl, job, timeout_ms)
-            curl.job = job
-            job.curl = curl
+            self._transport.prepare(handle, job, timeout_ms)
+            handle.job = job
+            job.handle = handle
             job.state = State.RUNNING
-            self._multi.add_handle(curl)
+            self._multi.add_handle(handle.curl)
         except BaseException:
-            job.curl = None
-            curl.job = None
-            curl.close()
+            job.handle = None
+            handle.job = None
+            handle.curl.close()
             raise
-        self.running.add(curl)
+        self.running[handle.curl] = handle
 
     def perform(self) -> None:
         """Let libcurl move every transfer that can move (one C call for all of them)."""
@@ -73,24 +74,25 @@ class Transfers:
     def reap(self, finished: Finished) -> None:
         """Call ``finished(job, result)`` for every transfer libcurl has completed."""
         info_read = self._multi.info_read
+        running = self.running
         while True:
             remaining, ok, failed = info_read()
             for curl in ok:
-                self._finish(curl, 0, "", finished)
+                self._finish(running.pop(curl), 0, "", finished)
             for curl, errno, message in failed:
-                self._finish(curl, errno, message, finished)
+                self._finish(running.pop(curl), errno, message, finished)
             if not remaining:
                 return
 
     def abort(self, job: Job) -> None:
         """Take ``job``'s transfer off the wire; the handle, emptied, goes back to the pool."""
-        curl = job.curl
-        self._multi.remove_handle(curl)
-        self.running.discard(curl)
-        curl.job = None
-        job.curl = None
-        self._transport.release(curl)
-        self._keep(curl)
+        handle: Handle = job.handle
+        self._multi.remove_handle(handle.curl)
+        self.running.pop(handle.curl, None)
+        handle.job = None
+        job.handle = None
+        self._transport.release(handle)
+        self._keep(handle)
 
     def sockets(self) -> tuple[list[int], list[int], list[int], int]:
         """libcurl's sockets to watch (read, write, error) and its timeout in ms (-1: none)."""
@@ -104,40 +106,40 @@ class Transfers:
         if self._closed:
             return jobs
         self._closed = True
-        for curl in list(self.running):
-            job = curl.job
+        for handle in list(self.running.values()):
+            job = handle.job
             try:
-                self._multi.remove_handle(curl)
+                self._multi.remove_handle(handle.curl)
             except pycurl.error:
                 pass
-            curl.close()
+            handle.curl.close()
             if job is not None:
-                job.curl = None
+                job.handle = None
                 jobs.append(job)
         self.running.clear()
-        for curl in self._idle:
-            curl.close()
+        for handle in self._idle:
+            handle.curl.close()
         self._idle.clear()
         self._multi.close()
         return jobs
 
-    def _finish(self, curl: pycurl.Curl, errno: int, message: str, finished: Finished) -> None:
-        self._multi.remove_handle(curl)
-        self.running.discard(curl)
-        job: Job = curl.job
-        curl.job = None
-        job.curl = None
+    def _finish(self, handle: Handle, errno: int, message: str, finished: Finished) -> None:
+        self._multi.remove_handle(handle.curl)
+        job = handle.job
+        assert job is not None
+        handle.job = None
+        job.handle = None
         try:
-            result = self._transport.result(curl, job, errno, message)
+            result = self._transport.result(handle, job, errno, message)
         except Exception as exc:  # a bug in result building: this request ends, nothing else
             log.exception("could not read the result of %s", job.key)
-            self._transport.release(curl)
+            self._transport.release(handle)
             result = job.failure(ErrorKind.INTERNAL, f"could not read the result: {exc}")
-        self._keep(curl)
+        self._keep(handle)
         finished(job, result)
 
-    def _keep(self, curl: pycurl.Curl) -> None:
+    def _keep(self, handle: Handle) -> None:
         if len(self._idle) < self._max_idle:
-            self._idle.append(curl)
+            self._idle.append(handle)
         else:
-            curl.close()
+            handle.curl.close()
