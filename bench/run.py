@@ -241,7 +241,8 @@ def main() -> None:
             theirs = runs.get(other)
             if not theirs or len(theirs) != len(mine):
                 return "-"
-            return f"{statistics.median(a['rps'] / b['rps'] for a, b in zip(mine, theirs)):.2f}x"
+            pairs = zip(mine, theirs, strict=True)
+            return f"{statistics.median(a['rps'] / b['rps'] for a, b in pairs):.2f}x"
 
         lines.append(
             f"| {CLIENTS[c][0]} | {m['rps']:,.0f} | {m['min']:,.0f}-{m['max']:,.0f} | "
