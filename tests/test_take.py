@@ -5,6 +5,7 @@ never taken, and a caller's idempotency key stays remembered (nothing is sent tw
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -92,3 +93,21 @@ def test_async_wait_and_wait_many_take_too(store: str, echo: str) -> None:
             assert all(client.status(k) is State.UNKNOWN for k in keys)
 
     asyncio.run(main())
+
+
+def test_a_take_as_a_result_lands_leaves_nothing_in_redis(single_redis_url: str, echo: str) -> None:
+    # get(take=True) polled while results are written behind: a take that sees a result before
+    # its write has landed must not delete first and let the write bring the result back.
+    p = f"t{uuid.uuid4().hex[:12]}"
+    with Client(store=single_redis_url, store_prefix=p) as client:
+        keys = [client.get_async(echo + f"/get?i={i}", timeout_ms=5000) for i in range(300)]
+        left = set(keys)
+        deadline = time.monotonic() + 20
+        while left and time.monotonic() < deadline:
+            for key in list(left):
+                if client.get(key, take=True).state is State.DONE:
+                    left.discard(key)
+        assert not left
+        client.flush()
+    with Client(store=single_redis_url, store_prefix=p) as other:
+        assert [k for k in keys if other.status(k) is not State.UNKNOWN] == []

@@ -707,8 +707,15 @@ class RedisStore:
 
     def cache_delete(self, key: str) -> bool:
         """See `Store.cache_delete`."""
-        names = self._names
-        return bool(self._call(self._cache_delete, list(names.parts(key)[:2]), []))
+        keys = list(self._names.parts(key)[:2])
+        with self._lock:
+            behind = key in self._ending
+        if behind:
+            # Its result is still being written behind (a `take` right as it ended): deleted
+            # now, that write would land after and bring the result back. Queued after it.
+            self._writes.put(self._cache_delete, keys, [], None)
+            return True
+        return bool(self._call(self._cache_delete, keys, []))
 
     def _records(self) -> list[bytes]:
         return list(self._redis.scan_iter(match=self._names.records_pattern(), count=1000))
