@@ -300,3 +300,26 @@ def test_a_cached_1_kb_result_costs_about_1_6_kb() -> None:
     per_entry = (tracemalloc.get_traced_memory()[0] - before) / n
     tracemalloc.stop()
     assert per_entry <= 1.6 * 1024, per_entry
+
+
+def test_entries_kept_through_a_heap_rebuild_still_expire() -> None:
+    # Deleting many entries leaves shells in the expiry heap; past a point the heap is rebuilt,
+    # a few items per write. The live entries it carries over must keep their expiry (on the
+    # compiled build an identity test of the float times dropped every one of them).
+    clock = FakeClock()
+    cache = make(clock, max_entries=100_000)
+    for i in range(100):
+        cache.set(f"keep{i}", "v", ttl_ms=2500)
+    rebuilding = False
+    for i in range(3000):
+        cache.set(f"gone{i}", "v", ttl_ms=60_000)
+        cache.delete(f"gone{i}")
+        rebuilding = rebuilding or bool(cache._old)
+    for i in range(400):  # writes move the rebuild along
+        cache.set(f"w{i}", "v", ttl_ms=1000)
+    assert rebuilding and not cache._old, "setup: a rebuild ran and has finished"
+    clock.now += 61.0
+    while cache.reap(2048):
+        pass
+    assert cache.count() == 0
+    assert not cache._entries

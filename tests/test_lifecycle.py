@@ -396,3 +396,38 @@ def test_a_forked_child_exits_even_if_the_parents_store_lock_was_held_at_fork() 
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert out.stdout.strip() == "child exited 0", out.stdout + out.stderr
+
+
+def test_exit_never_hangs_when_the_collector_frees_a_dropped_client_inside_the_exit_hook() -> None:
+    # A client dropped without close(), in a reference cycle, is freed by the garbage collector
+    # whenever an allocation triggers a collection: at exit, that can be inside the exit hook
+    # while it holds the lifecycle lock. The next collection is set to come after N more
+    # allocations, for N in a range that puts it there (N=3 hung here before the fix).
+    script = textwrap.dedent(
+        """
+        import gc, sys
+        import postkey
+
+        class Holder:
+            def __init__(self):
+                self.client = postkey.Client()
+                self.client.owner = self
+
+        gc.collect()
+        gc.freeze()
+        holder = Holder()
+        del holder
+        gc.set_threshold(gc.get_count()[0] + int(sys.argv[1]), 1_000_000, 1_000_000)
+        """
+    )
+    for every in range(1, 9):
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-c", script, str(every)],
+                check=False,
+                capture_output=True,
+                timeout=15,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the interpreter did not exit (a collection after {every} allocations)")
+        assert proc.returncode == 0, proc.stderr

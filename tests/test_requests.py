@@ -61,6 +61,13 @@ def test_headers_in_all_three_forms(client: Client, echo: str) -> None:
         assert echoed["headers"]["X-Two"] == "two"
 
 
+def test_latin_1_header_values_are_sent_as_latin_1_bytes(client: Client, echo: str) -> None:
+    # Values up to U+00FF are accepted (above is refused): they go out as one byte each.
+    result = client.wait(client.post_async(echo, "", {"X-Name": "café ÿ"}, 5000), 10)
+    assert result.status == 200, result
+    assert result.json()["headers"]["X-Name"] == "café ÿ"
+
+
 def test_empty_header_value_is_sent_empty(client: Client, echo: str) -> None:
     echoed = client.wait(client.post_async(echo, "", "X-Empty:", 5000), 10).json()
     assert echoed["headers"]["X-Empty"] == ""

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from postkey import AsyncClient, Client, State
+from postkey import AsyncClient, Client, Result, State
 from tests.recording import RecordingServer
 
 
@@ -86,10 +86,12 @@ def test_async_wait_and_wait_many_take_too(store: str, echo: str) -> None:
         async with AsyncClient(store=store, store_prefix=f"t{uuid.uuid4().hex[:12]}") as client:
             one = await client.get_async(echo + "/get", timeout_ms=5000)
             assert (await client.wait(one, 10, take=True)).status == 200
+            client.flush()  # on Redis a take right at the end is queued behind the write
             assert client.status(one) is State.UNKNOWN
             keys = [await client.get_async(echo + f"/get?i={i}", timeout_ms=5000) for i in range(5)]
             results = await client.wait_many(keys, 10, take=True)
             assert all(r.status == 200 for r in results)
+            client.flush()
             assert all(client.status(k) is State.UNKNOWN for k in keys)
 
     asyncio.run(main())
@@ -111,3 +113,60 @@ def test_a_take_as_a_result_lands_leaves_nothing_in_redis(single_redis_url: str,
         client.flush()
     with Client(store=single_redis_url, store_prefix=p) as other:
         assert [k for k in keys if other.status(k) is not State.UNKNOWN] == []
+
+
+@pytest.mark.parametrize("bad", ["no", "yes", 1, 0, None, []], ids=repr)
+def test_take_must_be_a_bool_and_a_bad_one_takes_nothing(bad: object, echo: str) -> None:
+    from postkey import InvalidValue
+
+    with Client() as client:
+        key = client.get_async(echo + "/get", timeout_ms=5000)
+        assert client.wait(key, 10).state is State.DONE
+        for call in (
+            lambda: client.get(key, take=bad),  # type: ignore[arg-type]
+            lambda: client.wait(key, 1, take=bad),  # type: ignore[arg-type]
+            lambda: client.wait_many([key], 1, take=bad),  # type: ignore[arg-type]
+        ):
+            with pytest.raises(InvalidValue, match="take must be True or False"):
+                call()
+        assert client.status(key) is State.DONE  # nothing was taken
+
+
+def test_an_async_wait_many_with_a_bad_key_takes_nothing(store: str, echo: str) -> None:
+    from postkey import InvalidKey
+
+    async def main() -> None:
+        async with AsyncClient(store=store, store_prefix=f"t{uuid.uuid4().hex[:12]}") as client:
+            key = await client.get_async(echo + "/get", timeout_ms=5000)
+            assert (await client.wait(key, 10)).state is State.DONE
+            with pytest.raises(InvalidKey):
+                await client.wait_many([key, 123], 5, take=True)  # type: ignore[list-item]
+            assert client.status(key) is State.DONE  # not taken: the call failed as a whole
+            twice = await client.wait_many([key, key], 5, take=True)
+            assert [r.state for r in twice] == [State.DONE, State.DONE]
+            client.flush()
+            assert client.status(key) is State.UNKNOWN
+
+    asyncio.run(main())
+
+
+def test_plain_waits_get_the_result_even_when_another_reader_takes_it(echo: str) -> None:
+    # Woken by the result's arrival, a wait returns that result: another thread's take=True
+    # may remove it from the store before this waiter gets to read it.
+    import threading
+
+    with Client() as client:
+        for _ in range(30):
+            key = client.get_async(echo + "/delay/50", timeout_ms=5000)
+            got: list[Result] = []
+
+            def read(key: str = key, got: list[Result] = got, take: bool = False) -> None:
+                got.append(client.wait(key, 10, take=take))
+
+            plain = [threading.Thread(target=read) for _ in range(4)]
+            taker = threading.Thread(target=read, kwargs={"take": True})
+            for t in [*plain, taker]:
+                t.start()
+            for t in [*plain, taker]:
+                t.join(15)
+            assert [r.state for r in got] == [State.DONE] * 5, [r.state for r in got]

@@ -408,3 +408,39 @@ def test_settings_from_environment() -> None:
     assert (s.max_in_flight, s.decompress, s.proxy) == (12, True, None)
     with pytest.raises(postkey.InvalidValue, match="POSTKEY_MAX_QUEUE"):
         postkey.Settings.from_env({"POSTKEY_MAX_QUEUE": "many"})
+
+
+def test_bad_arguments_to_reads_waits_flush_close_and_cancel_raise_postkey_errors(
+    echo: str,
+) -> None:
+    # Each says what is wrong (never a bare TypeError), on the pure and the compiled build.
+    from postkey import InvalidKey, InvalidRequest, InvalidValue
+
+    with postkey.Client() as c:
+        for bad_key in (123, b"k", 1.5):
+            with pytest.raises(InvalidKey, match="key must be a str"):
+                c.get_async(echo + "/get", key=bad_key)
+
+        class Named(str):
+            pass
+
+        with pytest.raises(InvalidKey):
+            c.get_async(echo + "/get", key=Named("abc"))  # reads refuse str subclasses too
+        for bad_keys in (None, 5, "abc", b"ab"):
+            with pytest.raises(InvalidValue, match="keys must be a list"):
+                c.wait_many(bad_keys, 1)  # type: ignore[arg-type]
+        for bad_requests in (5, None, "abc", {"url": echo}):
+            with pytest.raises(InvalidRequest, match="submit_many takes a list"):
+                c.submit_many(bad_requests)  # type: ignore[arg-type]
+        for bad_timeout in ("x", -1, float("nan"), float("inf"), [1]):
+            with pytest.raises(InvalidValue, match="timeout"):
+                c.flush(bad_timeout)  # type: ignore[arg-type]
+        key = c.get_async(echo + "/delay/2000", timeout_ms=5000)
+        with pytest.raises(InvalidValue, match="timeout"):
+            c.cancel(key, "1")  # type: ignore[arg-type]
+        assert c.status(key) in (postkey.State.PENDING, postkey.State.RUNNING)  # not cancelled
+        for bad_timeout in ("1", float("nan"), float("inf"), -1):
+            with pytest.raises(InvalidValue, match="timeout"):
+                c.close(timeout=bad_timeout)  # type: ignore[arg-type]
+        assert not c.closed
+        assert c.cancel(key)

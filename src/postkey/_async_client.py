@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from ._client import _ClientCore, _str_key, _Submit
+from ._client import _check_take, _ClientCore, _str_key, _str_keys, _Submit
 from ._errors import IdempotencyKeysFull, QueueFull
 from ._headers import HeadersInput
 from ._request import Body
@@ -128,6 +128,7 @@ class AsyncClient(_ClientCore):
         Raises:
             InvalidValue: ``timeout`` is neither None nor a number of seconds from 0 to 31 days.
         """
+        _check_take(take)
         result = await self._wait(key, timeout)
         return await self._off_loop(self._taken, result, take) if take else result
 
@@ -160,8 +161,13 @@ class AsyncClient(_ClientCore):
         Raises:
             InvalidValue: a bad ``timeout``, before any key is waited for.
         """
+        _check_take(take)
         check_wait_timeout(timeout)
-        return list(await asyncio.gather(*(self.wait(k, timeout, take=take) for k in keys)))
+        # Every key checked before any wait, and taking only once all are in: a bad key must
+        # not cost the caller the results taken before it was found.
+        checked = _str_keys(keys)
+        results = list(await asyncio.gather(*(self._wait(k, timeout) for k in checked)))
+        return await self._off_loop(self._take_all, results) if take else results
 
     async def cache_wait(self, key: str, timeout: float | None = None, default: Any = None) -> Any:
         """Await a value under ``key`` for up to ``timeout`` seconds.

@@ -18,6 +18,7 @@ from ._errors import (
     InvalidBody,
     InvalidKey,
     InvalidRequest,
+    InvalidValue,
     QueueFull,
     StoreUnavailable,
     UnknownArgument,
@@ -33,7 +34,7 @@ from ._stores import CacheValue, QueueingStore, Store, open_store
 from ._stores.delivery import DELIVERIES, delivery_of
 from ._transport import Transport
 from ._urls import redacted
-from ._waits import MAX_WAIT_S
+from ._waits import MAX_WAIT_S, check_wait_timeout
 
 KeyFormat = Literal["hex", "mychat"]
 OnDone = Callable[[Result], Any]
@@ -65,6 +66,16 @@ _POSITIONAL = {
 log = logging.getLogger("postkey")
 
 
+def _check_take(take: object) -> None:
+    """Refuse a ``take`` that is not a bool (a truthy "no" must not delete results).
+
+    Raises:
+        InvalidValue: ``take`` is not True or False.
+    """
+    if take is not True and take is not False:
+        raise InvalidValue(f"take must be True or False, not {take!r}")
+
+
 def _str_key(key: object) -> str:
     """``key`` if it is a str (reads take any str: an unknown one reads as unknown).
 
@@ -74,6 +85,18 @@ def _str_key(key: object) -> str:
     if type(key) is not str:
         raise InvalidKey(f"a key is a str, not {type(key).__name__}")
     return key
+
+
+def _str_keys(keys: object) -> list[str]:
+    """``keys`` as a list of str keys.
+
+    Raises:
+        InvalidValue: not an iterable of keys (a single str counts as a mistake, not as keys).
+        InvalidKey: one of them is not a str.
+    """
+    if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
+        raise InvalidValue(f"keys must be a list (or iterable) of str keys, not {keys!r:.80}")
+    return [_str_key(k) for k in keys]
 
 
 class _Submit(NamedTuple):
@@ -233,6 +256,10 @@ class _ClientCore:
         Raises:
             InvalidRequest: an item is malformed (its index is in the message).
         """
+        if isinstance(requests, str | bytes | Mapping) or not isinstance(requests, Iterable):
+            raise InvalidRequest(
+                f"submit_many takes a list (or iterable) of request dicts, not {requests!r:.80}"
+            )
         prepared = []
         for index, item in enumerate(requests):
             if not isinstance(item, Mapping):
@@ -305,7 +332,7 @@ class _ClientCore:
                 raise InvalidRequest(f"key_format must be 'hex' or 'mychat', not {key_format!r}")
             job = Job(key, request, on_done=on_done, ttl_ms=ttl_ms)
         else:
-            key = check_key(namespace + key)
+            key = check_key(namespace + check_key(key))  # checked alone first: a non-str
             job = Job(key, request, on_done=on_done, ttl_ms=ttl_ms)
             job.fingerprint = request.fingerprint()
         self._here()
@@ -361,7 +388,7 @@ class _ClientCore:
         if found is not None:
             callbacks.call(on_done, found)
 
-    def flush(self, timeout: float = 10.0) -> None:
+    def flush(self, timeout: float | None = 10.0) -> None:
         """Return once every key issued so far is visible in the store to other processes.
 
         In a shared store new keys are written in batches, within a round trip of their submit
@@ -370,8 +397,10 @@ class _ClientCore:
 
         Raises:
             StoreUnavailable: the store did not take them within ``timeout`` seconds.
+            InvalidValue: ``timeout`` is not None or a number of seconds from 0 to 31 days.
         """
-        if not self._store.flush(timeout):
+        seconds = check_wait_timeout(timeout)
+        if not self._store.flush(MAX_WAIT_S if seconds is None else seconds):
             raise StoreUnavailable(
                 f"the store did not take this client's writes within {timeout} s (or Redis"
                 " did not answer and some were given up: their keys end here as failed)"
@@ -391,10 +420,11 @@ class _ClientCore:
         """What is known of ``key`` now, as a Result (check ``.state``); never blocks.
 
         ``take=True``: a terminal result is also removed from the store as it is returned (the
-        key then reads unknown; a caller-given idempotency key stays remembered for its TTL), so
+        key then reads unknown, or expired for a caller-given key, which stays remembered), so
         large responses do not stay cached after they are read. It does not make reads
         exclusive: two readers that take the same key at once may both get the result.
         """
+        _check_take(take)
         return self._taken(self._store.lookup(_str_key(key)), take)
 
     def _taken(self, result: Result, take: bool) -> Result:
@@ -402,12 +432,23 @@ class _ClientCore:
             self._store.cache_delete(result.key)
         return result
 
+    def _take_all(self, results: list[Result]) -> list[Result]:
+        """Take each terminal result of ``results`` (a key listed twice is taken once)."""
+        for key in {r.key for r in results if r.state.terminal}:
+            self._store.cache_delete(key)
+        return results
+
     def cancel(self, key: str, timeout: float = 5.0) -> bool:
         """End a pending or running request as failed / cancelled.
 
         Returns True if this call cancelled it, False if the key was not pending or running (or
         finished first). Waits up to ``timeout`` seconds for the engine to record it.
+
+        Raises:
+            InvalidValue: ``timeout`` is not a number of seconds from 0 to 31 days (checked
+                before anything is cancelled).
         """
+        seconds = check_wait_timeout(timeout)
         job = self._store.job(_str_key(key))
         if job is None:
             # Sent by another process (a worker, or another client on the shared store).
@@ -416,7 +457,7 @@ class _ClientCore:
                 return store.end_pending(key, ErrorKind.CANCELLED, _CANCELLED_ELSEWHERE)
             return False
         self._engine.cancel(job)
-        final = self._store.wait(key, timeout)
+        final = self._store.wait(key, seconds)
         return final.state is State.FAILED and final.error_kind == "cancelled"
 
     # -- the general cache -----------------------------------------------------------------------
@@ -567,6 +608,7 @@ class Client(_ClientCore):
         Raises:
             InvalidValue: ``timeout`` is not None or a number of seconds from 0 to 31 days.
         """
+        _check_take(take)
         _lifecycle.run_exit_hook_first()  # the caller may be a thread joined at exit
         return self._taken(self._store.wait(_str_key(key), timeout), take)
 
@@ -581,9 +623,10 @@ class Client(_ClientCore):
         Raises:
             InvalidValue: ``timeout`` is not None or a number of seconds from 0 to 31 days.
         """
+        _check_take(take)
         _lifecycle.run_exit_hook_first()  # the caller may be a thread joined at exit
-        results = self._store.wait_many([_str_key(k) for k in keys], timeout)
-        return [self._taken(r, take) for r in results] if take else results
+        results = self._store.wait_many(_str_keys(keys), timeout)
+        return self._take_all(results) if take else results
 
     def cache_wait(self, key: str, timeout: float | None = None, default: Any = None) -> Any:
         """Block until ``key`` holds a value (or result) or ``timeout`` seconds pass.
@@ -599,9 +642,14 @@ class Client(_ClientCore):
     def close(self, drain: bool = True, timeout: float | None = None) -> None:
         """Stop accepting; with ``drain``, let queued and in-flight requests finish for up to
         ``timeout`` seconds (default: until each has met its own deadline); end the rest as
-        failed / cancelled. Every key issued has its terminal result when this returns."""
-        if timeout is not None:
-            drain_ms = int(timeout * 1000) if drain else 0
+        failed / cancelled. Every key issued has its terminal result when this returns.
+
+        Raises:
+            InvalidValue: ``timeout`` is not None or a number of seconds from 0 to 31 days.
+        """
+        seconds = check_wait_timeout(timeout)
+        if seconds is not None:
+            drain_ms = int(seconds * 1000) if drain else 0
         else:
             drain_ms = self.settings.max_timeout_ms if drain else 0
         self._shutdown(drain_ms)

@@ -90,7 +90,7 @@ def check_key(key: object) -> str:
     Raises:
         InvalidKey: not a str, empty, longer than 250 characters, or outside ``[A-Za-z0-9_.:~{}-]``.
     """
-    if not isinstance(key, str):
+    if type(key) is not str:  # not a subclass either: reads refuse those (see _client._str_key)
         raise InvalidKey(f"key must be a str, not {type(key).__name__}")
     if _KEY_RE.fullmatch(key) is None:
         if not key:

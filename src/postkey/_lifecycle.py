@@ -83,9 +83,12 @@ def track_cache(cache: _Releasable) -> None:
 
 
 def untrack_cache(cache: _Releasable) -> None:
-    """Forget a cache whose client is gone."""
-    with _lock:
-        _caches.pop(cache, None)
+    """Forget a cache whose client is gone.
+
+    Without the lock (one dict operation, atomic under the GIL): it runs from a finalizer, which
+    the garbage collector may call on a thread inside `_at_exit` while that holds the lock.
+    """
+    _caches.pop(cache, None)
 
 
 def track_runner(runner: _Finisher) -> None:

@@ -20,15 +20,15 @@ Finished = Callable[[Job, Result], None]
 
 
 def connection_cache_size(settings: Settings) -> int:
-    """libcurl's connection cache size: ``max_idle_connections``, at least ``max_in_flight``, and
-    leaving room under the open-file limit for the transfers themselves and the rest of the
-    process (an idle connection holds a descriptor; running out fails new connections)."""
+    """libcurl's connection cache size: ``max_idle_connections`` (at least ``max_in_flight``),
+    but under the open-file limit, leaving room for the transfers themselves and the rest of the
+    process: an idle connection holds a descriptor, and running out fails new connections."""
     wanted = max(settings.max_idle_connections, settings.max_in_flight)
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return wanted
     room = soft - settings.max_in_flight - 128
-    return max(min(wanted, room), settings.max_in_flight)
+    return max(min(wanted, room), 8)
 
 
 class Transfers:

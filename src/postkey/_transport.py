@@ -60,14 +60,16 @@ _CLIENT_CERT_ALERTS = {
 }
 
 
-def _curl_header_lines(pairs: HeaderPairs, has_body: bool) -> list[str]:
+def _curl_header_lines(pairs: HeaderPairs, has_body: bool) -> list[bytes]:
     lines = [f"{name}: {value}" if value else f"{name};" for name, value in pairs]
     # No "Expect: 100-continue" round trip before large bodies.
     lines.append("Expect:")
     # libcurl would label every body form-urlencoded; send no Content-Type unless given one.
     if has_body and not any(name.lower() == "content-type" for name, _ in pairs):
         lines.append("Content-Type:")
-    return lines
+    # As bytes, Latin-1: values may hold U+0080 to U+00FF (`parse_headers` refuses above), and
+    # pycurl encodes str lines as ASCII (such a request failed as `internal` before it left).
+    return [line.encode("latin-1") for line in lines]
 
 
 class Guard:

@@ -92,8 +92,8 @@ class MemCache:
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        # (expires_at, key): the float is the entry's own object, so `is` tells the live item
-        # from a shell left by an earlier entry under the same key.
+        # (expires_at, key): an item whose time is not its key's entry's time is a shell left by
+        # an earlier entry under that key (compared with ==: a compiled build unboxes floats).
         self._heap: list[tuple[float, str]] = []
         # A shell-heavy heap being moved into _heap, a few items per write; empty otherwise.
         # Taking items from its end keeps it a valid heap, so both can be reaped meanwhile.
@@ -426,7 +426,7 @@ class MemCache:
         for _ in range(moved):
             item = old.pop()
             entry = entries.get(item[1])
-            if entry is not None and entry.expires_at is item[0]:
+            if entry is not None and entry.expires_at == item[0]:  # == : see _reap
                 heappush(heap, item)
         return moved
 

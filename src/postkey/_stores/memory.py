@@ -220,7 +220,9 @@ class MemoryStore:
         """
         seconds = check_wait_timeout(timeout)
         if key in self._jobs:
-            self._sleep_until_it_ended(key, seconds)
+            woken = self._sleep_until_it_ended(key, seconds)
+            if woken is not None:
+                return woken  # what finish handed over (another reader may have taken it since)
         # A settled key costs this lookup and nothing more (the common case of reading results
         # in order: most have landed by the time they are asked for).
         result = self.cache.get(key)
@@ -237,27 +239,31 @@ class MemoryStore:
         """
         seconds = check_wait_timeout(timeout)
         jobs = self._jobs
+        woken: dict[str, Result] = {}
         if any(k in jobs for k in keys):
-            self._sleep_until_ended(keys, seconds)
+            self._sleep_until_ended(keys, seconds, woken)
         get = self.cache.get
-        results = [get(k) for k in keys]
+        results = [woken[k] if k in woken else get(k) for k in keys]
         return [
             r if isinstance(r, Result) else self.lookup(k)
             for k, r in zip(keys, results, strict=True)
         ]
 
-    def _sleep_until_it_ended(self, key: str, seconds: float | None) -> None:
-        # One lock per waiter, made only for a key still running; finish releases it.
+    def _sleep_until_it_ended(self, key: str, seconds: float | None) -> Result | None:
+        # One lock per waiter, made only for a key still running; finish releases it and hands
+        # over the result (None: not woken, or the key ended before the waiter was registered).
         gate = threading.Lock()
         gate.acquire()
+        got: list[Result] = []
 
-        def wake(_result: object) -> None:
+        def wake(result: Result) -> None:
+            got.append(result)
             gate.release()
 
         with self._lock:
             job = self._jobs.get(key)
             if job is None:
-                return  # ended meanwhile: wait reads its result
+                return None  # ended meanwhile: wait reads its result
             if job.waiters is None:
                 job.waiters = {wake: None}
             else:
@@ -268,14 +274,21 @@ class MemoryStore:
         finally:
             if not ended:  # a timeout or an interrupt: no waiter is left behind
                 self._unwatch([job], wake)
+        return got[0] if got else None
 
-    def _sleep_until_ended(self, keys: list[str], seconds: float | None) -> None:
+    def _sleep_until_ended(
+        self, keys: list[str], seconds: float | None, woken: dict[str, Result]
+    ) -> None:
+        """Sleep until every key of ``keys`` ended; ``woken`` gets each result finish hands
+        over (another reader may take it from the cache before this one reads it)."""
         gate = threading.Lock()
         gate.acquire()
         count_lock = threading.Lock()
         left = [1]  # one share for the registration itself, given up once it is complete
 
-        def one_done(_result: object) -> None:
+        def one_done(result: Result | None) -> None:
+            if result is not None:
+                woken[result.key] = result
             with count_lock:
                 left[0] -= 1
                 if left[0] == 0:
