@@ -128,7 +128,7 @@ def test_a_dead_senders_keys_end_as_worker_lost_when_its_lease_lapses(
     sender = run_python(
         f"""
         import os, postkey
-        c = postkey.Client(store={redis_url!r}, store_prefix={p!r}, lease_ms=600)
+        c = postkey.Client(store={redis_url!r}, store_prefix={p!r}, lease_ms=2500)
         print(c.get_async({hostile + "/silent"!r}, timeout_ms=60000), flush=True)
         c.flush()  # the key is visible everywhere
         os._exit(0)  # dies with the request on the wire: no close, no result
@@ -136,12 +136,14 @@ def test_a_dead_senders_keys_end_as_worker_lost_when_its_lease_lapses(
     )
     key = sender.stdout.strip()
     with Client(store=redis_url, store_prefix=p) as client:
-        assert client.status(key) is State.PENDING  # the lease has not lapsed yet
+        # The lease has not lapsed yet (2.5 s: 0.6 s was not enough on a loaded machine to
+        # start the sender and this client between its last renewal and this read).
+        assert client.status(key) is State.PENDING
         started = time.monotonic()
-        result = client.wait(key, 10)
+        result = client.wait(key, 15)
     assert result.state is State.FAILED and result.error_kind == "worker_lost"
     assert "lease" in (result.error or "")
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 8
 
 
 def test_subscriptions_return_to_zero(redis_url: str, hostile: str) -> None:
