@@ -56,13 +56,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# Four test processes on two cores: most tests wait on sockets and subprocesses, not the CPU.
+# Six test processes on two cores: most tests wait on sockets, timers and subprocesses.
 pytest: $(STAMP)
-	$(BIN)/pytest -q -n 4
+	$(BIN)/pytest -q -n 6
 
 # The same suite on the compiled build (TEST_ON_COMPILED_BUILD=1: a test checks it is compiled).
 pytest-fast: $(FAST_STAMP) $(STAMP)
-	PYTHONPATH=$(CURDIR)/$(FAST_SITE) TEST_ON_COMPILED_BUILD=1 $(BIN)/pytest -q -n 4 -p no:cacheprovider
+	PYTHONPATH=$(CURDIR)/$(FAST_SITE) TEST_ON_COMPILED_BUILD=1 $(BIN)/pytest -q -n 6 -p no:cacheprovider
 
 fast: $(FAST_STAMP)
 
