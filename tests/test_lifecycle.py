@@ -28,9 +28,14 @@ from .servers import HostileServer
 
 def _run(script: str, timeout: float = 60) -> tuple[subprocess.CompletedProcess[str], float]:
     """Run ``script`` in a new interpreter; its output and the seconds from the start of the
-    script to the end of the process (the interpreter's own start, seconds on a loaded machine,
-    is not counted: CLOCK_MONOTONIC is one clock for every process)."""
-    mark = "import sys as _s, time as _t\n_s.stderr.write(f'script started {_t.monotonic()}\\n')\n"
+    script to the end of the process. The interpreter's start and postkey's import are not
+    counted (seconds on a loaded machine; CLOCK_MONOTONIC is one clock for every process), and
+    the bounds below leave a few seconds for a machine running the whole suite in parallel:
+    what they catch is an exit held by requests of 20 to 60 s."""
+    mark = (
+        "import sys as _s, time as _t, postkey as _p\n"
+        "_s.stderr.write(f'script started {_t.monotonic()}\\n')\n"
+    )
     out = subprocess.run(
         [sys.executable, "-c", mark + textwrap.dedent(script)],
         capture_output=True,
@@ -203,7 +208,7 @@ def test_exit_is_bounded_while_another_thread_closes_a_client(hostile: str, daem
         """
     )
     assert out.returncode == 0, out.stderr
-    assert took < 0.3 + 0.5 + 2.0, took
+    assert took < 0.3 + 0.5 + 4.0, took
 
 
 def test_exit_is_bounded_while_a_resolver_is_stuck(hostile: str) -> None:
@@ -217,7 +222,7 @@ def test_exit_is_bounded_while_a_resolver_is_stuck(hostile: str) -> None:
         """
     )
     assert out.returncode == 0, out.stderr
-    assert took < 0.2 + 0.3 + 2.0, took
+    assert took < 0.2 + 0.3 + 4.0, took
 
 
 def test_an_unreferenced_clients_request_is_still_sent() -> None:
@@ -246,7 +251,7 @@ def test_requests_cancelled_at_exit_are_reported_in_a_warning(hostile: str) -> N
         """
     )
     assert out.returncode == 0, out.stderr
-    assert took < 0.2 + 2.0, took
+    assert took < 0.2 + 4.0, took
     assert "WARNING" in out.stderr and "3" in out.stderr and "exit" in out.stderr, out.stderr
 
 
@@ -359,7 +364,7 @@ def test_exit_stays_bounded_whatever_other_threads_do_inside_postkey(
         + textwrap.dedent(_EXIT_SCENARIOS[scenario])
     )
     assert out.returncode == 0, out.stderr
-    assert took < grace + 2.5, f"{scenario}: exit took {took:.1f} s"
+    assert took < grace + 4.0, f"{scenario}: exit took {took:.1f} s"
 
 
 def test_a_forked_child_exits_even_if_the_parents_store_lock_was_held_at_fork() -> None:
