@@ -55,6 +55,15 @@ def w3_host(i: int, hosts: int) -> str:
     return f"h{i % hosts + 1:04d}.w3.test"
 
 
+def w3_plan() -> tuple[int, int, int, str, list[str]]:
+    """W3 as the harness set it (environment): requests, concurrency, host names, the port,
+    and one URL per host name."""
+    hosts = env_int("BENCH_HOSTS", 1000)
+    port = os.environ["BENCH_PORT"]
+    urls = [f"http://{w3_host(i, hosts)}:{port}/ingest" for i in range(hosts)]
+    return env_int("BENCH_N", 20_000), env_int("BENCH_C", 256), hosts, port, urls
+
+
 def finish(client: str, elapsed: float, n: int, good: int, **extra: object) -> NoReturn:
     """Print the client's JSON line (``elapsed``: seconds from the first submit to the last
     result in hand) and exit 1 unless all ``n`` were good."""

@@ -5,7 +5,6 @@ default). Connection limit C in all, none per host."""
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import sys
 import time
@@ -16,13 +15,9 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
 from workload import BODY, EXPECTED, HEADERS
-from workloads import env_int, finish, w3_host
+from workloads import finish, w3_plan
 
-N = env_int("BENCH_N", 20_000)
-CONCURRENCY = env_int("BENCH_C", 256)
-HOSTS = env_int("BENCH_HOSTS", 1000)
-PORT = os.environ["BENCH_PORT"]
-URLS = [f"http://{w3_host(i, HOSTS)}:{PORT}/ingest" for i in range(HOSTS)]
+N, CONCURRENCY, HOSTS, PORT, URLS = w3_plan()
 calls = 0
 
 

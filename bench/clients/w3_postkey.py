@@ -6,20 +6,15 @@ the queue size (max_in_flight 256, max_per_host 64)."""
 from __future__ import annotations
 
 import itertools
-import os
 import sys
 import time
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
 import postkey
 from workload import BODY, EXPECTED, HEADERS
-from workloads import env_int, finish, w3_host
+from workloads import finish, w3_plan
 
-N = env_int("BENCH_N", 20_000)
-CONCURRENCY = env_int("BENCH_C", 256)
-HOSTS = env_int("BENCH_HOSTS", 1000)
-PORT = os.environ["BENCH_PORT"]
-URLS = [f"http://{w3_host(i, HOSTS)}:{PORT}/ingest" for i in range(HOSTS)]
+N, CONCURRENCY, HOSTS, PORT, URLS = w3_plan()
 calls = itertools.count()  # next() is atomic: the resolver runs on several threads
 
 

@@ -4,7 +4,6 @@ it into the multi handle's shared DNS cache). libcurl's own connection cache siz
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import uuid
@@ -13,13 +12,9 @@ import pycurl
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
 from workload import BODY, EXPECTED, HEADERS
-from workloads import env_int, finish, multi_loop, w3_host
+from workloads import finish, multi_loop, w3_host, w3_plan
 
-N = env_int("BENCH_N", 20_000)
-CONCURRENCY = env_int("BENCH_C", 256)
-HOSTS = env_int("BENCH_HOSTS", 1000)
-PORT = os.environ["BENCH_PORT"]
-URLS = [f"http://{w3_host(i, HOSTS)}:{PORT}/ingest" for i in range(HOSTS)]
+N, CONCURRENCY, HOSTS, PORT, URLS = w3_plan()
 RESOLVE = [f"{w3_host(i, HOSTS)}:{PORT}:127.0.0.1" for i in range(HOSTS)]
 
 header_lines = [f"{k}: {v}" for k, v in HEADERS.items()] + ["Expect:"]
