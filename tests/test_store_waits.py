@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from postkey import AsyncClient, Client, InvalidValue, Result, State
+from postkey import AsyncClient, Client, ErrorKind, InvalidValue, Result, State
 from postkey._job import Job
 from postkey._request import build_request
 from postkey._settings import Settings
@@ -211,3 +211,72 @@ def test_ctrl_c_during_a_blocking_cache_wait_leaves_no_waiter_behind() -> None:
     timer.join()
     assert no_waiters(store)
     store.cache_set("never", "now", None)  # nobody left to wake, nothing raised
+
+
+# -- wakes held while the engine is busy ---------------------------------------------------------
+
+
+def test_held_wakes_store_the_result_at_once_and_wake_every_waiter_on_release() -> None:
+    store = MemoryStore(Settings())
+    jobs = [pending_job(store, f"k{i}") for i in range(3)]
+    woken: list[Result] = []
+    seen: dict[str, Result] = {}
+
+    def wait_for(key: str) -> None:
+        seen[key] = store.wait(key, 10)
+
+    waiters = [threading.Thread(target=wait_for, args=(j.key,)) for j in jobs]
+    for thread in waiters:
+        thread.start()
+    many = threading.Thread(target=lambda: woken.extend(store.wait_many(["k0", "k2"], 10)))
+    many.start()
+    deadline = time.monotonic() + 5
+    while sum(len(j.waiters or ()) for j in jobs) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    store.hold_wakes()
+    for job in jobs:
+        store.finish(job, job.failure(ErrorKind.CANCELLED, "ended while held"))
+        # Stored at once: a reader that comes now reads it without waiting.
+        assert store.lookup(job.key).state is State.FAILED
+        assert store.wait(job.key, 0).state is State.FAILED
+    time.sleep(0.2)
+    assert not seen and not woken, "a held wake ran before wake_held"
+    store.wake_held()
+    for thread in [*waiters, many]:
+        thread.join(5)
+    assert sorted(seen) == ["k0", "k1", "k2"]
+    assert all(r.state is State.FAILED for r in [*seen.values(), *woken])
+    assert no_waiters(store, *jobs)
+
+
+def test_a_wait_that_times_out_while_its_wake_is_held_leaves_nothing_behind() -> None:
+    store = MemoryStore(Settings())
+    job = pending_job(store, "slow")
+    store.hold_wakes()
+    got: list[Result] = []
+    waiter = threading.Thread(target=lambda: got.append(store.wait("slow", 0.3)))
+    waiter.start()
+    time.sleep(0.1)
+    store.finish(job, job.failure(ErrorKind.CANCELLED, "ended while held"))
+    waiter.join(5)
+    # Timed out (the wake was held), yet it reads what is there by then: never a lost result.
+    assert got[0].state is State.FAILED
+    store.wake_held()  # the late wake finds nobody, and harms nothing
+    assert no_waiters(store, job)
+    assert store.wait("slow", 0).state is State.FAILED
+
+
+def test_once_released_finish_wakes_at_once_again() -> None:
+    store = MemoryStore(Settings())
+    job = pending_job(store, "k")
+    store.hold_wakes()
+    store.wake_held()
+    got: list[Result] = []
+    waiter = threading.Thread(target=lambda: got.append(store.wait("k", 10)))
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while not job.waiters and time.monotonic() < deadline:
+        time.sleep(0.01)
+    store.finish(job, job.failure(ErrorKind.CANCELLED, "ended"))
+    waiter.join(5)
+    assert got and got[0].state is State.FAILED

@@ -32,6 +32,7 @@ from ._result import ErrorKind, Result, State
 from ._settings import Settings
 from ._stores import CacheValue, QueueingStore, Store, open_store
 from ._stores.delivery import DELIVERIES, delivery_of
+from ._stores.memory import MemoryStore
 from ._transport import Transport
 from ._urls import redacted
 from ._waits import MAX_WAIT_S, check_wait_timeout
@@ -138,6 +139,7 @@ class _ClientCore:
             Transport(self.settings),
             sink,
             housekeeping=self._store_.tick,
+            wakes=_held_wakes(self._store_),
         )
         self._queue: QueueingStore | None = None
         if isinstance(self._store_, QueueingStore):
@@ -659,6 +661,13 @@ class Client(_ClientCore):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _held_wakes(store: Store) -> tuple[Callable[[], None], Callable[[], None]] | None:
+    """The store's way to have its wakes held while the engine is busy, if it has one."""
+    if isinstance(store, MemoryStore):
+        return store.hold_wakes, store.wake_held
+    return None
 
 
 class _ResultSink:

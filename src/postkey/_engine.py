@@ -35,6 +35,8 @@ _HOUSEKEEPING_S = 1.0  # how often the store gets to reclaim expired entries whi
 _MAX_LOOP_FAILURES = 3  # consecutive unexpected errors after which the loop gives up
 _AT_EXIT = "interpreter exit"  # how the closing reason given at exit starts
 _LATE_IN_QUEUE = "deadline passed while queued; nothing was sent"
+# How long a busy engine may keep back the wakes of results it stored (see MemoryStore.hold_wakes).
+_WAKE_HOLD_S = 0.001
 
 
 class Engine:
@@ -51,11 +53,17 @@ class Engine:
         transport: Transport,
         on_result: Callable[[Job, Result], None],
         housekeeping: Callable[[], object] | None = None,
+        wakes: tuple[Callable[[], None], Callable[[], None]] | None = None,
     ) -> None:
+        """``wakes``: the store's (hold_wakes, wake_held), if it can keep wakes back while the
+        engine is busy: the engine then wakes a round's waiters together before it waits."""
         self._settings = settings
         self._transport = transport
         self._on_result = on_result
         self._housekeeping = housekeeping
+        self._wakes = wakes
+        self._holding = False
+        self._held_since = 0.0
         self._check_names = settings.policy.has_name_rules
         self._max_in_flight = settings.max_in_flight
         self._max_queue = settings.max_queue
@@ -265,10 +273,16 @@ class Engine:
             self._expire(now)
         self._start()
         self._transfers.perform()
+        if not self._holding and self._wakes is not None:
+            self._wakes[0]()
+            self._holding = True
+            self._held_since = now
         self._transfers.reap(self._finish)
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + _HOUSEKEEPING_S
             self._keep_house()
+        if self._holding and now - self._held_since >= _WAKE_HOLD_S:
+            self._wake_held()
         scheduler = self._scheduler
         if scheduler.startable or (self._intake and scheduler.running < self._max_in_flight):
             return False  # reaping made room, or new jobs may start: go again before sleeping
@@ -276,6 +290,14 @@ class Engine:
             return True
         self._sleep()
         return False
+
+    def _wake_held(self) -> None:
+        self._holding = False
+        if self._wakes is not None:
+            try:
+                self._wakes[1]()
+            except Exception:  # wake_all keeps waiters' errors; this would be a bug of ours
+                log.exception("postkey could not wake the waiters of finished requests")
 
     def _stop(self) -> None:
         self._finished = True
@@ -299,6 +321,7 @@ class Engine:
             try:
                 self._transfers.close()
             finally:
+                self._wake_held()
                 self._wakeup.close()
                 _lifecycle.untrack(self)
 
@@ -339,6 +362,8 @@ class Engine:
         ):
             self._asleep = False  # arrived after the loop looked
             return
+        if self._holding:
+            self._wake_held()  # the waiters run while the engine waits
         self._wakeup.sleep(readers, writers, errors, timeout)
         self._asleep = False
 
