@@ -28,6 +28,7 @@ import pycurl
 
 HERE = Path(__file__).resolve().parent
 KEY = "pk_bench_0123456789abcdef"
+COMPILED = "uvicorn+httptools (postkey serve; compiled build)"
 
 
 def free_port() -> int:
@@ -85,7 +86,13 @@ def wait_port(port: int, timeout: float = 30) -> None:
 
 def start_gateway(server: str, port: int, **extra: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "BENCH_KEY": KEY, "PYTHONPATH": str(HERE), **extra}
-    if server in ("uvicorn+httptools (postkey serve)", "uvicorn+httptools + Redis store"):
+    if server == COMPILED:
+        # The same postkey serve on the compiled build (mypyc), as `make fast` unpacks it.
+        site = HERE.parent / "build" / "fast-site"
+        if not (site / "postkey").is_dir():
+            raise SystemExit(f"{site} has no compiled build: run `make fast` first")
+        env["PYTHONPATH"] = f"{site}{os.pathsep}{HERE}"
+    if server in ("uvicorn+httptools (postkey serve)", "uvicorn+httptools + Redis store", COMPILED):
         keys = Path(tempfile.gettempdir()) / "postkey-bench-keys.toml"
         from postkey.gateway import hash_key
 
@@ -297,7 +304,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
         "--servers",
-        default="uvicorn+httptools (postkey serve),uvicorn+h11,granian,"
+        default=f"uvicorn+httptools (postkey serve),{COMPILED},uvicorn+h11,granian,"
         "starlette hello (uvicorn),starlette hello (granian),uvicorn+httptools + Redis store",
     )
     args = parser.parse_args()

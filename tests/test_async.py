@@ -77,3 +77,50 @@ def test_async_client_shares_the_core_verbs() -> None:
     awaited = ("request_async", "post_async", "get_async", "submit_many")
     for verb in (*awaited, "wait", "wait_many", "cache_wait"):
         assert asyncio.iscoroutinefunction(getattr(postkey.AsyncClient, verb))
+
+
+def test_async_submits_wake_the_engine_once_per_loop_turn_and_never_late(echo: str) -> None:
+    # The submits of one turn share one engine wake-up, made once the turn's callbacks are done;
+    # a missing one would leave each request queued until the engine's own 1 s tick.
+    async def main() -> None:
+        async with AsyncClient() as client:
+            keys = await asyncio.gather(
+                *(client.get_async(echo + f"/{i}", timeout_ms=5000) for i in range(300))
+            )
+            results = await client.wait_many(list(keys), 10)
+            assert all(r.status == 200 for r in results)
+            started = time.monotonic()
+            for i in range(20):  # one at a time: each needs its own wake-up
+                result = await client.wait(await client.get_async(echo + f"/one/{i}"), 10)
+                assert result.status == 200
+            assert time.monotonic() - started < 5.0  # ~20 ms here; ~10 s if wakes were lost
+
+    asyncio.run(main())
+
+
+def test_an_async_submit_whose_loop_stops_at_once_is_still_sent(echo: str) -> None:
+    client = AsyncClient()
+    try:
+        first = asyncio.new_event_loop()
+
+        async def submit_and_stop() -> str:
+            key = await client.get_async(echo + "/orphan", timeout_ms=5000)
+            first.stop()  # the loop ends this turn: the wake-up it scheduled never runs
+            return key
+
+        task = first.create_task(submit_and_stop())
+        first.run_forever()
+        key = task.result()
+        first.close()
+
+        async def later() -> None:
+            result = await client.wait(key, 5)
+            assert result.status == 200  # the engine's own tick takes it in (<= 1 s)
+            started = time.monotonic()
+            for i in range(10):  # and the next loop's submits wake it at once
+                assert (await client.wait(await client.get_async(echo + f"/{i}"), 5)).ok
+            assert time.monotonic() - started < 3.0
+
+        asyncio.run(later())
+    finally:
+        asyncio.run(client.aclose())

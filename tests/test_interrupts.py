@@ -51,7 +51,7 @@ def _interrupt_at(code: Any, marker: str) -> Iterator[None]:
         sys.settrace(None)
 
 
-@pytest.mark.parametrize("marker", ["engine.enqueue(job)", "return key\n"])
+@pytest.mark.parametrize("marker", ["engine.enqueue(job, wake_engine)", "return key\n"])
 def test_ctrl_c_between_register_and_enqueue_still_ends_the_key(echo: str, marker: str) -> None:
     with Client(max_idempotency_keys=2) as c:
         for _ in _interrupt_at(_client._ClientCore._submit.__code__, marker):

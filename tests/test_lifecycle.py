@@ -442,3 +442,15 @@ def test_exit_never_hangs_when_the_collector_frees_a_dropped_client_inside_the_e
         except subprocess.TimeoutExpired:
             pytest.fail(f"the interpreter did not exit (a collection after {every} allocations)")
         assert proc.returncode == 0, proc.stderr
+
+
+def test_postkeys_own_server_processes_collect_garbage_less_often_and_skip_start_up() -> None:
+    # serve and worker call this once started; a library user's process is never touched.
+    code = (
+        "import gc, postkey; before = gc.get_threshold();"
+        " from postkey._gc import tune_for_serving, YOUNG_THRESHOLD; tune_for_serving();"
+        " after = gc.get_threshold(); print(before[0], after[0] == YOUNG_THRESHOLD,"
+        " after[1:] == before[1:], gc.get_freeze_count() > 1000)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["700", "True", "True", "True"], out

@@ -316,7 +316,10 @@ class _ClientCore:
         delivery: str | None = None,
         namespace: str = "",
         wait_for_room: bool = True,
+        wake_engine: bool = True,
     ) -> str:
+        """Submit a prepared request; its key. ``wake_engine=False``: the caller wakes the
+        engine itself (`Engine.wake_for_new_jobs`), once for many submits."""
         if self._closed:
             raise ClientClosed("the client is closed")
         if ttl_ms is not None and (
@@ -352,7 +355,7 @@ class _ClientCore:
                 return key  # the same request under the same key: sent once, not again
             if log.isEnabledFor(logging.DEBUG):  # before the engine can log its start
                 log.debug("submit %s %s %s", key, request.method, redacted(request.url))
-            engine.enqueue(job)
+            engine.enqueue(job, wake_engine)
         except ClientClosed as exc:
             # Closed in between: the key may already be in another caller's hands, so it ends.
             if store.job(job.key) is job:

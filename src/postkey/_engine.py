@@ -150,13 +150,18 @@ class Engine:
     def _backlog(self) -> int:
         return self.queued
 
-    def enqueue(self, job: Job) -> None:
+    def enqueue(self, job: Job, wake: bool = True) -> None:
         """Queue ``job`` (room was checked by `check_room`); never blocks on the network.
+
+        With ``wake=False`` the caller wakes the engine itself, soon, with `wake_for_new_jobs`
+        (an event loop does it once for all the submits of one of its iterations).
 
         Raises:
             ClientClosed: the engine is closed or stopped.
         """
         self._intake.put(job, self._closed_error)
+        if not wake:
+            return
         # The engine raises _asleep just before it sleeps. Waking it costs a system call and a
         # trip through its loop, so do it only if it has something to do with this job now:
         # start it, look up its name, refuse it by name, or end it before the engine would
@@ -164,6 +169,17 @@ class Engine:
         if self._asleep and (
             job.deadline < self._sleep_until
             or (self._could_start and (self._eager or self._scheduler.has_room(job.origin)))
+        ):
+            self._asleep = False
+            self._wake()
+
+    def wake_for_new_jobs(self) -> None:
+        """Wake the engine if it sleeps while jobs queued with ``enqueue(job, wake=False)`` could
+        start now, or are due before it would wake by itself."""
+        if (
+            self._asleep
+            and self._intake
+            and (self._could_start or self._intake.soonest < self._sleep_until)
         ):
             self._asleep = False
             self._wake()

@@ -19,6 +19,7 @@ from ._client import Client
 from ._demo import run_demo
 from ._encoders import load_json
 from ._errors import PostkeyError
+from ._gc import tune_for_serving
 from ._policy import DestinationPolicy
 from ._request import check_timeout
 from ._result import Result, State
@@ -452,6 +453,7 @@ def worker(
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    tune_for_serving()
     runner.run()
 
 

@@ -17,6 +17,7 @@ import uvicorn
 from starlette.applications import Starlette
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .._gc import tune_for_serving
 from ._app import create_app
 from ._config import GatewayConfig
 from ._gateway import Gateway
@@ -128,6 +129,7 @@ def serve(config: GatewayConfig, options: ServeOptions, *, access_log: bool = Fa
     """Run the gateway on uvicorn until SIGINT / SIGTERM. Access logs are off by default (their
     lines would carry keys); request bodies and API keys are never logged."""
     app = create_app(config)
+    tune_for_serving()
     server = _Server(
         uvicorn.Config(
             app,
@@ -163,7 +165,9 @@ def app_from_config_file() -> Starlette:
     """The app for granian's worker process, from the config `serve_on_granian` wrote."""
     with open(os.environ[CONFIG_FILE_ENV], "rb") as f:
         config = pickle.load(f)  # our own file, written by our parent, mode 0600
-    return create_app(config)
+    app = create_app(config)
+    tune_for_serving()
+    return app
 
 
 def serve_on_granian(config: GatewayConfig, options: ServeOptions) -> None:

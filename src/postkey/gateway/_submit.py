@@ -216,7 +216,9 @@ def prepare(
             f"{where}ttl_ms must be between 1 and {client._store.max_ttl_ms}",
             "invalid",
         )
-    return prepared._replace(namespace=tenant.namespace)
+    # Built field by field: NamedTuple._replace costs ~10x more, on every submit.
+    request, key, key_format, ttl_ms, on_done, delivery, _ = prepared
+    return _Submit(request, key, key_format, ttl_ms, on_done, delivery, tenant.namespace)
 
 
 def _code_of(exc: Exception) -> str:
