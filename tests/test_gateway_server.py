@@ -127,11 +127,42 @@ def test_pipelined_and_keep_alive_requests_are_served(served: ServeProcess) -> N
 
 
 def test_a_slow_body_is_cut_off(served: ServeProcess) -> None:
+    started = time.monotonic()
     with connect(served) as sock:
         sock.sendall(head_with_key("PUT /v1/cache/slow HTTP/1.1", "Content-Length: 1000"))
         drip_feed(sock, b"x")  # a body byte at a time
         answer = read_all(sock)
     assert answer.startswith(b"HTTP/1.1 408") or answer == b""
+    assert answer.count(b"HTTP/1.1 ") <= 1
+    assert time.monotonic() - started < 4.5  # the 1 s body deadline, not the 5 s drip
+    if answer:
+        assert b"the request body did not arrive within 1 s" in answer, answer
+
+
+def test_a_body_that_arrives_in_pieces_within_its_deadline_is_read(served: ServeProcess) -> None:
+    with connect(served) as sock:
+        for _ in range(2):  # twice on one keep-alive connection: no deadline is left behind
+            sock.sendall(head_with_key("PUT /v1/cache/pieces HTTP/1.1", "Content-Length: 10"))
+            for piece in (b"01234", b"56789"):
+                time.sleep(0.3)
+                sock.sendall(piece)
+            # Idle past the 1 s body deadline once the body is complete (granian's 1 s
+            # header-read timeout also covers an idle keep-alive connection: less there).
+            time.sleep(0.5 if "--server granian" in " ".join(served.args) else 1.3)
+        sock.sendall(head_with_key("GET /v1/cache/pieces HTTP/1.1", "Connection: close"))
+        answer = read_all(sock)
+    assert answer.count(b"HTTP/1.1 2") == 3 and b"408" not in answer, answer
+    assert answer.endswith(b"0123456789"), answer
+
+
+def test_a_slow_body_after_an_early_answer_gets_no_second_answer(served: ServeProcess) -> None:
+    # No API key: refused (401) before the body is read; the body then never comes.
+    with connect(served) as sock:
+        sock.sendall(b"PUT /v1/cache/x HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        drip_feed(sock, b"x")
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 401"), answer
+    assert answer.count(b"HTTP/1.1 ") == 1, answer
 
 
 def test_a_request_head_over_64_kib_is_refused(served: ServeProcess) -> None:

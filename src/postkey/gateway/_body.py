@@ -12,6 +12,11 @@ from ._errors import ApiError
 # Sent with 408 / 413: the rest of the body is never read, so the connection cannot be reused.
 _CLOSE = {"Connection": "close"}
 
+#: An ASGI scope extension, ``{"seconds": S}``: the server itself ends a request whose body does
+#: not arrive within S seconds of its head (`postkey serve` on uvicorn does; in process and on
+#: granian, the app does).
+SERVER_BODY_DEADLINE = "postkey.body_deadline"
+
 
 async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
     """The whole body, if it is at most ``max_bytes`` and arrives within ``timeout_s`` seconds.
@@ -27,21 +32,29 @@ async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes
             raise ApiError(400, "Content-Length is not a number", headers=_CLOSE)
         if int(declared) > max_bytes:
             raise ApiError(413, _too_large(max_bytes), headers=_CLOSE)
-    chunks: list[bytes] = []
-    size = 0
+    extensions = request.scope.get("extensions")
+    server_bound = extensions.get(SERVER_BODY_DEADLINE) if extensions else None
     try:
+        if server_bound is not None and server_bound["seconds"] <= timeout_s:
+            return await _read_capped(request, max_bytes)
         async with asyncio.timeout(timeout_s):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise ApiError(413, _too_large(max_bytes), headers=_CLOSE)
-                chunks.append(chunk)
+            return await _read_capped(request, max_bytes)
     except TimeoutError:
         raise ApiError(
             408, f"the request body did not arrive within {timeout_s:g} s", headers=_CLOSE
         ) from None
     except ClientDisconnect:
         raise ApiError(400, "the client went away before its body arrived") from None
+
+
+async def _read_capped(request: Request, max_bytes: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise ApiError(413, _too_large(max_bytes), headers=_CLOSE)
+        chunks.append(chunk)
     return b"".join(chunks)
 
 
