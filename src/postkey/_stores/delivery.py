@@ -20,6 +20,7 @@ def delivery_of(request: Request, asked: str | None) -> str:
         return asked
     if request.method in IDEMPOTENT_METHODS:
         return AT_LEAST_ONCE
-    if any(name.lower() == "idempotency-key" for name, _value in request.headers):
-        return AT_LEAST_ONCE
+    for name, _value in request.headers:  # a loop, not any(genexpr): this runs per submit
+        if len(name) == 15 and name.lower() == "idempotency-key":
+            return AT_LEAST_ONCE
     return AT_MOST_ONCE
