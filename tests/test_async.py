@@ -124,3 +124,36 @@ def test_an_async_submit_whose_loop_stops_at_once_is_still_sent(echo: str) -> No
         asyncio.run(later())
     finally:
         asyncio.run(client.aclose())
+
+
+def test_an_async_submit_is_on_its_way_even_if_the_loop_then_blocks(echo: str) -> None:
+    # Code that blocks its loop after submitting (a sync call in an async handler): the requests
+    # still leave at once, the first of a turn and the later ones; none ends unsent.
+    async def main() -> None:
+        async with AsyncClient() as client:
+            assert (await client.wait(await client.get_async(echo + "/warm"), 5)).ok
+            await asyncio.sleep(0.3)  # the engine is asleep now, for up to its 1 s tick
+            keys = [await client.get_async(echo + f"/{i}", timeout_ms=500) for i in range(3)]
+            time.sleep(1.0)  # the loop is blocked: no turn ends until the deadlines are past
+            results = await client.wait_many(keys, 5)
+            assert [r.status for r in results] == [200, 200, 200], results
+
+    asyncio.run(main())
+
+
+def test_an_async_submit_without_a_running_loop_returns_its_key(echo: str) -> None:
+    # A coroutine driven by hand (a trio shim, a test harness): the submit never suspends when
+    # the queue has room, and must not fail after its request was queued.
+    client = AsyncClient()
+    try:
+        coro = client.get_async(echo + "/by-hand", timeout_ms=5000)
+        try:
+            coro.send(None)
+            raise AssertionError("the submit suspended")
+        except StopIteration as stop:
+            key = stop.value
+        assert isinstance(key, str)
+        result = asyncio.run(client.wait(key, 5))
+        assert result.status == 200
+    finally:
+        asyncio.run(client.aclose())

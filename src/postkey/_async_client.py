@@ -87,9 +87,7 @@ class AsyncClient(_ClientCore):
             try:
                 if self._store.remote:
                     return await self._off_loop(self._submit, *prepared, False)
-                key = self._submit(*prepared, False, False)
-                self._wake_engine_soon()
-                return key
+                return self._submit(*prepared, False, not self._wake_later())
             except IdempotencyKeysFull:
                 raise
             except QueueFull:
@@ -102,20 +100,28 @@ class AsyncClient(_ClientCore):
                     raise
                 await self._room_or_timeout(deadline - now)
 
-    def _wake_engine_soon(self) -> None:
-        # Waking the engine costs a system call and a thread switch (the engine then competes
-        # with the loop for the GIL): the submits of one turn of the loop share one wake-up, made
-        # when the turn's callbacks are done. 1,000 submits arriving together used to wake it
-        # 1,000 times. (Another loop, or none: wake at once.)
-        loop = asyncio.get_running_loop()
+    def _wake_later(self) -> bool:
+        """True if this submit may leave waking the engine to the end of the loop's turn.
+
+        Waking the engine costs a system call and a thread switch (the engine then competes
+        with the loop for the GIL); 1,000 submits in one turn used to wake it 1,000 times. The
+        first submit of a turn wakes it at once and schedules one more wake-up for when the
+        turn's callbacks are done; the later ones leave it to that, so a burst costs two
+        wake-ups. If the code that submitted them then blocks the loop, the first is on its way
+        at once and the later ones when the engine next wakes (at the latest at its 1 s tick, or
+        at once if one of them is due before that: none ends unsent for this).
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # driven without a running asyncio loop (by hand, trio, a fork)
+            return False
         scheduled = self._wake_loop
         if scheduled is loop:
-            return  # a wake-up is scheduled on this loop already
-        if scheduled is not None and not scheduled.is_closed():
-            self._engine_.wake_for_new_jobs()
-            return
-        self._wake_loop = loop
-        loop.call_soon(self._wake_engine_now)
+            return True
+        if scheduled is None or scheduled.is_closed():
+            self._wake_loop = loop
+            loop.call_soon(self._wake_engine_now)
+        return False
 
     def _wake_engine_now(self) -> None:
         self._wake_loop = None

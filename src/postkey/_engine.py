@@ -154,21 +154,22 @@ class Engine:
         """Queue ``job`` (room was checked by `check_room`); never blocks on the network.
 
         With ``wake=False`` the caller wakes the engine itself, soon, with `wake_for_new_jobs`
-        (an event loop does it once for all the submits of one of its iterations).
+        (an event loop does it once for the later submits of one of its turns); the engine is
+        still woken at once if ``job`` is due before it would wake by itself.
 
         Raises:
             ClientClosed: the engine is closed or stopped.
         """
         self._intake.put(job, self._closed_error)
-        if not wake:
-            return
         # The engine raises _asleep just before it sleeps. Waking it costs a system call and a
         # trip through its loop, so do it only if it has something to do with this job now:
         # start it, look up its name, refuse it by name, or end it before the engine would
         # wake anyway. Otherwise the engine takes it in when it wakes for its own reasons.
         if self._asleep and (
             job.deadline < self._sleep_until
-            or (self._could_start and (self._eager or self._scheduler.has_room(job.origin)))
+            or (
+                wake and self._could_start and (self._eager or self._scheduler.has_room(job.origin))
+            )
         ):
             self._asleep = False
             self._wake()
