@@ -108,7 +108,14 @@ def test_serve_refuses_contradictory_or_unsafe_options(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("max_body_bytes", 0), ("max_waiters", 1.5), ("max_wait_s", 0), ("body_timeout_s", 1e9)],
+    [
+        ("max_body_bytes", 0),
+        ("max_waiters", 1.5),
+        ("max_wait_s", 0),
+        ("body_timeout_s", 1e9),
+        ("tenant_waiters", -1),
+        ("tenant_waiters", True),
+    ],
 )
 def test_gateway_config_refuses_bad_limits(field: str, value: object) -> None:
     with pytest.raises(InvalidValue, match=field):

@@ -425,11 +425,6 @@ def test_one_tenant_cannot_evict_another_tenants_values() -> None:
         assert gw.get("/v1/cache/mine", headers=A).status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="max_waiters is one count for all tenants: giving each tenant its share needs a"
-    " setting (and a CLI option) that does not exist yet",
-)
 def test_one_tenant_cannot_take_every_long_poll_place(echo: str) -> None:
     settings = Settings(policy=DestinationPolicy.public_only())
     with gateway_client(GatewayConfig(settings, KeyRing(TENANTS), max_waiters=2)) as gw:
@@ -450,3 +445,31 @@ def test_one_tenant_cannot_take_every_long_poll_place(echo: str) -> None:
             gw.delete(f"/v1/requests/{mine}", headers=A)
             for poll in polls:
                 poll.join(10)
+
+
+def test_long_poll_places_beyond_a_tenants_reserve_come_from_the_shared_pool(echo: str) -> None:
+    settings = Settings(policy=DestinationPolicy.public_only())
+    config = GatewayConfig(settings, KeyRing(TENANTS), max_waiters=2, tenant_waiters=1)
+    with gateway_client(config) as gw:
+        slow = {"url": echo + "/delay/5000", "timeout_ms": 6000}
+        theirs = gw.post("/v1/requests", json=slow, headers=B).json()["key"]
+        mine = gw.post("/v1/requests", json=slow, headers=A).json()["key"]
+        path = f"/v1/requests/{theirs}?wait=5"
+        polls = [
+            threading.Thread(target=lambda: gw.get(path, headers=B), daemon=True) for _ in range(3)
+        ]
+        for poll in polls:
+            poll.start()
+        gateway = gw.app.state.gateway
+        try:
+            assert until(lambda: gateway.waiters == 3), "B: its reserve of 1, and the pool's 2"
+            refused = gw.get(f"/v1/requests/{theirs}?wait=0.1", headers=B)
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert gw.get(f"/v1/requests/{mine}?wait=0.1", headers=A).status_code == 202
+        finally:
+            gw.delete(f"/v1/requests/{theirs}", headers=B)
+            gw.delete(f"/v1/requests/{mine}", headers=A)
+            for poll in polls:
+                poll.join(10)
+        assert until(lambda: gateway.waiters == 0)
+        assert gateway._tenant_waiters == {} and gateway._pooled_waiters == 0

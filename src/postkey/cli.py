@@ -555,6 +555,20 @@ def batch(
     show_default=True,
     help="Longest ?wait= long-poll, in seconds.",
 )
+@click.option(
+    "--max-waiters",
+    type=click.IntRange(1, 10**7),
+    default=10_000,
+    show_default=True,
+    help="Long-polls waiting at once, shared by all tenants beyond their reserves (503 past it).",
+)
+@click.option(
+    "--tenant-waiters",
+    type=click.IntRange(0, 10**6),
+    default=100,
+    show_default=True,
+    help="Long-polls each tenant may always have waiting, whatever the others hold.",
+)
 @_client_deadline_option("--header-timeout", "headers", default_s=10.0)
 @_client_deadline_option("--body-timeout", "body", default_s=30.0)
 @click.option(
@@ -584,6 +598,8 @@ def serve(
     burst: int,
     max_body: int,
     max_wait: float,
+    max_waiters: int,
+    tenant_waiters: int,
     header_timeout: float,
     body_timeout: float,
     secure_cookies: bool,
@@ -619,6 +635,8 @@ def serve(
         say=lambda line: click.echo(f"postkey serve: {line}", err=True),
         max_body_bytes=max_body,
         max_wait_s=max_wait,
+        max_waiters=max_waiters,
+        tenant_waiters=tenant_waiters,
         body_timeout_s=body_timeout,
         secure_cookies=secure_cookies,
     )

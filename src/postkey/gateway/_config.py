@@ -38,8 +38,12 @@ class GatewayConfig:
     body_timeout_s: float = 30.0
     #: The longest ``?wait=`` long-poll, in seconds.
     max_wait_s: float = 60.0
-    #: Long-polls waiting at once at most; more get 503 with Retry-After.
+    #: Long-polls waiting at once, shared by all tenants, beyond each tenant's reserve; more get
+    #: 503 with Retry-After.
     max_waiters: int = 10_000
+    #: Long-polls each tenant may always have waiting, whatever others hold (its reserve): one
+    #: tenant cannot take every place. At most ``max_waiters + tenant_waiters * tenants`` wait.
+    tenant_waiters: int = 100
     #: Requests in one batch at most.
     max_batch: int = 1_000
     #: Whether the session cookie is sent with ``Secure`` (set it behind TLS).
@@ -52,6 +56,10 @@ class GatewayConfig:
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise InvalidValue(f"{name} must be an int >= 1, got {value!r}")
+        if type(self.tenant_waiters) is not int or not 0 <= self.tenant_waiters <= 1_000_000:
+            raise InvalidValue(
+                f"tenant_waiters must be an int from 0 to 1000000, got {self.tenant_waiters!r}"
+            )
         for name in ("body_timeout_s", "max_wait_s"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not 0 < value <= 86_400:

@@ -31,6 +31,8 @@ class Gateway:
         self.activity = Activity()
         self.limiter = RateLimiter()
         self.waiters = 0  # long-polls waiting now
+        self._tenant_waiters: dict[str, int] = {}  # by tenant name, while it has any
+        self._pooled_waiters = 0  # those beyond their tenant's reserve
         # Set when the server begins to shut down: long-polls answer what they know and end.
         self.stopping = asyncio.Event()
         self._by_policy: dict[DestinationPolicy, AsyncClient] = {}
@@ -81,6 +83,29 @@ class Gateway:
         if not self.remote:
             return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    def take_waiter_place(self, tenant: Tenant) -> bool:
+        """Count one more long-poll of ``tenant`` if it has a place (its reserve of
+        ``tenant_waiters``, else the shared ``max_waiters``); False if none is free."""
+        held = self._tenant_waiters.get(tenant.name, 0)
+        if held >= self.config.tenant_waiters:
+            if self._pooled_waiters >= self.config.max_waiters:
+                return False
+            self._pooled_waiters += 1
+        self._tenant_waiters[tenant.name] = held + 1
+        self.waiters += 1
+        return True
+
+    def give_waiter_place(self, tenant: Tenant) -> None:
+        """A long-poll of ``tenant`` ended (after `take_waiter_place` said True)."""
+        held = self._tenant_waiters[tenant.name] - 1
+        if held >= self.config.tenant_waiters:
+            self._pooled_waiters -= 1
+        if held:
+            self._tenant_waiters[tenant.name] = held
+        else:
+            del self._tenant_waiters[tenant.name]
+        self.waiters -= 1
 
     def on_done(self, tenant: Tenant, method: str, url: str) -> Callable[[Result], None]:
         """The callback that records a request's result in the activity and the metrics (on

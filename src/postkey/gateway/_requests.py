@@ -169,13 +169,12 @@ async def read(request: Request) -> Response:
     seconds = _wait_seconds(request, gateway)
     client = gateway.client(tenant)
     if seconds:
-        if gateway.waiters >= gateway.config.max_waiters:
+        if not gateway.take_waiter_place(tenant):
             raise ApiError(503, "too many long-polls waiting", headers={"Retry-After": "1"})
-        gateway.waiters += 1
         try:
             result = await _long_poll(request, gateway, client, stored, seconds)
         finally:
-            gateway.waiters -= 1
+            gateway.give_waiter_place(tenant)
     else:
         result = await gateway.call(client.get, stored)
     return _result_response(result, key)
