@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -234,3 +235,15 @@ def test_descriptors_above_fd_setsize_still_work(echo: str) -> None:
         for r, w in filler:
             os.close(r)
             os.close(w)
+
+
+def test_finished_jobs_do_not_stay_reachable_for_their_whole_timeout(echo_process: str) -> None:
+    # The deadline heap drops entries lazily; 5,000 jobs queued at once used to stay reachable
+    # (each with its request) until their 30 s deadlines passed, for every full collection of
+    # the garbage collector to walk.
+    with Client(max_queue=5000) as client:
+        keys = [client.post_async(echo_process + "/j", b"x", None, 30_000) for _ in range(5000)]
+        assert all(r.status == 200 for r in client.wait_many(keys, 60))
+        gc.collect()
+        alive = sum(1 for o in gc.get_objects() if type(o) is Job)
+        assert alive < 1500, alive

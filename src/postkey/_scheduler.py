@@ -35,6 +35,7 @@ class Scheduler:
         self._turns: deque[Origin] = deque()
         self._deadlines: list[tuple[float, int, Job]] = []
         self._compact_above = 1024
+        self._stale = 0  # heap entries whose job started or ended since the last rebuild
         self._seq = itertools.count()
         #: Jobs waiting here that have not ended.
         self.waiting = 0
@@ -57,12 +58,25 @@ class Scheduler:
         """Report ``job`` from `expired` once its deadline passes, unless it started or ended."""
         heapq.heappush(self._deadlines, (job.deadline, next(self._seq), job))
         if len(self._deadlines) > self._compact_above:
-            # Entries of jobs that started or ended are dropped lazily; rebuilding once the
-            # heap doubled since the last rebuild keeps that amortised O(1) per entry.
-            live = [e for e in self._deadlines if not e[2].done and e[2].handle is None]
-            heapq.heapify(live)
-            self._deadlines = live
-            self._compact_above = 2 * len(live) + 1024
+            self._compact()
+
+    def _compact(self) -> None:
+        # Entries of jobs that started or ended are dropped lazily; rebuilding once the heap
+        # doubled since the last rebuild, or once over half of it is known stale, keeps that
+        # amortised O(1) per entry. The second rule matters: 20,000 jobs queued at once would
+        # otherwise stay reachable (with their requests) for their whole timeout after they
+        # ended, for the garbage collector to walk at every full collection.
+        live = [e for e in self._deadlines if not e[2].done and e[2].handle is None]
+        heapq.heapify(live)
+        self._deadlines = live
+        self._compact_above = 2 * len(live) + 1024
+        self._stale = 0
+
+    def _went_stale(self) -> None:
+        # One heap entry's job started or ended.
+        self._stale += 1
+        if self._stale > 1024 and 2 * self._stale > len(self._deadlines):
+            self._compact()
 
     def pop(self) -> Job | None:
         """The next job to start (counted as running), or None if none may start now."""
@@ -86,6 +100,7 @@ class Scheduler:
             self.running += 1
             if queue and active < self._max_per_host:
                 turns.append(origin)
+            self._went_stale()
             return job
         return None
 
@@ -114,6 +129,7 @@ class Scheduler:
     def discard(self, job: Job) -> None:
         """``job`` ended while waiting here (cancelled, timed out): stop counting it."""
         self.waiting -= 1
+        self._went_stale()
         origin = job.origin
         dead = self._dead.get(origin, 0) + 1
         self._dead[origin] = dead
