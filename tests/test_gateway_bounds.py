@@ -38,14 +38,23 @@ def test_a_full_queue_is_503_and_a_batch_says_what_went_in(echo: str) -> None:
             gw.delete(f"/v1/requests/{key}", headers=AUTH)
 
 
-def test_long_polls_past_the_cap_are_503(echo: str) -> None:
+@pytest.mark.parametrize(("reserve", "pool"), [(0, 1), (1, 0), (2, 3)])
+def test_long_polls_past_the_cap_are_503(echo: str, reserve: int, pool: int) -> None:
+    # A tenant's places: its reserve, then the shared pool; past both, 503.
     settings = Settings(policy=DestinationPolicy.public_only())
-    with gateway_client(GatewayConfig(settings, RING, max_waiters=1)) as gw:
+    config = GatewayConfig(settings, RING, max_waiters=max(pool, 1), tenant_waiters=reserve)
+    with gateway_client(config) as gw:
         key = gw.post("/v1/requests", json={"url": echo + "/delay/100"}, headers=AUTH).json()["key"]
-        gw.app.state.gateway.waiters = 1  # one long-poll is waiting
+        gateway = gw.app.state.gateway
+        tenant = RING.tenants[0]
+        if pool == 0:  # the pool is not empty by config: another tenant holds its one place
+            assert gateway.take_waiter_place(Tenant("other"))
+            assert gateway.take_waiter_place(Tenant("other"))
+        held = [gateway.take_waiter_place(tenant) for _ in range(reserve + pool)]
+        assert all(held) and gateway.waiters == reserve + pool + (2 if pool == 0 else 0)
         refused = gw.get(f"/v1/requests/{key}?wait=5", headers=AUTH)
         assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
-        gw.app.state.gateway.waiters = 0
+        gateway.give_waiter_place(tenant)
         assert gw.get(f"/v1/requests/{key}?wait=5", headers=AUTH).status_code == 200
 
 
