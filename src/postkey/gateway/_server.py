@@ -68,6 +68,8 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._head_bytes = 0
         self._reading_body = False
         self._body_deadline: asyncio.TimerHandle | None = None
+        # A refusal of a new request's head kept until the answer before it is complete.
+        self._refusal_after: bytes | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -89,14 +91,27 @@ class GuardedHttpTools(HttpToolsProtocol):
             self._body_deadline.cancel()
             self._body_deadline = None
 
-    def _refuse(self, status: int, reason: str, code: str, message: str) -> None:
+    def _refuse(
+        self, status: int, reason: str, code: str, message: str, *, body: bool = False
+    ) -> None:
+        """Answer ``status`` and close; only close if that answer could be mistaken for another
+        one: a second answer to a request, or one sent while an earlier request's answer (a
+        pipelined long-poll, say) is still to come."""
         self._disarm()
         self._disarm_body()
-        if not self.transport.is_closing():
-            cycle = self.cycle
-            if cycle is None or not cycle.response_started:  # never a second answer
-                self.transport.write(_refusal(status, reason, code, message))
-            self.transport.close()
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        refusal = _refusal(status, reason, code, message)
+        if not body and cycle is not None and not cycle.response_complete:
+            # A new request's head, while the answer to the one before it is still to come (a
+            # pipelined long-poll): that answer goes first, then this refusal.
+            self._refusal_after = refusal
+            self.flow.pause_reading()
+            return
+        if not body or (cycle is not None and not cycle.response_started and not self.pipeline):
+            self.transport.write(refusal)
+        self.transport.close()
 
     def _too_slow(self) -> None:
         self._deadline = None
@@ -106,7 +121,18 @@ class GuardedHttpTools(HttpToolsProtocol):
     def _body_too_slow(self) -> None:
         self._body_deadline = None
         message = f"the request body did not arrive within {self.body_timeout_s:g} s"
-        self._refuse(408, "Request Timeout", "request_timeout", message)
+        self._refuse(408, "Request Timeout", "request_timeout", message, body=True)
+
+    def _arm_body(self) -> None:
+        # Only for the request being served: one queued behind a pipelined answer is not read
+        # (uvicorn pauses reading), so its time starts when it runs (see on_response_complete).
+        if (
+            self._reading_body
+            and self._body_deadline is None
+            and self.body_timeout_s
+            and not self.pipeline
+        ):
+            self._body_deadline = self.loop.call_later(self.body_timeout_s, self._body_too_slow)
 
     def data_received(self, data: bytes) -> None:
         reading_head = self._deadline is not None
@@ -116,9 +142,8 @@ class GuardedHttpTools(HttpToolsProtocol):
             if self._head_bytes > self.max_header_bytes:
                 message = f"the request head is over {self.max_header_bytes} bytes"
                 self._refuse(431, "Request Header Fields Too Large", "headers_too_large", message)
-        elif self._reading_body and self._body_deadline is None and self.body_timeout_s:
-            # The head came, the body is still on its way: from now on it has body_timeout_s.
-            self._body_deadline = self.loop.call_later(self.body_timeout_s, self._body_too_slow)
+        elif self._reading_body and self._body_deadline is None:
+            self._arm_body()  # the head came, the body is still on its way
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -135,6 +160,15 @@ class GuardedHttpTools(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._disarm_body()
         super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        refusal, self._refusal_after = self._refusal_after, None
+        if refusal is not None and not self.transport.is_closing():
+            self.transport.write(refusal)
+            self.transport.close()
+            return
+        super().on_response_complete()  # starts the next pipelined request, if any
+        self._arm_body()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
