@@ -5,6 +5,7 @@ routes, a real ``postkey serve`` process for sockets, memory and signals)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -425,51 +426,49 @@ def test_one_tenant_cannot_evict_another_tenants_values() -> None:
         assert gw.get("/v1/cache/mine", headers=A).status_code == 200
 
 
+@contextlib.contextmanager
+def _b_long_polling(gw: Any, echo: str, count: int, setup: str) -> Iterator[tuple[str, str]]:
+    """B's slow request and A's; ``count`` long-polls of B on B's, all waiting (``setup`` says
+    why that many); afterwards both requests are cancelled and the polls have ended."""
+    slow = {"url": echo + "/delay/5000", "timeout_ms": 6000}
+    theirs = gw.post("/v1/requests", json=slow, headers=B).json()["key"]
+    mine = gw.post("/v1/requests", json=slow, headers=A).json()["key"]
+    path = f"/v1/requests/{theirs}?wait=5"
+    polls = [
+        threading.Thread(target=lambda: gw.get(path, headers=B), daemon=True) for _ in range(count)
+    ]
+    for poll in polls:
+        poll.start()
+    try:
+        assert until(lambda: gw.app.state.gateway.waiters == count), setup
+        yield theirs, mine
+    finally:
+        gw.delete(f"/v1/requests/{theirs}", headers=B)
+        gw.delete(f"/v1/requests/{mine}", headers=A)
+        for poll in polls:
+            poll.join(10)
+
+
 def test_one_tenant_cannot_take_every_long_poll_place(echo: str) -> None:
     settings = Settings(policy=DestinationPolicy.public_only())
-    with gateway_client(GatewayConfig(settings, KeyRing(TENANTS), max_waiters=2)) as gw:
-        slow = {"url": echo + "/delay/5000", "timeout_ms": 6000}
-        theirs = gw.post("/v1/requests", json=slow, headers=B).json()["key"]
-        mine = gw.post("/v1/requests", json=slow, headers=A).json()["key"]
-        path = f"/v1/requests/{theirs}?wait=5"
-        polls = [
-            threading.Thread(target=lambda: gw.get(path, headers=B), daemon=True) for _ in range(2)
-        ]
-        for poll in polls:
-            poll.start()
-        try:
-            assert until(lambda: gw.app.state.gateway.waiters == 2), "setup: B's polls"
-            assert gw.get(f"/v1/requests/{mine}?wait=0.1", headers=A).status_code == 202
-        finally:
-            gw.delete(f"/v1/requests/{theirs}", headers=B)
-            gw.delete(f"/v1/requests/{mine}", headers=A)
-            for poll in polls:
-                poll.join(10)
+    with (
+        gateway_client(GatewayConfig(settings, KeyRing(TENANTS), max_waiters=2)) as gw,
+        _b_long_polling(gw, echo, 2, "setup: B's polls") as (_theirs, mine),
+    ):
+        assert gw.get(f"/v1/requests/{mine}?wait=0.1", headers=A).status_code == 202
 
 
 def test_long_poll_places_beyond_a_tenants_reserve_come_from_the_shared_pool(echo: str) -> None:
     settings = Settings(policy=DestinationPolicy.public_only())
     config = GatewayConfig(settings, KeyRing(TENANTS), max_waiters=2, tenant_waiters=1)
     with gateway_client(config) as gw:
-        slow = {"url": echo + "/delay/5000", "timeout_ms": 6000}
-        theirs = gw.post("/v1/requests", json=slow, headers=B).json()["key"]
-        mine = gw.post("/v1/requests", json=slow, headers=A).json()["key"]
-        path = f"/v1/requests/{theirs}?wait=5"
-        polls = [
-            threading.Thread(target=lambda: gw.get(path, headers=B), daemon=True) for _ in range(3)
-        ]
-        for poll in polls:
-            poll.start()
         gateway = gw.app.state.gateway
-        try:
-            assert until(lambda: gateway.waiters == 3), "B: its reserve of 1, and the pool's 2"
+        with _b_long_polling(gw, echo, 3, "B: its reserve of 1, and the pool's 2") as (
+            theirs,
+            mine,
+        ):
             refused = gw.get(f"/v1/requests/{theirs}?wait=0.1", headers=B)
             assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
             assert gw.get(f"/v1/requests/{mine}?wait=0.1", headers=A).status_code == 202
-        finally:
-            gw.delete(f"/v1/requests/{theirs}", headers=B)
-            gw.delete(f"/v1/requests/{mine}", headers=A)
-            for poll in polls:
-                poll.join(10)
         assert until(lambda: gateway.waiters == 0)
         assert gateway._tenant_waiters == {} and gateway._pooled_waiters == 0

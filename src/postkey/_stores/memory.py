@@ -67,7 +67,7 @@ class MemoryStore:
         self._lock = threading.Lock()
         # Wakes that finish keeps back while the engine holds them (see hold_wakes).
         self._holding = False
-        self._held: list[tuple[dict[Callable[[Result], object], None], Result, str]] = []
+        self._held: list[tuple[dict[Callable[[Result], object], None], Result]] = []
 
     @property
     def max_ttl_ms(self) -> int:
@@ -156,7 +156,7 @@ class MemoryStore:
                 waiters = job.waiters
                 job.waiters = None
                 if waiters and self._holding:
-                    self._held.append((waiters, result, job.key))
+                    self._held.append((waiters, result))
                     waiters = None
             finally:
                 lock.release()
@@ -182,8 +182,8 @@ class MemoryStore:
             if not held:
                 return
             self._held = []
-        for waiters, result, key in held:
-            wake_all(waiters, result, f"key {key!r}")
+        for waiters, result in held:
+            wake_all(waiters, result, f"key {result.key!r}")
 
     def tick(self, limit: int = 2048) -> int:
         """Reclaim expired results, values, tombstones and idempotency keys while idle.

@@ -142,8 +142,8 @@ class GuardedHttpTools(HttpToolsProtocol):
             if self._head_bytes > self.max_header_bytes:
                 message = f"the request head is over {self.max_header_bytes} bytes"
                 self._refuse(431, "Request Header Fields Too Large", "headers_too_large", message)
-        elif self._reading_body and self._body_deadline is None:
-            self._arm_body()  # the head came, the body is still on its way
+        else:
+            self._arm_body()  # if the head came and the body is still on its way
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
