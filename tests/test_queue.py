@@ -654,3 +654,31 @@ def test_a_start_that_runs_twice_for_one_entry_is_one_attempt(redis_url: str) ->
     assert first[0][0] == again[0][0] == b"go" and first[0][2] == again[0][2] == b"w1#1"
     assert record_meta(redis_url, p, key)["attempt"] == 1
     spy.close()
+
+
+def test_a_submit_retried_after_its_first_try_landed_is_queued_once(single_redis_url: str) -> None:
+    # While Redis is unhealthy, submits write synchronously; redis-py retries a call whose
+    # answer was lost, and the retry finds the record its first try made. A key postkey made
+    # cannot collide, so that is this very submit: queued once, never a KeyConflict.
+    from postkey._job import Job
+    from postkey._keys import new_key
+    from postkey._request import build_request
+    from postkey._stores.delivery import AT_MOST_ONCE
+
+    with Client(store=single_redis_url, send="workers") as client:
+        store = client._store_
+        store._writes.healthy = False  # the synchronous path
+        request = build_request(
+            "GET",
+            "http://127.0.0.1:9/x",
+            None,
+            None,
+            5000,
+            max_timeout_ms=60_000,
+            max_body_bytes=1024,
+        )
+        job = Job(new_key(), request)
+        assert store.enqueue(job, False, AT_MOST_ONCE)
+        assert store.enqueue(job, False, AT_MOST_ONCE)  # the retry: no KeyConflict
+        assert client.status(job.key) is State.PENDING
+        client.cancel(job.key)

@@ -308,7 +308,7 @@ class RedisStore:
             self._replies.remember(job.key)
             self._writes.put(self._queue.enqueue, keys, args, self._queued(job))
             return True
-        outcome = self._call(self._queue.enqueue, keys, args)
+        outcome = _own_retry(self._call(self._queue.enqueue, keys, args), fingerprint)
         if outcome == 1:
             # Its end may be announced before this line: a wait on it reads it once more.
             self._replies.remember(job.key, heard_from_start=False)
@@ -319,10 +319,7 @@ class RedisStore:
 
     def _queued(self, job: Job) -> Callable[[Any], None]:
         def landed(answer: Any) -> None:
-            if answer == -1:
-                # A key postkey made cannot collide: the record there is this very write, made
-                # by a first try whose answer was lost (a timeout retried). Queued once.
-                answer = 1
+            answer = _own_retry(answer, "")  # written behind: only keys postkey made
             waiters = None
             with self._lock:
                 self._queuing.pop(job.key, None)
@@ -826,3 +823,10 @@ _NO_WORKER_FINISHED = (
     " may not have reached the server"
 )
 _VALUE_HINT = "the key holds a cache value, not a request (read it with cache_get)"
+
+
+def _own_retry(answer: Any, fingerprint: str) -> Any:
+    """The queue script's answer, where -1 (the key holds a record already) for a key postkey
+    made (no ``fingerprint``) means 1: such a key cannot collide, so the record is this very
+    write, made by a first try whose answer was lost and that redis-py retried. Queued once."""
+    return 1 if answer == -1 and not fingerprint else answer
