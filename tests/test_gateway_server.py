@@ -4,6 +4,7 @@ loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -14,10 +15,12 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from postkey.gateway._server import COALESCE_MAX_BYTES, OneSendPerTurn
 
 from .gateway_process import ServeProcess, keys_file
 
@@ -341,3 +344,62 @@ def test_a_slow_pipelined_head_is_refused_after_the_earlier_answer(
     assert answer.count(b"HTTP/1.1 ") <= 2, answer
     if "--server granian" not in " ".join(served.args):
         assert b"the request head did not arrive within 1 s" in answer, answer
+
+
+# -- OneSendPerTurn: how the uvicorn protocol's writes reach the socket ---------------------------
+
+
+class _Recorder(asyncio.Transport):
+    """The socket end of OneSendPerTurn: what it was asked to send, call by call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert not self.closed, "written after close"
+        self.sent.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def _one_send(script: Callable[[OneSendPerTurn], None]) -> _Recorder:
+    async def run() -> _Recorder:
+        recorder = _Recorder()
+        script(OneSendPerTurn(recorder, asyncio.get_running_loop()))
+        await asyncio.sleep(0)  # the end of the turn the writes were made in
+        await asyncio.sleep(0)
+        return recorder
+
+    return asyncio.run(run())
+
+
+def test_a_head_and_a_small_body_written_in_one_turn_go_out_in_one_send() -> None:
+    recorder = _one_send(lambda t: (t.write(b"HTTP/1.1 202 Accepted\r\n\r\n"), t.write(b"{}")))
+    assert recorder.sent == [b"HTTP/1.1 202 Accepted\r\n\r\n{}"]
+
+
+def test_a_large_body_is_not_held_and_order_is_kept() -> None:
+    big = b"x" * COALESCE_MAX_BYTES
+    recorder = _one_send(lambda t: (t.write(b"head"), t.write(big), t.write(b"tail")))
+    assert recorder.sent == [b"head", big, b"tail"]
+
+
+def test_what_is_held_is_sent_before_a_close_and_dropped_after_a_loss() -> None:
+    recorder = _one_send(lambda t: (t.write(b"answer"), t.close()))
+    assert recorder.sent == [b"answer"]
+    assert recorder.closed
+
+    def lost(t: OneSendPerTurn) -> None:
+        t.write(b"answer")
+        t._transport.close()  # the peer went away before the turn ended
+
+    assert _one_send(lost).sent == []

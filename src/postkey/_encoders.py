@@ -23,11 +23,21 @@ def load_json(text: str | bytes) -> Any:
     Raises:
         ValueError: not JSON.
     """
-    return jsonlib.loads(text, parse_constant=_no_constants)
+    if not isinstance(text, str):
+        text = text.decode(jsonlib.detect_encoding(text), "surrogatepass")  # as json.loads does
+    if text.startswith("\ufeff"):
+        raise ValueError("Unexpected UTF-8 BOM (decode using utf-8-sig)")  # as json.loads says
+    return _DECODER.decode(text)
 
 
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")
+
+
+# One encoder and one decoder for all: json.dumps / loads with options build a new one per call
+# (a few microseconds of every submit with json=). Neither keeps state between calls.
+_ENCODER = jsonlib.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_DECODER = jsonlib.JSONDecoder(parse_constant=_no_constants)
 
 
 def encode_json(value: object) -> bytes:
@@ -37,7 +47,7 @@ def encode_json(value: object) -> bytes:
         InvalidBody: it cannot be written as JSON (NaN and infinity included: JSON has none).
     """
     try:
-        text = jsonlib.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise InvalidBody(f"json= cannot be encoded as JSON: {exc}") from None
     except RecursionError:

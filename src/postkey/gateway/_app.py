@@ -21,7 +21,7 @@ from ._gateway import Gateway
 from ._mychat import mychat_routes
 from ._openapi import openapi_document
 from ._ops import ops_routes
-from ._requests import request_routes
+from ._requests import SubmitShortcut, request_routes
 
 
 def _dashboard() -> list[BaseRoute]:
@@ -71,7 +71,7 @@ def create_app(config: GatewayConfig) -> Starlette:
     app = Starlette(
         routes=routes,
         exception_handlers=HANDLERS,
-        middleware=[Middleware(ContainBugs)],
+        middleware=[Middleware(ContainBugs), Middleware(SubmitShortcut)],
         lifespan=lifespan,
     )
     app.state.gateway = gateway

@@ -9,6 +9,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._async_client import AsyncClient
 from .._client import _Submit
@@ -16,7 +17,7 @@ from .._errors import PostkeyError
 from .._result import Result, State
 from ._auth import require_tenant
 from ._body import read_body
-from ._errors import ApiError
+from ._errors import HANDLERS, ApiError
 from ._gateway import Gateway, gateway_of
 from ._submit import key_in, parse_json, prepare, refusal_of
 from ._tenants import Tenant
@@ -90,7 +91,48 @@ async def create(request: Request) -> Response:
     item = await json_body(request, gateway)
     prepared = prepare(gateway.client(tenant), tenant, item)
     key = await submit(gateway, tenant, prepared)
-    return JSONResponse({"key": key}, 202, headers={"Location": f"/v1/requests/{key}"})
+    return Accepted(key)
+
+
+class Accepted(Response):
+    """``202 {"key": ...}`` with the key's ``Location``, written directly: a key is ASCII
+    letters, digits and ``_ - . : ~ { }`` only (`check_key`), so it needs no JSON encoder, and a
+    submit's answer is made thousands of times a second."""
+
+    def __init__(self, key: str) -> None:  # not Response.__init__: it would encode again
+        raw = key.encode("ascii")
+        self.body = b'{"key":"' + raw + b'"}'
+        self.status_code = 202
+        self.background = None
+        self.raw_headers = [
+            (b"content-length", b"%d" % len(self.body)),
+            (b"content-type", b"application/json"),
+            (b"location", b"/v1/requests/" + raw),
+        ]
+
+
+class SubmitShortcut:
+    """ASGI middleware: ``POST /v1/requests``, the call every submit makes, goes straight to
+    `create`, past Starlette's router and exception layers (a fifth of a submit's time in the
+    gateway). The same handler and the same error handlers answer, so the answer is the same as
+    through the router; every other request goes on through the app."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/v1/requests" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive, send)
+        try:
+            response = await create(request)
+        except Exception as exc:
+            handler = next((HANDLERS[c] for c in type(exc).__mro__ if c in HANDLERS), None)
+            if handler is None:
+                raise  # a bug: ContainBugs, outside, answers 500
+            response = await handler(request, exc)
+        await response(scope, receive, send)
 
 
 async def create_batch(request: Request) -> Response:

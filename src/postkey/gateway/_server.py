@@ -47,6 +47,75 @@ def _refusal(status: int, reason: str, code: str, message: str) -> bytes:
     return head.encode("ascii") + body
 
 
+#: A response part at least this large is written at once rather than held for the end of the
+#: loop turn (joining it to a head would copy it).
+COALESCE_MAX_BYTES = 64 * 1024
+
+
+class OneSendPerTurn:
+    """A transport that holds small writes until the end of the current event-loop turn and then
+    sends them together, in order.
+
+    uvicorn writes a response's head and its body separately: two ``send()`` calls, and on
+    loopback each runs the peer's TCP receive path and wakes it. Sent together, a small answer
+    costs one. Everything else (close, pause_reading, get_extra_info, ...) is the real
+    transport's; what is held is sent before a close, and dropped if the connection is lost.
+    """
+
+    __slots__ = ("_held", "_held_bytes", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        held = self._held
+        if len(data) >= COALESCE_MAX_BYTES:
+            self.flush()
+            self._transport.write(data)
+            return
+        if not held:
+            self._loop.call_soon(self.flush)
+        held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes >= COALESCE_MAX_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send what is held now (nothing if the connection is closing)."""
+        held = self._held
+        if not held:
+            return
+        data = held[0] if len(held) == 1 else b"".join(held)
+        held.clear()
+        self._held_bytes = 0
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def writelines(self, list_of_data: list[bytes]) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._held.clear()
+        self._held_bytes = 0
+        self._transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return self._held_bytes + self._transport.get_write_buffer_size()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class GuardedHttpTools(HttpToolsProtocol):
     """uvicorn's httptools protocol with a deadline and a size cap on each request head, and a
     deadline on each request body (set by `guarded_protocol`): connections that send nothing are
@@ -65,6 +134,8 @@ class GuardedHttpTools(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
+        # From a request's first byte (or the connection's start) until its head is complete.
+        self._head_pending = True
         self._head_bytes = 0
         self._reading_body = False
         self._body_deadline: asyncio.TimerHandle | None = None
@@ -72,12 +143,14 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._refusal_after: bytes | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        # Every write goes through OneSendPerTurn, the protocol's own (refusals) as well as the
+        # requests' answers, so that they stay in order.
+        one_send: Any = OneSendPerTurn(transport, self.loop)
+        super().connection_made(one_send)
         self._arm()
 
     def _arm(self) -> None:
         if self._deadline is None:
-            self._head_bytes = 0
             self._deadline = self.loop.call_later(self.header_timeout_s, self._too_slow)
 
     def _disarm(self) -> None:
@@ -135,21 +208,27 @@ class GuardedHttpTools(HttpToolsProtocol):
             self._body_deadline = self.loop.call_later(self.body_timeout_s, self._body_too_slow)
 
     def data_received(self, data: bytes) -> None:
-        reading_head = self._deadline is not None
+        reading_head = self._head_pending
         super().data_received(data)
-        if reading_head and self._deadline is not None:  # the head is still incomplete
+        if not self._head_pending:
+            self._arm_body()  # if the head came and the body is still on its way
+            return
+        # The head is still incomplete: its deadline runs from now if it began in this call (a
+        # head that comes whole, the common case, never costs a timer).
+        self._arm()
+        if reading_head:
             self._head_bytes += len(data)
             if self._head_bytes > self.max_header_bytes:
                 message = f"the request head is over {self.max_header_bytes} bytes"
                 self._refuse(431, "Request Header Fields Too Large", "headers_too_large", message)
-        else:
-            self._arm_body()  # if the head came and the body is still on its way
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._arm()
+        self._head_pending = True
+        self._head_bytes = 0
 
     def on_headers_complete(self) -> None:
+        self._head_pending = False
         self._disarm()
         if self.body_timeout_s:
             self._reading_body = True  # until on_message_complete, in this call or a later one

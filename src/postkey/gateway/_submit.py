@@ -6,13 +6,13 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from .._async_client import AsyncClient
 from .._client import _Submit
+from .._encoders import load_json
 from .._errors import (
     ClientClosed,
     IdempotencyKeysFull,
@@ -78,7 +78,7 @@ def parse_json(raw: bytes) -> Any:
             "too_large",
         )
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+        return load_json(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc}", "invalid_json") from None
 
@@ -105,10 +105,6 @@ def _values_at_most(raw: bytes, limit: int) -> bool:
 
 # ', [ { :' all as ',' (for one count per stretch between strings)
 _MARKS = bytes.maketrans(b"[{:", b",,,")
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def key_in(tenant: Tenant, key: str) -> str:
