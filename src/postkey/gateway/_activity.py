@@ -114,12 +114,16 @@ class Activity:
             if len(t.recent) > RECENT:
                 t.recent.popitem(last=False)
 
-    def finished(self, tenant: str, key: str, url: str, result: Result) -> None:
-        """Count the terminal result of ``key``."""
+    def finished(
+        self, tenant: str, key: str, url: str, result: Result, host: str | None = None
+    ) -> None:
+        """Count the terminal result of ``key`` (a request to ``url``, whose host the caller
+        may have worked out already)."""
         now = self._clock()
         elapsed = result.elapsed_ms
         kind = result.error_kind.value if result.error_kind is not None else None
-        host = host_of(url)
+        if host is None:
+            host = host_of(url)
         with self._lock:
             t = self._tenant(tenant)
             t.completed += 1

@@ -48,14 +48,30 @@ async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes
 
 
 async def _read_capped(request: Request, max_bytes: int) -> bytes:
+    # The ASGI messages themselves, not request.stream(): an async generator per body costs more
+    # than the read, and a submit's body is nearly always one message.
+    kept: bytes | None = getattr(request, "_body", None)  # read before: Starlette keeps it
+    if kept is not None:
+        if len(kept) > max_bytes:
+            raise ApiError(413, _too_large(max_bytes), headers=_CLOSE)
+        return kept
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    receive = request.receive
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect  # http.disconnect
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > max_bytes:
             raise ApiError(413, _too_large(max_bytes), headers=_CLOSE)
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            break
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    request._body = body  # as request.body() would keep it, for any later reader
+    return body
 
 
 def _too_large(max_bytes: int) -> str:

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from .._async_client import AsyncClient
 from .._policy import DestinationPolicy
 from .._result import Result
-from ._activity import Activity
+from ._activity import Activity, host_of
 from ._config import GatewayConfig
 from ._limits import RateLimiter
 from ._metrics import Metrics
@@ -114,8 +114,9 @@ class Gateway:
         skip = len(tenant.namespace)
 
         def done(result: Result) -> None:
-            activity.finished(name, result.key[skip:], url, result)
-            metrics.on_result(method, url, result)
+            host = host_of(url)  # once for both
+            activity.finished(name, result.key[skip:], url, result, host)
+            metrics.on_result(method, url, result, host)
 
         return done
 

@@ -19,6 +19,7 @@ MAX_HOSTS = 100  # distinct host labels; later hosts are counted as "other"
 #: Methods with a label of their own; any other method token (a client may send any) is counted as
 #: "other", so that a caller cannot grow the metrics without bound.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_STATUS_CLASSES = ("", "1xx", "2xx", "3xx", "4xx", "5xx")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -70,10 +71,14 @@ class Metrics:
         )
         self.registry.register(_EngineCollector(engine_stats))
         self._submitted_by_method: dict[str, Any] = {}
+        self._completed_children: dict[tuple[str, str, str, str], Any] = {}
+        self._latency_children: dict[tuple[str, str], Any] = {}
 
-    def host_label(self, url: str) -> str:
-        """``url``'s host as a label, or "other" past `MAX_HOSTS` distinct hosts."""
-        host = host_of(url)
+    def host_label(self, url: str, host: str | None = None) -> str:
+        """``url``'s host (``host`` if the caller has it) as a label, or "other" past
+        `MAX_HOSTS` distinct hosts."""
+        if host is None:
+            host = host_of(url)
         if host in self._hosts:
             return host
         with self._hosts_lock:
@@ -92,20 +97,31 @@ class Metrics:
         counter.inc()
         self.in_flight.inc()
 
-    def on_result(self, method: str, url: str, result: Result) -> None:
-        """Count a terminal result."""
+    def on_result(self, method: str, url: str, result: Result, host: str | None = None) -> None:
+        """Count a terminal result (of a request to ``url``, whose host the caller may have
+        worked out already)."""
         self.in_flight.dec()
         if result.state is State.DONE and result.status is not None:
-            status_class, kind = f"{min(max(result.status // 100, 1), 5)}xx", ""
+            status_class, kind = _STATUS_CLASSES[min(max(result.status // 100, 1), 5)], ""
             outcome = status_class
         else:
             status_class = ""
             kind = result.error_kind.value if result.error_kind is not None else "internal"
             outcome = "failed"
         method = method_label(method)
-        self.completed.labels(self.host_label(url), method, status_class, kind).inc()
+        # labels() costs a few microseconds per call: the children are kept (they are bounded as
+        # the labels are: hosts, methods, status classes, error kinds).
+        names = (self.host_label(url, host), method, status_class, kind)
+        counter = self._completed_children.get(names)
+        if counter is None:
+            counter = self._completed_children[names] = self.completed.labels(*names)
+        counter.inc()
         if result.elapsed_ms is not None:
-            self.latency.labels(method, outcome).observe(result.elapsed_ms / 1000.0)
+            latency = self._latency_children.get((method, outcome))
+            if latency is None:
+                latency = self.latency.labels(method, outcome)
+                self._latency_children[(method, outcome)] = latency
+            latency.observe(result.elapsed_ms / 1000.0)
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -300,6 +300,9 @@ def serve(config: GatewayConfig, options: ServeOptions, *, access_log: bool = Fa
             log_level=options.log_level,
             access_log=access_log,
             server_header=False,
+            # Nothing here reads the client's address, so X-Forwarded-For is not taken from
+            # anyone (uvicorn's default trusts it from 127.0.0.1); a middleware layer less too.
+            proxy_headers=False,
             timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
         )
     )

@@ -89,6 +89,8 @@ def _values_at_most(raw: bytes, limit: int) -> bool:
     # it is walked string by string (at most ``limit`` steps of a few C calls). Escaped
     # backslashes, then escaped quotes, are taken out first, so that every '"' left opens or
     # closes a string (a backslash outside a string is not JSON: the parser stops there).
+    if len(raw) < limit:  # every mark counted below is a byte of its own
+        return True
     if sum(raw.count(mark) for mark in b",[{:") + raw.count(b'"') // 2 < limit:
         return True
     text = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(_MARKS)
