@@ -9,7 +9,7 @@ import pytest
 from starlette.requests import Request
 
 from postkey import Settings
-from postkey.gateway import GatewayConfig, authenticate
+from postkey.gateway import GatewayConfig, KeyRing, Tenant, authenticate
 
 from .gateway_fixtures import KEY_A, SLOW, A, B, TestClient, gateway_client
 
@@ -199,3 +199,14 @@ def test_authenticate_takes_a_bearer_key_anywhere_and_the_cookie_on_get_only(
     assert cookie is not None and cookie.name == "acme"
     assert authenticate(request("POST", b"cookie", f"postkey_session={KEY_A}")) is None
     assert authenticate(request("GET", b"cookie", "postkey_session=wrong")) is None
+
+
+def test_a_key_ring_remembers_only_keys_that_matched() -> None:
+    ring = KeyRing.single("pk_right", Tenant("acme"))
+    for _ in range(2):  # the second time from what it remembers
+        tenant = ring.tenant_for("pk_right")
+        assert tenant is not None and tenant.name == "acme"
+    for i in range(1000):
+        assert ring.tenant_for(f"pk_wrong_{i}") is None
+    assert ring.tenant_for("pk_right ") is None and ring.tenant_for("") is None
+    assert len(ring._seen) == 1  # wrong keys are never kept: guessing cannot grow it

@@ -59,16 +59,27 @@ def new_api_key() -> str:
 
 
 class KeyRing:
-    """The API keys the gateway accepts, by hash. Looking a key up costs one SHA-256."""
+    """The API keys the gateway accepts, by hash. Looking a key up costs one SHA-256 the first
+    time it matches."""
 
     def __init__(self, entries: Mapping[str, Tenant]) -> None:
         self._by_hash = dict(entries)
+        # Keys that matched, so that a tenant's every call does not pay a SHA-256: only valid
+        # keys enter, so it holds at most one entry per key in the file (a caller trying random
+        # keys cannot grow it), and the ring never changes while it serves.
+        self._seen: dict[str, Tenant] = {}
 
     def tenant_for(self, api_key: str) -> Tenant | None:
         """The tenant ``api_key`` belongs to, or None."""
+        tenant = self._seen.get(api_key)
+        if tenant is not None:
+            return tenant
         if not api_key or len(api_key) > 512:
             return None
-        return self._by_hash.get(hash_key(api_key))
+        tenant = self._by_hash.get(hash_key(api_key))
+        if tenant is not None and len(self._seen) < len(self._by_hash):
+            self._seen[api_key] = tenant
+        return tenant
 
     @property
     def tenants(self) -> list[Tenant]:
