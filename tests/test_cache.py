@@ -323,3 +323,51 @@ def test_entries_kept_through_a_heap_rebuild_still_expire() -> None:
         pass
     assert cache.count() == 0
     assert not cache._entries
+
+
+# -- partitions: namespaces that cannot evict each other (the gateway's tenants) -----------------
+
+
+def test_a_partitioned_store_keeps_each_namespace_within_its_own_share() -> None:
+    store = MemoryStore(Settings(cache_max_bytes=300_000), clock=FakeClock())
+    store.partition_cache(["a~", "b~"])  # 150,000 bytes each
+    store.cache_set("a~keep", "x" * 1000, None)
+    for i in range(100):
+        store.cache_set(f"b~noise{i}", "y" * 10_000, None)
+    assert store.cache_get("a~keep") == "x" * 1000
+    entries, used, evictions = store.cache_stats()
+    assert 1 < entries < 16 and used <= 300_000 and evictions == 100 - (entries - 1)
+    assert store.cache_get("b~noise99") is not None and store.lookup("b~noise0").state is (
+        State.EXPIRED
+    )
+    store.cache_set("elsewhere", "z", None)  # under no namespace: the store's own cache
+    assert store.cache_exists("elsewhere") and store.cache_count() == entries + 1
+    with pytest.raises(postkey.InvalidValue, match="holds at most 150000"):
+        store.cache_set("a~huge", "h" * 150_000, None)
+    assert not store.cache_exists("a~huge")
+    with pytest.raises(postkey.InvalidValue, match="before anything is stored"):
+        store.partition_cache(["c~"])
+    store.cache_clear()
+    assert store.cache_count() == 0
+
+
+def test_partitions_take_namespaces_with_one_separator() -> None:
+    for bad in ([], ["a~", "b:"], ["a~", ""]):
+        with pytest.raises(postkey.InvalidValue, match="one separator"):
+            MemoryStore(Settings()).partition_cache(bad)
+
+
+def test_results_of_one_namespace_evict_only_results_of_the_same(echo: str) -> None:
+    with Client(cache_max_entries=10) as c:
+        c._store.partition_cache(["a~", "b~"])  # type: ignore[attr-defined]  # 5 entries each
+        mine = c.wait(c.get_async(echo, timeout_ms=5000, key="a~mine"), 5)
+        assert mine.state is State.DONE
+        theirs = [c.get_async(echo, timeout_ms=5000, key=f"b~k{i}") for i in range(20)]
+        assert all(r.state is State.DONE for r in c.wait_many(theirs, 10))
+        assert c.get("a~mine").state is State.DONE
+        assert c.status("b~k0") is State.EXPIRED and c.status("b~k19") is State.DONE
+        assert c.get_async(echo, timeout_ms=5000, key="a~mine") == "a~mine"  # idempotent
+        with pytest.raises(postkey.KeyConflict):
+            c.post_async(echo, "other", None, 5000, key="a~mine")
+        threading.Timer(0.05, c.cache_set, ("a~later", "v")).start()
+        assert c.cache_wait("a~later", 5) == "v"  # woken from its partition

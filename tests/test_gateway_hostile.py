@@ -409,21 +409,26 @@ def test_sigterm_with_long_polls_open_answers_them_and_ends_promptly(
         server.stop()
 
 
-# -- known and not fixed here: what one tenant can still do to another (see the reasons) ---------
+# -- what one tenant must not be able to do to another -------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tenants that share a destination policy share one memory store, whose LRU bounds"
-    " (cache_max_bytes, cache_max_entries) are global: per-tenant quotas need the store's help",
-)
 def test_one_tenant_cannot_evict_another_tenants_values() -> None:
+    # acme, beta and slow share one store (the same destination policy): a third of 4 MiB each.
     settings = Settings(policy=DestinationPolicy.public_only(), cache_max_bytes=4 << 20)
     with gateway_client(GatewayConfig(settings, KeyRing(TENANTS))) as gw:
         assert gw.put("/v1/cache/mine", content=b"a" * 1000, headers=A).status_code == 204
         for i in range(10):
-            gw.put(f"/v1/cache/noise-{i}", content=b"b" * (1 << 20), headers=B)
-        assert gw.get("/v1/cache/mine", headers=A).status_code == 200
+            noise = gw.put(f"/v1/cache/noise-{i}", content=b"b" * (1 << 20), headers=B)
+            assert noise.status_code == 204, noise.text
+        assert gw.get("/v1/cache/mine", headers=A).content == b"a" * 1000
+        # B's own values went instead: its share holds one of them.
+        assert gw.get("/v1/cache/noise-9", headers=B).status_code == 200
+        assert gw.get("/v1/cache/noise-0", headers=B).status_code == 410
+        # A value larger than the tenant's whole share is refused, not stored and lost at once.
+        too_big = gw.put("/v1/cache/huge", content=b"c" * (2 << 20), headers=B)
+        assert too_big.status_code == 422, too_big.text
+        assert "holds at most" in too_big.json()["error"]["message"]
+        assert gw.get("/v1/cache/huge", headers=B).status_code == 404
 
 
 @contextlib.contextmanager

@@ -168,6 +168,11 @@ class MemCache:
             return len(self._remembered)
 
     @property
+    def max_bytes(self) -> int:
+        """The byte bound (``max_bytes``)."""
+        return self._max_bytes
+
+    @property
     def bytes_used(self) -> int:
         """Approximate bytes held by values, as counted against the byte bound."""
         return self._bytes

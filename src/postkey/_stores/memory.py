@@ -13,7 +13,7 @@ from .._job import Job
 from .._result import Result, State
 from .._settings import Settings
 from .._waits import check_wait_timeout, wake_all
-from .memcache import MemCache
+from .memcache import ENTRY_OVERHEAD, MemCache, value_size
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +51,13 @@ class MemoryStore:
     remote = False
 
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.cache = MemCache(
-            max_entries=settings.cache_max_entries,
-            max_bytes=settings.cache_max_bytes,
-            default_ttl_ms=settings.result_ttl_ms,
-            tombstone_ttl_ms=settings.tombstone_ttl_ms,
-            max_tombstone_bytes=settings.max_tombstone_bytes,
-            clock=clock,
-        )
+        self._settings = settings
+        self._clock = clock
+        self.cache = self._new_cache(settings.cache_max_entries, settings.cache_max_bytes)
+        # Namespace ("acme~") -> the cache of the keys under it (see partition_cache); empty
+        # unless partitioned, and then every key outside them is in ``cache``.
+        self._parts: dict[str, MemCache] = {}
+        self._separator = ""
         self._max_ttl_ms = max(settings.result_ttl_ms, settings.max_timeout_ms, 30 * 86_400_000)
         self._max_idempotency_keys = settings.max_idempotency_keys
         self._jobs: dict[str, Job] = {}
@@ -68,6 +67,61 @@ class MemoryStore:
         # Wakes that finish keeps back while the engine holds them (see hold_wakes).
         self._holding = False
         self._held: list[tuple[dict[Callable[[Result], object], None], Result]] = []
+
+    def _new_cache(self, max_entries: int, max_bytes: int) -> MemCache:
+        settings = self._settings
+        return MemCache(
+            max_entries=max_entries,
+            max_bytes=max_bytes,
+            default_ttl_ms=settings.result_ttl_ms,
+            tombstone_ttl_ms=settings.tombstone_ttl_ms,
+            max_tombstone_bytes=settings.max_tombstone_bytes,
+            clock=self._clock,
+        )
+
+    def partition_cache(self, namespaces: list[str]) -> None:
+        """Give each namespace (a prefix ending in one separator character, the same for all:
+        ``"acme~"``) a cache of its own with an equal share of the store's bounds
+        (``cache_max_entries``, ``cache_max_bytes``): what is stored under one namespace, values
+        and results, can then only ever evict entries of the same namespace. Keys under no
+        namespace keep the store's own cache. Called once, before anything is stored.
+
+        Raises:
+            InvalidValue: no namespaces, mixed separators, or the store already holds entries.
+        """
+        separators = {ns[-1:] for ns in namespaces}
+        if not namespaces or len(separators) != 1 or "" in separators:
+            raise InvalidValue("partition_cache takes namespaces that end in one separator")
+        if self._parts or self._jobs or self.cache.count():
+            raise InvalidValue("partition_cache must come before anything is stored")
+        settings = self._settings
+        share = len(set(namespaces))
+        entries = max(settings.cache_max_entries // share, 1)
+        size = max(settings.cache_max_bytes // share, 1)
+        self._separator = separators.pop()
+        self._parts = {ns: self._new_cache(entries, size) for ns in namespaces}
+
+    def _cache_for(self, key: str) -> MemCache:
+        parts = self._parts
+        if parts:
+            namespace, separator, _ = key.partition(self._separator)
+            part = parts.get(namespace + separator)
+            if part is not None:
+                return part
+        return self.cache
+
+    def _caches(self) -> list[MemCache]:
+        return [self.cache, *self._parts.values()]
+
+    def cache_stats(self) -> tuple[int, int, int]:
+        """Live entries, the bytes they are counted for, and evictions so far, over every
+        partition (see `partition_cache`)."""
+        caches = self._caches()
+        return (
+            sum(c.count() for c in caches),
+            sum(c.bytes_used for c in caches),
+            sum(c.evictions for c in caches),
+        )
 
     @property
     def max_ttl_ms(self) -> int:
@@ -107,7 +161,10 @@ class MemoryStore:
         # Refusing is the only safe answer at the bound: forgetting a remembered key early would
         # let its request be sent twice.
         limit = self._max_idempotency_keys
-        if self._caller_jobs + self.cache.remembered_keys() >= limit:
+        remembered = sum(c.remembered_keys() for c in self._caches()) if self._parts else None
+        if remembered is None:
+            remembered = self.cache.remembered_keys()
+        if self._caller_jobs + remembered >= limit:
             raise IdempotencyKeysFull(
                 f"{limit} idempotency keys are remembered already (max_idempotency_keys);"
                 " nothing was sent: retry later, or submit without key="
@@ -117,10 +174,11 @@ class MemoryStore:
         existing = self._jobs.get(key)
         if existing is not None:
             return existing.fingerprint or ""
-        value = self.cache.get(key, MemCache.MISSING)
+        cache = self._cache_for(key)
+        value = cache.get(key, MemCache.MISSING)
         if value is not MemCache.MISSING:
             return value.fingerprint or "" if isinstance(value, Result) else "\0cache value"
-        return self.cache.tombstone(key)
+        return cache.tombstone(key)
 
     def job(self, key: str) -> Job | None:
         """The pending or running job under ``key``."""
@@ -136,12 +194,13 @@ class MemoryStore:
         if self._jobs.get(job.key) is not job:
             return  # finished already: the first terminal result wins
         result.fingerprint = job.fingerprint
+        cache = self._cache_for(job.key)
         try:
             try:
-                self.cache.set(job.key, result, job.ttl_ms, result.cache_size(), job.fingerprint)
+                cache.set(job.key, result, job.ttl_ms, result.cache_size(), job.fingerprint)
             except Exception:  # a bug (or a TTL past what the clock can add): keep the result
                 log.exception("storing the result of %s failed; kept with the default TTL", job.key)
-                self.cache.set(job.key, result, None, result.cache_size(), job.fingerprint)
+                cache.set(job.key, result, None, result.cache_size(), job.fingerprint)
         finally:
             # After the cache has the result: readers look in _jobs first, so the key is never
             # seen as unknown in between. (acquire / release: cheaper than `with` here.)
@@ -193,11 +252,12 @@ class MemoryStore:
         The engine calls it about once a second. Returns how many were reclaimed.
         """
         done = 0
-        while done < limit:
-            step = self.cache.reap(min(_TICK_STEP, limit - done))
-            done += step
-            if step < _TICK_STEP:
-                break
+        for cache in self._caches():
+            while done < limit:
+                step = cache.reap(min(_TICK_STEP, limit - done))
+                done += step
+                if step < _TICK_STEP:
+                    break
         return done
 
     def lookup(self, key: str) -> Result:
@@ -205,10 +265,11 @@ class MemoryStore:
         job = self._jobs.get(key)
         if job is not None:
             return Result(key, job.state, submitted_at=job.submitted_at)
-        value = self.cache.get(key, MemCache.MISSING)
+        cache = self._cache_for(key)
+        value = cache.get(key, MemCache.MISSING)
         if isinstance(value, Result):
             return value
-        if value is MemCache.MISSING and self.cache.tombstone(key) is not None:
+        if value is MemCache.MISSING and cache.tombstone(key) is not None:
             return Result(key, State.EXPIRED, error=EXPIRED_HINT)
         return Result(key, State.UNKNOWN, error=UNKNOWN_HINT)
 
@@ -253,7 +314,7 @@ class MemoryStore:
                 return woken  # what finish handed over (another reader may have taken it since)
         # A settled key costs this lookup and nothing more (the common case of reading results
         # in order: most have landed by the time they are asked for).
-        result = self.cache.get(key)
+        result = self._cache_for(key).get(key)
         return result if isinstance(result, Result) else self.lookup(key)
 
     def wait_many(self, keys: list[str], timeout: object) -> list[Result]:
@@ -270,8 +331,11 @@ class MemoryStore:
         woken: dict[str, Result] = {}
         if any(k in jobs for k in keys):
             self._sleep_until_ended(keys, seconds, woken)
-        get = self.cache.get
-        results = [woken[k] if k in woken else get(k) for k in keys]
+        if self._parts:
+            results = [woken[k] if k in woken else self._cache_for(k).get(k) for k in keys]
+        else:
+            get = self.cache.get
+            results = [woken[k] if k in woken else get(k) for k in keys]
         return [
             r if isinstance(r, Result) else self.lookup(k)
             for k, r in zip(keys, results, strict=True)
@@ -365,39 +429,47 @@ class MemoryStore:
             raise InvalidValue(
                 f"ttl_ms must be an int between 1 and {self._max_ttl_ms}, got {ttl_ms!r}"
             )
+        cache = self._cache_for(key)
+        size = value_size(value) + len(key) + ENTRY_OVERHEAD
+        if size > cache.max_bytes:
+            # Stored, it would only evict everything else and then itself.
+            raise InvalidValue(
+                f"the value takes about {size} bytes; the cache it would go to holds at most"
+                f" {cache.max_bytes} (cache_max_bytes, shared among namespaces if partitioned)"
+            )
         with self._lock:
-            cache = self.cache
             if key in self._jobs or isinstance(cache.get(key), Result) or cache.tombstone(key):
                 raise KeyConflict(f"key {key!r} names a request; cache_set cannot overwrite it")
-            cache.set(key, value, ttl_ms)
+            cache.set(key, value, ttl_ms, size - len(key) - ENTRY_OVERHEAD)
 
     def cache_get(self, key: str, default: Any = None) -> Any:
         """The value under ``key`` (a Result for request keys), or ``default``."""
-        return self.cache.get(key, default)
+        return self._cache_for(key).get(key, default)
 
     def cache_exists(self, key: str) -> bool:
         """True if ``key`` holds a live value or result."""
-        return self.cache.exists(key)
+        return self._cache_for(key).exists(key)
 
     def cache_delete(self, key: str) -> bool:
         """Remove ``key``'s value or result; True if there was one."""
-        return self.cache.delete(key)
+        return self._cache_for(key).delete(key)
 
     def cache_count(self) -> int:
         """Live entries (values and results)."""
-        return self.cache.count()
+        return sum(c.count() for c in self._caches())
 
     def cache_clear(self) -> None:
         """Remove every value and result (pending requests are not affected)."""
-        self.cache.clear()
+        for cache in self._caches():
+            cache.clear()
 
     def cache_watch(self, key: str, wake: Callable[[object], None]) -> Any:
         """The value, or `MISSING` after registering ``wake`` (see `Store.cache_watch`)."""
-        return self.cache.add_waiter(key, wake)
+        return self._cache_for(key).add_waiter(key, wake)
 
     def cache_unwatch(self, key: str, wake: Callable[[object], None]) -> None:
         """Forget ``wake`` (see `Store.cache_unwatch`)."""
-        self.cache.remove_waiter(key, wake)
+        self._cache_for(key).remove_waiter(key, wake)
 
     def cache_wait(self, key: str, timeout: object, default: Any = None) -> Any:
         """Block until ``key`` holds a value or ``timeout`` seconds pass.
@@ -405,11 +477,12 @@ class MemoryStore:
         Raises:
             InvalidValue: a bad ``timeout``.
         """
-        return self.cache.wait(key, timeout, default)
+        return self._cache_for(key).wait(key, timeout, default)
 
     def release_waiters(self) -> None:
         """Wake every cache waiter with its default (interpreter exit)."""
-        self.cache.release_waiters()
+        for cache in self._caches():
+            cache.release_waiters()
 
     def flush(self, timeout: float) -> bool:
         """Nothing is written in the background here."""

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from .._async_client import AsyncClient
 from .._policy import DestinationPolicy
 from .._result import Result
+from .._stores.memory import MemoryStore
 from ._activity import Activity, host_of
 from ._config import GatewayConfig
 from ._limits import RateLimiter
@@ -56,6 +57,12 @@ class Gateway:
                     self.config.settings.replace(policy=policy)
                 )
             self._by_tenant[tenant.name] = client
+        for client in self._by_policy.values():
+            # Tenants that share a memory store get equal shares of its cache: one cannot evict
+            # another's values or results. (On Redis, bounding memory is Redis's maxmemory.)
+            namespaces = [t.namespace for t in self.config.tenants if self.client(t) is client]
+            if isinstance(client._store, MemoryStore) and len(namespaces) > 1:
+                client._store.partition_cache(namespaces)
 
     def begin_shutdown(self) -> None:
         """The server stops: long-polls stop waiting and answer what is known now, so that they
@@ -128,11 +135,12 @@ class Gateway:
             engine = client._engine
             queued += engine.queued
             in_flight += engine.in_flight
-            cache = getattr(client._store, "cache", None)
-            if cache is not None:
-                entries = (entries or 0) + cache.count()
-                size = (size or 0) + cache.bytes_used
-                evictions = (evictions or 0) + cache.evictions
+            store = client._store
+            if isinstance(store, MemoryStore):
+                count, used, evicted = store.cache_stats()
+                entries = (entries or 0) + count
+                size = (size or 0) + used
+                evictions = (evictions or 0) + evicted
         return queued, in_flight, entries, size, evictions
 
 
