@@ -346,6 +346,122 @@ def test_a_slow_pipelined_head_is_refused_after_the_earlier_answer(
         assert b"the request head did not arrive within 1 s" in answer, answer
 
 
+#: For what our uvicorn protocol (GuardedHttpTools) does; granian reads heads and bodies itself,
+#: and closes a connection half-closed right behind its request unanswered (docs/GATEWAY.md).
+ON_UVICORN = pytest.mark.parametrize("served", ["uvicorn"], indirect=True)
+
+
+def _pending_key(served: ServeProcess, echo: str) -> str:
+    request = json.dumps({"url": echo + "/delay/20000"}).encode()
+    with connect(served) as sock:
+        sock.sendall(
+            head_with_key(
+                "POST /v1/requests HTTP/1.1",
+                "Content-Type: application/json",
+                f"Content-Length: {len(request)}",
+                "Connection: close",
+            )
+            + request
+        )
+        answer = read_all(sock)
+    key: str = json.loads(answer.split(b"\r\n\r\n", 1)[1])["key"]
+    return key
+
+
+@ON_UVICORN
+def test_a_request_followed_at_once_by_a_half_close_is_answered(served: ServeProcess) -> None:
+    # As `nc -N`, HTTP/1.0-style clients and scripts do: the request, then shutdown(SHUT_WR)
+    # right behind it. The answer must still come (it once was written after the close).
+    for _ in range(20):
+        with connect(served) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.shutdown(socket.SHUT_WR)
+            assert read_all(sock).startswith(b"HTTP/1.1 200")
+
+
+@ON_UVICORN
+def test_a_malformed_request_pipelined_behind_a_long_poll_gets_400_after_it(
+    served: ServeProcess, echo: str
+) -> None:
+    key = _pending_key(served, echo)
+    with connect(served) as sock:
+        sock.sendall(
+            head_with_key(f"GET /v1/requests/{key}?wait=1.5 HTTP/1.1") + b"NOT HTTP\r\n\r\n"
+        )
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 202"), answer  # the long-poll first
+    assert answer.count(b"HTTP/1.1 ") == 2 and b"HTTP/1.1 400" in answer, answer
+
+
+@ON_UVICORN
+def test_a_complete_pipelined_request_is_answered_before_a_later_slow_head_is_refused(
+    served: ServeProcess, echo: str
+) -> None:
+    key = _pending_key(served, echo)
+    with connect(served) as sock:
+        sock.sendall(
+            head_with_key(f"GET /v1/requests/{key}?wait=1.5 HTTP/1.1")
+            + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+            + b"GET /healthz HTTP/1.1\r\nHost: x\r\n"  # never finished
+        )
+        answer = read_all(sock)
+    statuses = re.findall(rb"HTTP/1.1 (\d+)", answer)
+    assert statuses == [b"202", b"200", b"408"], answer
+
+
+@ON_UVICORN
+def test_a_malformed_chunk_in_a_body_is_answered_400_and_the_connection_ends(
+    served: ServeProcess,
+) -> None:
+    started = time.monotonic()
+    with connect(served) as sock:
+        sock.sendall(
+            head_with_key(
+                "POST /v1/requests HTTP/1.1",
+                "Content-Type: application/json",
+                "Transfer-Encoding: chunked",
+            )
+            + b"zz\r\n{}\r\n0\r\n\r\n"
+        )
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert time.monotonic() - started < 4  # not held until a deadline or the shutdown
+    assert healthy(served)
+
+
+def test_blank_lines_after_a_request_do_not_keep_an_idle_connection_open(
+    served: ServeProcess,
+) -> None:
+    started = time.monotonic()
+    with connect(served) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = b""
+        while not first.endswith(b"}"):
+            first += sock.recv(65536)
+        sock.sendall(b"\r\n")  # ends the idle wait of keep-alive, starts no request
+        read_all(sock)
+    assert time.monotonic() - started < 8  # the 10 s socket timeout would mean never
+
+
+def test_a_second_head_over_64_kib_on_a_kept_alive_connection_is_refused(
+    served: ServeProcess,
+) -> None:
+    with connect(served) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = b""
+        while not first.endswith(b"}"):
+            first += sock.recv(65536)
+        filler = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"y" * 100) for i in range(700))
+        try:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + filler[:60_000])
+            time.sleep(0.2)
+            sock.sendall(filler[60_000:])
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 431") or answer == b"", answer[:100]
+
+
 # -- OneSendPerTurn: how the uvicorn protocol's writes reach the socket ---------------------------
 
 

@@ -166,6 +166,9 @@ def test_json_functions() -> None:
         and not JSONValid("{")
         and not JSONValid("")
         and not JSONValid("ERROR: x")
+        and not JSONValid("\ufeff{}")
+        and not JSONValid(None)  # type: ignore[arg-type]  # a script's unset variable
+        and not JSONValid(5)  # type: ignore[arg-type]
     )
     with pytest.raises(postkey.InvalidValue):
         JSONSetString("[1]", "a", "b")

@@ -23,10 +23,15 @@ def load_json(text: str | bytes) -> Any:
     Raises:
         ValueError: not JSON.
     """
+    # What json.loads does before it decodes, with its errors.
     if not isinstance(text, str):
-        text = text.decode(jsonlib.detect_encoding(text), "surrogatepass")  # as json.loads does
-    if text.startswith("\ufeff"):
-        raise ValueError("Unexpected UTF-8 BOM (decode using utf-8-sig)")  # as json.loads says
+        if not isinstance(text, bytes | bytearray):
+            raise TypeError(
+                f"the JSON object must be str, bytes or bytearray, not {type(text).__name__}"
+            )
+        text = text.decode(jsonlib.detect_encoding(text), "surrogatepass")
+    elif text.startswith("\ufeff"):
+        raise jsonlib.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
     return _DECODER.decode(text)
 
 

@@ -139,13 +139,15 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._head_bytes = 0
         self._reading_body = False
         self._body_deadline: asyncio.TimerHandle | None = None
-        # A refusal of a new request's head kept until the answer before it is complete.
+        # A refusal of a new request's head kept until the answers before it are complete.
         self._refusal_after: bytes | None = None
+        self._begun_here = 0  # requests begun in the current data_received call
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         # Every write goes through OneSendPerTurn, the protocol's own (refusals) as well as the
         # requests' answers, so that they stay in order.
-        one_send: Any = OneSendPerTurn(transport, self.loop)
+        self._one_send = OneSendPerTurn(transport, self.loop)
+        one_send: Any = self._one_send
         super().connection_made(one_send)
         self._arm()
 
@@ -170,12 +172,15 @@ class GuardedHttpTools(HttpToolsProtocol):
         """Answer ``status`` and close; only close if that answer could be mistaken for another
         one: a second answer to a request, or one sent while an earlier request's answer (a
         pipelined long-poll, say) is still to come."""
+        in_body = self._reading_body  # a parse error inside the body of the request being read
         self._disarm()
         self._disarm_body()
+        self._head_pending = False  # refused: no head deadline any more
         if self.transport.is_closing():
             return
         cycle = self.cycle
         refusal = _refusal(status, reason, code, message)
+        body = body or in_body
         if not body and cycle is not None and not cycle.response_complete:
             # A new request's head, while the answer to the one before it is still to come (a
             # pipelined long-poll): that answer goes first, then this refusal.
@@ -209,29 +214,54 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         reading_head = self._head_pending
+        # Idle between requests: these bytes start the next head (after any blank lines).
+        idle = not reading_head and (self.cycle is None or self.cycle.response_complete)
+        self._begun_here = 0
         super().data_received(data)
         if not self._head_pending:
+            if idle and not self._begun_here and not self._refused():
+                # Blank lines and nothing else: uvicorn stopped its keep-alive timer on seeing
+                # bytes, so the head deadline bounds the wait for the rest instead.
+                self._head_pending = True
+                self._head_bytes = len(data)
+                self._arm()
+                return
             self._arm_body()  # if the head came and the body is still on its way
             return
         # The head is still incomplete: its deadline runs from now if it began in this call (a
         # head that comes whole, the common case, never costs a timer).
         self._arm()
-        if reading_head:
+        # Its bytes so far: all of these if it began before this call, or began at its start
+        # (a kept-alive connection's next request). One that began behind a complete request
+        # in the same read is counted from the next read on: that read holds both.
+        if reading_head or (idle and self._begun_here == 1):
             self._head_bytes += len(data)
             if self._head_bytes > self.max_header_bytes:
                 message = f"the request head is over {self.max_header_bytes} bytes"
                 self._refuse(431, "Request Header Fields Too Large", "headers_too_large", message)
 
+    def _refused(self) -> bool:
+        return self._refusal_after is not None or self.transport.is_closing()
+
+    def eof_received(self) -> None:
+        # The client will send no more (a half-close right behind its request, as `nc -N` and
+        # scripts do); asyncio closes the transport as this returns. An answer written in this
+        # loop turn is still held by OneSendPerTurn: it goes out first.
+        self._one_send.flush()
+        super().eof_received()
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._begun_here += 1
+        if not self._head_pending:  # after blank lines, their bytes count already
+            self._head_bytes = 0
         self._head_pending = True
-        self._head_bytes = 0
 
     def on_headers_complete(self) -> None:
         self._head_pending = False
         self._disarm()
+        self._reading_body = True  # until on_message_complete, in this call or a later one
         if self.body_timeout_s:
-            self._reading_body = True  # until on_message_complete, in this call or a later one
             extension: dict[object, object] = {"seconds": self.body_timeout_s}
             self.scope.setdefault("extensions", {})[SERVER_BODY_DEADLINE] = extension
         super().on_headers_complete()
@@ -241,12 +271,16 @@ class GuardedHttpTools(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
-        refusal, self._refusal_after = self._refusal_after, None
-        if refusal is not None and not self.transport.is_closing():
-            self.transport.write(refusal)
-            self.transport.close()
+        refusal = self._refusal_after
+        if refusal is not None and not self.pipeline:  # every earlier request is answered
+            self._refusal_after = None
+            if not self.transport.is_closing():
+                self.transport.write(refusal)
+                self.transport.close()
             return
         super().on_response_complete()  # starts the next pipelined request, if any
+        if refusal is not None:
+            self.flow.pause_reading()  # uvicorn resumed it: nothing after the refused head
         self._arm_body()
 
     def connection_lost(self, exc: Exception | None) -> None:
