@@ -682,3 +682,26 @@ def test_a_submit_retried_after_its_first_try_landed_is_queued_once(single_redis
         assert store.enqueue(job, False, AT_MOST_ONCE)  # the retry: no KeyConflict
         assert client.status(job.key) is State.PENDING
         client.cancel(job.key)
+
+
+def test_results_heard_before_the_wait_are_not_read_from_redis_again(
+    redis_url: str, echo: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    p = prefix()
+    spawn(p)
+    with queued(redis_url, p) as client, Client(store=redis_url, store_prefix=p) as observer:
+        keys = [client.post_async(echo + "/post", json={"n": i}) for i in range(20)]
+        client.flush()
+        assert all(r.state is State.DONE for r in observer.wait_many(keys, 20))
+        time.sleep(0.3)  # the announcements on the submitter's reply channels arrive meanwhile
+        spy = spy_client(redis_url)
+        try:
+            spy.execute_command("CLIENT", "PAUSE", 3000, "ALL")  # any read would stall 3 s
+            started = time.monotonic()
+            results = client.wait_many(keys, 10)
+            took = time.monotonic() - started
+            spy.execute_command("CLIENT", "UNPAUSE")
+        finally:
+            spy.close()
+        assert [r.json()["json"]["n"] for r in results] == list(range(20))
+        assert took < 1.5, f"{took:.2f} s: the wait read Redis for results it had heard"

@@ -356,3 +356,34 @@ def test_a_wait_on_an_own_key_another_process_cancelled_gets_the_stored_result(
         assert time.monotonic() - started < 2
     assert result.state is State.FAILED and result.error_kind == "cancelled"
     assert "another process" in (result.error or "")
+
+
+def test_results_heard_with_nobody_waiting_are_kept_within_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from postkey._result import Result
+    from postkey._stores import codec, redis_replies
+    from postkey._stores.names import Names
+
+    monkeypatch.setattr(redis_replies, "_LANDED_BYTES", 10_000)
+    replies = redis_replies.Replies(
+        None,  # type: ignore[arg-type]  # no hub: announcements are fed by hand below
+        Names("p"),
+        "owner",
+        read_many=lambda keys: [Result(k, State.PENDING) for k in keys],
+        lookup=lambda key: Result(key, State.UNKNOWN),
+    )
+
+    def announce(key: str, body: bytes) -> None:
+        replies._mine[key] = True  # as remember() marks a key queued while listening
+        done = Result(key, State.DONE, status=200, body=body, url="http://h/")
+        replies._heard("reply", key.encode() + b"\n" + codec.encode_result(done))
+
+    for i in range(50):
+        announce(f"k{i}", b"x" * 1000)  # ~50 KB heard, 10 KB kept: the newest
+    assert replies._landed_bytes <= 10_000
+    known, silent = replies.claim([f"k{i}" for i in range(50)])
+    assert "k49" in known and known["k49"].body == b"x" * 1000 and "k0" not in known
+    assert not silent  # every one was heard: none can be waited for without a read
+    assert replies.claim(["k49"]) == ({}, set())  # handed out once
+    assert replies._landed == {} and replies._landed_bytes == 0

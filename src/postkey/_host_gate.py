@@ -93,8 +93,9 @@ class HostGate:
 
     def _paused_for(self, host: str) -> float:
         now = time.monotonic()
-        with self._lock:
-            until, checked = self._paused_until.get(host, (0.0, -1.0))
+        # Read without the lock (every admit passes here): a dict read is atomic, and a value
+        # is only ever replaced whole.
+        until, checked = self._paused_until.get(host, (0.0, -1.0))
         if until > now:
             return until - now
         if now - checked < _PAUSE_RECHECK_S:

@@ -597,16 +597,21 @@ class RedisStore:
             StoreUnavailable: Redis did not answer.
         """
         seconds = check_wait_timeout(timeout)
-        found = self._read_many(keys)
-        waiting = {k for k, r in zip(keys, found, strict=True) if r.state in _NOT_ENDED}
+        # Keys this process queued need no read if their results were heard already, or if
+        # they cannot have ended unheard (see Replies.claim).
+        known, silent = self._replies.claim(keys)
+        unknown = [k for k in keys if k not in known and k not in silent]
+        found = dict(zip(unknown, self._read_many(unknown), strict=True))
+        known.update(found)
+        waiting = {k for k in keys if k in silent or known[k].state in _NOT_ENDED}
         if not waiting:
-            return found
+            return [known[k] for k in keys]
         # The hub hands each key's terminal Result to its waiter: only keys it did not settle
         # (the wait timed out) are read again.
         settled = self._sleep_until_settled(waiting, seconds)
         again = [k for k in waiting if k not in settled]
         settled.update(zip(again, self._read_many(again), strict=True))
-        return [settled.get(k, r) for k, r in zip(keys, found, strict=True)]
+        return [settled[k] if k in settled else known[k] for k in keys]
 
     def _read_many(self, keys: list[str]) -> list[Result]:
         """What is known of each key now, read in batches (one MGET per 512 keys)."""

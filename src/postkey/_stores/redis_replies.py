@@ -4,6 +4,11 @@ Every terminal write of a queued key also announces ``<key>`` + newline + the re
 ``r``: read it) on its submitter's reply channel in the key's shard (`names.Names.reply`), so a
 submitter subscribes to 16 channels once instead of one channel per key it waits for.
 
+A result announced while nobody here waits for it yet (a submitter still queueing, say) is kept,
+bounded in count, bytes and age, so that the wait that follows takes it without a read; a key
+queued while its channel was confirmed and not heard of since has not ended, and needs no read
+either.
+
 A result announced before this process listened is not heard: a key queued while its shard's
 channel was not yet confirmed (or during a reconnect) is marked, and a wait on it reads it once
 after registering; a confirmation (first, or after a reconnect) reads every waiting key of the
@@ -14,6 +19,7 @@ no worker ever took (the read ends it once it is far past its deadline).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 from .._result import Result, State
@@ -27,6 +33,10 @@ Wake = Callable[[Result], None]
 
 _NOT_ENDED = (State.PENDING, State.RUNNING)
 _MAX_MINE = 100_000  # queued keys not heard of yet; past this the oldest wait through the hub
+#: Results heard before anyone waited for them, kept for the wait that follows: at most this many
+#: bytes (the oldest go first) and this long (a result's TTL may pass; then it is read again).
+_LANDED_BYTES = 16 * 1024 * 1024
+_LANDED_S = 10.0
 _RECHECK_MAX = 1_000  # waiting keys read per last-resort recheck
 
 
@@ -52,6 +62,9 @@ class Replies:
         self._mine: dict[str, bool] = {}
         self._waiters: dict[str, list[Wake]] = {}
         self._confirmed: set[int] = set()
+        # Heard with nobody waiting: key -> (when, the announced record), oldest first.
+        self._landed: dict[str, tuple[float, bytes]] = {}
+        self._landed_bytes = 0
         self._listening = False
         self._recheck_at = 0
 
@@ -79,14 +92,50 @@ class Replies:
             self._mine.pop(key, None)
             return self._waiters.pop(key, [])
 
+    def claim(self, keys: list[str]) -> tuple[dict[str, Result], set[str]]:
+        """Of ``keys``: the results heard here already (taken: each is handed out once), and
+        those that cannot have ended unheard (queued here while listening, not heard of since).
+        Neither needs a read."""
+        landed: dict[str, bytes] = {}
+        silent: set[str] = set()
+        with self._lock:
+            if self._landed:
+                too_old = time.monotonic() - _LANDED_S
+                for key in keys:
+                    kept = self._landed.pop(key, None)
+                    if kept is not None:
+                        self._landed_bytes -= len(kept[1])
+                        if kept[0] > too_old:
+                            landed[key] = kept[1]
+            mine = self._mine
+            silent = {k for k in keys if mine.get(k) is True and k not in landed}
+        results: dict[str, Result] = {}
+        for key, record in landed.items():
+            try:
+                results[key] = codec.decode_result(key, record)
+            except codec.RecordError:
+                pass  # read it as any other
+        return results, silent
+
     def watch(self, key: str, wake: Wake) -> tuple[Callable[[], None], bool] | None:
         """Register ``wake`` if ``key`` is one of ours (else None): the undo, and True if the
-        caller must read the key once more (see the module docstring)."""
+        caller must read the key once more (see the module docstring). A result heard already
+        wakes it at once."""
         with self._lock:
-            heard_from_start = self._mine.get(key)
-            if heard_from_start is None:
-                return None
-            self._waiters.setdefault(key, []).append(wake)
+            kept = self._landed.pop(key, None)
+            if kept is not None:
+                self._landed_bytes -= len(kept[1])
+            else:
+                heard_from_start = self._mine.get(key)
+                if heard_from_start is None:
+                    return None
+                self._waiters.setdefault(key, []).append(wake)
+        if kept is not None:
+            try:
+                wake(codec.decode_result(key, kept[1]))
+            except codec.RecordError:
+                wake(self._lookup(key))
+            return (lambda: None), False
         return (lambda: self._unwatch(key, wake)), not heard_from_start
 
     def _unwatch(self, key: str, wake: Wake) -> None:
@@ -123,10 +172,12 @@ class Replies:
         raw_key, _, note = data.partition(b"\n")
         key = raw_key.decode(errors="replace")
         with self._lock:
-            self._mine.pop(key, None)
+            ours = self._mine.pop(key, None) is not None
             waiters = self._waiters.pop(key, None)
-        if not waiters:
-            return
+            if not waiters:
+                if ours and note.startswith(codec.RECORD_MAGIC):
+                    self._keep_landed(key, note)
+                return
         result = None
         if note.startswith(codec.RECORD_MAGIC):
             try:
@@ -134,6 +185,21 @@ class Replies:
             except codec.RecordError:
                 result = None
         wake_all(waiters, result or self._lookup(key), f"key {key!r}")
+
+    def _keep_landed(self, key: str, note: bytes) -> None:
+        # Under the lock. The oldest go first, past the bounds or their time (a process that
+        # never waits keeps only the last few seconds' results); those are read instead.
+        landed = self._landed
+        now = time.monotonic()
+        landed[key] = (now, note)
+        self._landed_bytes += len(note)
+        too_old = now - _LANDED_S
+        while landed:
+            oldest, (when, record) = next(iter(landed.items()))
+            if when > too_old and self._landed_bytes <= _LANDED_BYTES and len(landed) <= _MAX_MINE:
+                break
+            del landed[oldest]
+            self._landed_bytes -= len(record)
 
     def _confirmed_channel(self, channel: str) -> None:
         # From now on every end in the shard reaches us; those announced before are read.
