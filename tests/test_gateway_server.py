@@ -462,6 +462,35 @@ def test_a_second_head_over_64_kib_on_a_kept_alive_connection_is_refused(
     assert answer.startswith(b"HTTP/1.1 431") or answer == b"", answer[:100]
 
 
+@ON_UVICORN
+def test_an_idle_kept_alive_connection_is_closed_and_a_busy_one_is_not(
+    served: ServeProcess,
+) -> None:
+    # uvicorn's keep-alive timeout (5 s) from the last answer: the idle connection goes, the
+    # one that asks every second stays however long it lasts.
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    def answer(sock: socket.socket) -> bytes:
+        sock.sendall(request)
+        data = b""
+        while not data.endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    with connect(served) as idle, connect(served) as busy:
+        assert answer(idle).startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        for _ in range(8):
+            assert answer(busy).startswith(b"HTTP/1.1 200")
+            time.sleep(1)
+        idle.settimeout(0.5)
+        assert idle.recv(1) == b"", "the idle connection is still open"
+        assert time.monotonic() - started > 5
+
+
 # -- OneSendPerTurn: how the uvicorn protocol's writes reach the socket ---------------------------
 
 

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 
 from .._async_client import AsyncClient
+from .._callbacks import Inline
 from .._policy import DestinationPolicy
 from .._result import Result
 from .._stores.memory import MemoryStore
@@ -115,8 +116,8 @@ class Gateway:
         self.waiters -= 1
 
     def on_done(self, tenant: Tenant, method: str, url: str) -> Callable[[Result], None]:
-        """The callback that records a request's result in the activity and the metrics (on
-        the client's callback thread)."""
+        """The callback that records a request's result in the activity and the metrics (where
+        the result lands: a few microseconds under their own locks, see `Inline`)."""
         activity, metrics, name = self.activity, self.metrics, tenant.name
         skip = len(tenant.namespace)
 
@@ -125,7 +126,7 @@ class Gateway:
             activity.finished(name, result.key[skip:], url, result, host)
             metrics.on_result(method, url, result, host)
 
-        return done
+        return Inline(done)
 
     def _engine_stats(self) -> tuple[int, int, int | None, int | None, int | None]:
         queued = in_flight = 0

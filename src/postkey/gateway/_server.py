@@ -142,6 +142,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         # A refusal of a new request's head kept until the answers before it are complete.
         self._refusal_after: bytes | None = None
         self._begun_here = 0  # requests begun in the current data_received call
+        self._idle_since: float | None = None  # since the last answer, if nothing came since
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         # Every write goes through OneSendPerTurn, the protocol's own (refusals) as well as the
@@ -278,14 +279,46 @@ class GuardedHttpTools(HttpToolsProtocol):
                 self.transport.write(refusal)
                 self.transport.close()
             return
-        super().on_response_complete()  # starts the next pipelined request, if any
+        # uvicorn's own, but for its keep-alive timer: one per connection, looked at when it
+        # fires, instead of one made and cancelled per request.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)  # the next pipelined request
+        else:
+            self._idle_since = self.loop.time()
+            if self.timeout_keep_alive_task is None:
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self._keep_alive_due
+                )
         if refusal is not None:
-            self.flow.pause_reading()  # uvicorn resumed it: nothing after the refused head
+            self.flow.pause_reading()  # resumed above: nothing is read after the refused head
         self._arm_body()
+
+    def _unset_keepalive_if_required(self) -> None:
+        # uvicorn calls this on every read: the connection is busy again. The timer stays.
+        self._idle_since = None
+
+    def _keep_alive_due(self) -> None:
+        self.timeout_keep_alive_task = None
+        since = self._idle_since
+        if since is None:
+            return  # busy: armed again when the answer in progress is complete
+        left = since + self.timeout_keep_alive - self.loop.time()
+        if left > 0:
+            self.timeout_keep_alive_task = self.loop.call_later(left, self._keep_alive_due)
+        else:
+            self.timeout_keep_alive_handler()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self._disarm_body()
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
         super().connection_lost(exc)
 
     def send_400_response(self, msg: str) -> None:
