@@ -44,6 +44,8 @@ class _Gateway(Starlette):
     already answers every exception the handlers do not take (without a traceback in the log),
     so that layer only cost every call a wrapper around each message sent."""
 
+    gateway: Gateway
+
     def build_middleware_stack(self) -> ASGIApp:
         stack = super().build_middleware_stack()
         if isinstance(stack, ServerErrorMiddleware) and isinstance(stack.app, ContainBugs):
@@ -89,4 +91,5 @@ def create_app(config: GatewayConfig) -> Starlette:
         lifespan=lifespan,
     )
     app.state.gateway = gateway
+    app.gateway = gateway  # what gateway_of reads
     return app

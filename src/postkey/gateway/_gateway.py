@@ -147,5 +147,7 @@ class Gateway:
 
 def gateway_of(request: Request) -> Gateway:
     """The Gateway serving ``request``."""
-    gateway: Gateway = request.app.state.gateway
+    # The app's own attribute (set by create_app), not app.state's: State looks names up
+    # through __getattr__, and every call asks.
+    gateway: Gateway = request.scope["app"].gateway
     return gateway
