@@ -371,3 +371,17 @@ def test_results_of_one_namespace_evict_only_results_of_the_same(echo: str) -> N
             c.post_async(echo, "other", None, 5000, key="a~mine")
         threading.Timer(0.05, c.cache_set, ("a~later", "v")).start()
         assert c.cache_wait("a~later", 5) == "v"  # woken from its partition
+
+
+def test_ticks_reclaim_every_partition_even_behind_a_large_backlog() -> None:
+    clock = FakeClock()
+    store = MemoryStore(Settings(tombstone_ttl_ms=1000), clock=clock)
+    store.partition_cache(["a~", "b~"])
+    for i in range(10_000):
+        store.cache_set(f"a~k{i}", "x", ttl_ms=100)
+    store.cache_set("b~only", "y", ttl_ms=100)
+    clock.now += 1.0
+    store.tick(limit=2048)
+    store.tick(limit=2048)  # a's backlog is far from done, and b has had its turn
+    assert store._parts["b~"].expirations == 1
+    assert store._parts["a~"].expirations < 10_000

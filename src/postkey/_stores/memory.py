@@ -58,6 +58,7 @@ class MemoryStore:
         # unless partitioned, and then every key outside them is in ``cache``.
         self._parts: dict[str, MemCache] = {}
         self._separator = ""
+        self._tick_from = 0
         self._max_ttl_ms = max(settings.result_ttl_ms, settings.max_timeout_ms, 30 * 86_400_000)
         self._max_idempotency_keys = settings.max_idempotency_keys
         self._jobs: dict[str, Job] = {}
@@ -252,7 +253,11 @@ class MemoryStore:
         The engine calls it about once a second. Returns how many were reclaimed.
         """
         done = 0
-        for cache in self._caches():
+        caches = self._caches()
+        if len(caches) > 1:  # partitioned: each tick starts at the next one, so none starves
+            self._tick_from = (self._tick_from + 1) % len(caches)
+            caches = caches[self._tick_from :] + caches[: self._tick_from]
+        for cache in caches:
             while done < limit:
                 step = cache.reap(min(_TICK_STEP, limit - done))
                 done += step
