@@ -385,3 +385,27 @@ def test_ticks_reclaim_every_partition_even_behind_a_large_backlog() -> None:
     store.tick(limit=2048)  # a's backlog is far from done, and b has had its turn
     assert store._parts["b~"].expirations == 1
     assert store._parts["a~"].expirations < 10_000
+
+
+def test_partitions_share_the_tombstone_bound_and_the_idempotency_key_bound(echo: str) -> None:
+    clock = FakeClock()
+    store = MemoryStore(
+        Settings(max_tombstone_bytes=1 << 20, tombstone_ttl_ms=3_600_000), clock=clock
+    )
+    store.partition_cache(["a~", "b~", "c~", "d~"])
+    for ns in "abcd":
+        for i in range(20_000):
+            store.cache_set(f"{ns}~k{i}", "x", ttl_ms=1)
+    clock.now += 1.0
+    while store.tick():
+        pass
+    assert sum(c.tombstone_bytes for c in store._caches()) <= 1 << 20  # not 1 MiB each
+
+    with Client(max_idempotency_keys=8) as c:
+        c._store.partition_cache(["a~", "b~"])  # type: ignore[attr-defined]  # 4 keys each
+        for i in range(4):
+            c.wait(c.get_async(echo, timeout_ms=5000, key=f"b~k{i}"), 5)
+        with pytest.raises(postkey.IdempotencyKeysFull):
+            c.get_async(echo, timeout_ms=5000, key="b~one-more")
+        # b's keys fill b's share only: a still has its own.
+        assert c.wait(c.get_async(echo, timeout_ms=5000, key="a~mine"), 5).state is State.DONE

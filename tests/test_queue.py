@@ -705,3 +705,20 @@ def test_results_heard_before_the_wait_are_not_read_from_redis_again(
             spy.close()
         assert [r.json()["json"]["n"] for r in results] == list(range(20))
         assert took < 1.5, f"{took:.2f} s: the wait read Redis for results it had heard"
+
+
+def test_a_heard_result_taken_or_expired_is_not_handed_out_again(
+    redis_url: str, echo: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    p = prefix()
+    spawn(p)
+    with queued(redis_url, p) as client, Client(store=redis_url, store_prefix=p) as observer:
+        taken = client.post_async(echo + "/post", json={"n": 1})
+        short = client.post_async(echo + "/post", json={"n": 2}, ttl_ms=300)
+        client.flush()
+        assert all(r.state is State.DONE for r in observer.wait_many([taken, short], 20))
+        time.sleep(0.3)  # both announced on this process's reply channels meanwhile
+        assert client.get(taken, take=True).state is State.DONE
+        assert client.wait(taken, 2).state is State.UNKNOWN  # as get() says: taken
+        time.sleep(0.5)  # past the short one's TTL
+        assert client.wait(short, 2).state is State.EXPIRED

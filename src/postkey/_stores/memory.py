@@ -59,6 +59,9 @@ class MemoryStore:
         self._parts: dict[str, MemCache] = {}
         self._separator = ""
         self._tick_from = 0
+        # Partitioned: each one's share of max_idempotency_keys, and its caller jobs pending.
+        self._key_share = 0
+        self._caller_jobs_in: dict[MemCache, int] = {}
         self._max_ttl_ms = max(settings.result_ttl_ms, settings.max_timeout_ms, 30 * 86_400_000)
         self._max_idempotency_keys = settings.max_idempotency_keys
         self._jobs: dict[str, Job] = {}
@@ -69,23 +72,25 @@ class MemoryStore:
         self._holding = False
         self._held: list[tuple[dict[Callable[[Result], object], None], Result]] = []
 
-    def _new_cache(self, max_entries: int, max_bytes: int) -> MemCache:
+    def _new_cache(self, max_entries: int, max_bytes: int, shares: int = 1) -> MemCache:
         settings = self._settings
         return MemCache(
             max_entries=max_entries,
             max_bytes=max_bytes,
             default_ttl_ms=settings.result_ttl_ms,
             tombstone_ttl_ms=settings.tombstone_ttl_ms,
-            max_tombstone_bytes=settings.max_tombstone_bytes,
+            max_tombstone_bytes=max(settings.max_tombstone_bytes // shares, 1),
             clock=self._clock,
         )
 
     def partition_cache(self, namespaces: list[str]) -> None:
         """Give each namespace (a prefix ending in one separator character, the same for all:
         ``"acme~"``) a cache of its own with an equal share of the store's bounds
-        (``cache_max_entries``, ``cache_max_bytes``): what is stored under one namespace, values
-        and results, can then only ever evict entries of the same namespace. Keys under no
-        namespace keep the store's own cache. Called once, before anything is stored.
+        (``cache_max_entries``, ``cache_max_bytes``, ``max_tombstone_bytes``,
+        ``max_idempotency_keys``): what is stored under one namespace, values and results, can
+        then only ever evict entries of the same namespace, and its idempotency keys fill only
+        its own share. Keys under no namespace keep the store's own cache. Called once, before
+        anything is stored.
 
         Raises:
             InvalidValue: no namespaces, mixed separators, or the store already holds entries.
@@ -100,7 +105,8 @@ class MemoryStore:
         entries = max(settings.cache_max_entries // share, 1)
         size = max(settings.cache_max_bytes // share, 1)
         self._separator = separators.pop()
-        self._parts = {ns: self._new_cache(entries, size) for ns in namespaces}
+        self._parts = {ns: self._new_cache(entries, size, share) for ns in namespaces}
+        self._key_share = max(self._max_idempotency_keys // share, 1)
 
     def _cache_for(self, key: str) -> MemCache:
         parts = self._parts
@@ -148,8 +154,11 @@ class MemoryStore:
             seen = self._fingerprint_of(job.key)
             if seen is None:
                 if job.fingerprint is not None:
-                    self._check_room_for_a_key()
+                    self._check_room_for_a_key(job.key)
                     self._caller_jobs += 1
+                    if self._parts:
+                        cache = self._cache_for(job.key)
+                        self._caller_jobs_in[cache] = self._caller_jobs_in.get(cache, 0) + 1
                 self._jobs[job.key] = job
                 return True
         if seen != job.fingerprint:
@@ -158,14 +167,21 @@ class MemoryStore:
             )
         return False
 
-    def _check_room_for_a_key(self) -> None:
+    def _check_room_for_a_key(self, key: str) -> None:
         # Refusing is the only safe answer at the bound: forgetting a remembered key early would
         # let its request be sent twice.
         limit = self._max_idempotency_keys
-        remembered = sum(c.remembered_keys() for c in self._caches()) if self._parts else None
-        if remembered is None:
-            remembered = self.cache.remembered_keys()
-        if self._caller_jobs + remembered >= limit:
+        if self._parts:  # the key's partition and its share of the bound
+            cache = self._cache_for(key)
+            used = self._caller_jobs_in.get(cache, 0) + cache.remembered_keys()
+            if used >= self._key_share:
+                raise IdempotencyKeysFull(
+                    f"{self._key_share} idempotency keys are remembered already under this"
+                    f" namespace (its share of max_idempotency_keys={limit}); nothing was sent:"
+                    " retry later, or submit without key="
+                )
+            return
+        if self._caller_jobs + self.cache.remembered_keys() >= limit:
             raise IdempotencyKeysFull(
                 f"{limit} idempotency keys are remembered already (max_idempotency_keys);"
                 " nothing was sent: retry later, or submit without key="
@@ -213,6 +229,8 @@ class MemoryStore:
                     del jobs[job.key]
                     if job.fingerprint is not None:
                         self._caller_jobs -= 1
+                        if self._parts:
+                            self._caller_jobs_in[cache] -= 1
                 waiters = job.waiters
                 job.waiters = None
                 if waiters and self._holding:

@@ -305,13 +305,13 @@ class RedisStore:
             # process answers for the key (pending), and if it cannot land, ends it here.
             with self._lock:
                 self._queuing[job.key] = job
-            self._replies.remember(job.key)
+            self._replies.remember(job.key, keep_ms=ttl)
             self._writes.put(self._queue.enqueue, keys, args, self._queued(job))
             return True
         outcome = _own_retry(self._call(self._queue.enqueue, keys, args), fingerprint)
         if outcome == 1:
             # Its end may be announced before this line: a wait on it reads it once more.
-            self._replies.remember(job.key, heard_from_start=False)
+            self._replies.remember(job.key, heard_from_start=False, keep_ms=ttl)
             return True
         if outcome == 0:
             return False
@@ -709,6 +709,7 @@ class RedisStore:
 
     def cache_delete(self, key: str) -> bool:
         """See `Store.cache_delete`."""
+        self._replies.drop(key)  # a copy heard on a reply channel must not come back
         keys = list(self._names.parts(key)[:2])
         with self._lock:
             behind = key in self._ending

@@ -65,16 +65,25 @@ class Replies:
         # Heard with nobody waiting: key -> (when, the announced record), oldest first.
         self._landed: dict[str, tuple[float, bytes]] = {}
         self._landed_bytes = 0
+        self._short_lived: set[str] = set()  # queued with a TTL too short to keep their result
         self._listening = False
         self._recheck_at = 0
 
-    def remember(self, key: str, heard_from_start: bool | None = None) -> None:
-        """``key`` was queued here: its end will be announced on our reply channels."""
+    def remember(
+        self, key: str, heard_from_start: bool | None = None, keep_ms: int | None = None
+    ) -> None:
+        """``key`` was queued here: its end will be announced on our reply channels. A result
+        whose TTL (``keep_ms``) is shorter than the time one is kept here is never kept: it
+        could expire in Redis while its copy here lived on."""
         with self._lock:
             confirmed = shard_of(key) in self._confirmed
             self._mine[key] = confirmed if heard_from_start is None else heard_from_start
             if len(self._mine) > _MAX_MINE:
                 del self._mine[next(iter(self._mine))]
+            if keep_ms is not None and keep_ms <= _LANDED_S * 1000:
+                if len(self._short_lived) >= _MAX_MINE:  # never heard of (lost announcements)
+                    self._short_lived.clear()
+                self._short_lived.add(key)
             if self._listening:
                 return
             self._listening = True
@@ -85,6 +94,13 @@ class Replies:
             self._lost,
             self._recheck,
         )
+
+    def drop(self, key: str) -> None:
+        """Forget a result heard for ``key`` (this process deletes or takes it)."""
+        with self._lock:
+            kept = self._landed.pop(key, None)
+            if kept is not None:
+                self._landed_bytes -= len(kept[1])
 
     def forget(self, key: str) -> list[Wake]:
         """``key`` will not be announced (its queue write failed): its waiters, to wake."""
@@ -173,9 +189,12 @@ class Replies:
         key = raw_key.decode(errors="replace")
         with self._lock:
             ours = self._mine.pop(key, None) is not None
+            short_lived = key in self._short_lived
+            if short_lived:
+                self._short_lived.discard(key)
             waiters = self._waiters.pop(key, None)
             if not waiters:
-                if ours and note.startswith(codec.RECORD_MAGIC):
+                if ours and not short_lived and note.startswith(codec.RECORD_MAGIC):
                     self._keep_landed(key, note)
                 return
         result = None
@@ -193,6 +212,11 @@ class Replies:
         now = time.monotonic()
         landed[key] = (now, note)
         self._landed_bytes += len(note)
+        self._prune_landed(now)
+
+    def _prune_landed(self, now: float) -> None:
+        # Under the lock.
+        landed = self._landed
         too_old = now - _LANDED_S
         while landed:
             oldest, (when, record) = next(iter(landed.items()))
@@ -217,6 +241,7 @@ class Replies:
 
     def _recheck(self) -> None:
         with self._lock:
+            self._prune_landed(time.monotonic())  # also while no result comes to push them out
             keys = list(self._waiters)
         if len(keys) > _RECHECK_MAX:
             start = self._recheck_at % len(keys)
