@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from postkey.gateway._server import COALESCE_MAX_BYTES, OneSendPerTurn
+from postkey.gateway._protocol import COALESCE_MAX_BYTES, OneSendPerTurn
 
 from .gateway_process import ServeProcess, keys_file
 
