@@ -141,6 +141,25 @@ def test_an_async_submit_is_on_its_way_even_if_the_loop_then_blocks(echo: str) -
     asyncio.run(main())
 
 
+def test_a_later_submit_of_a_turn_leaves_even_if_the_engine_sleeps_until_a_near_deadline(
+    echo: str,
+) -> None:
+    # In one turn of a loop that then blocks: A wakes the engine, is sent and ends; the engine
+    # sleeps until A's deadline (its entry lingers), and B, due 0.5 ms after that, must not
+    # wait for it: woken then, the engine would be too late to send B.
+    async def main() -> None:
+        async with AsyncClient() as client:
+            assert (await client.wait(await client.get_async(echo + "/warm"), 5)).ok
+            first = await client.get_async(echo + "/first", timeout_ms=600)
+            time.sleep(0.1005)  # A is sent and ends meanwhile; the loop stays in this turn
+            second = await client.get_async(echo + "/second", timeout_ms=500)
+            time.sleep(1.0)  # still blocked: the end-of-turn wake-up cannot run
+            results = await client.wait_many([first, second], 5)
+            assert [r.status for r in results] == [200, 200], results
+
+    asyncio.run(main())
+
+
 def test_an_async_submit_without_a_running_loop_returns_its_key(echo: str) -> None:
     # A coroutine driven by hand (a trio shim, a test harness): the submit never suspends when
     # the queue has room, and must not fail after its request was queued.

@@ -163,10 +163,11 @@ class Engine:
         self._intake.put(job, self._closed_error)
         # The engine raises _asleep just before it sleeps. Waking it costs a system call and a
         # trip through its loop, so do it only if it has something to do with this job now:
-        # start it, look up its name, refuse it by name, or end it before the engine would
-        # wake anyway. Otherwise the engine takes it in when it wakes for its own reasons.
+        # start it, look up its name, refuse it by name, or see to it before half of its time
+        # is gone (woken by itself only near the job's deadline, it would be too late to send
+        # it). Otherwise the engine takes it in when it wakes for its own reasons.
         if self._asleep and (
-            job.deadline < self._sleep_until
+            _too_late(self._sleep_until, job.deadline)
             or (
                 wake and self._could_start and (self._eager or self._scheduler.has_room(job.origin))
             )
@@ -180,7 +181,7 @@ class Engine:
         if (
             self._asleep
             and self._intake
-            and (self._could_start or self._intake.soonest < self._sleep_until)
+            and (self._could_start or _too_late(self._sleep_until, self._intake.soonest))
         ):
             self._asleep = False
             self._wake()
@@ -556,3 +557,10 @@ class Engine:
                 ended += 1
                 self._fail(job, kind, message)
         return ended
+
+
+def _too_late(wake_at: float, deadline: float) -> bool:
+    """True if an engine that wakes by itself at ``wake_at`` would find less than half of the
+    time to ``deadline`` left (or none)."""
+    now = time.monotonic()
+    return wake_at - now > (deadline - now) / 2

@@ -150,8 +150,19 @@ class Scheduler:
         return late
 
     def soonest_deadline(self) -> float | None:
-        """The earliest deadline among waiting jobs (possibly of one that has started since)."""
-        return self._deadlines[0][0] if self._deadlines else None
+        """The earliest deadline among waiting jobs. Entries of jobs that started or ended are
+        dropped on the way: the engine sleeps until this, and a new job due just after a stale
+        one would otherwise wait for it (woken then, the engine is too late to send it)."""
+        heap = self._deadlines
+        while heap:
+            entry = heap[0]
+            job = entry[2]
+            if not job.done and job.handle is None:
+                return entry[0]
+            heapq.heappop(heap)
+            if self._stale:
+                self._stale -= 1
+        return None
 
     def drain(self) -> list[Job]:
         """Remove and return every waiting job that has not ended (at close)."""
