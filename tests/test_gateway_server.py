@@ -288,64 +288,6 @@ def test_keys_and_bodies_never_reach_the_log(served: ServeProcess) -> None:
     assert "Traceback" not in log
 
 
-def test_a_slow_pipelined_request_never_takes_the_place_of_an_earlier_answer(
-    served: ServeProcess, echo: str
-) -> None:
-    # A long-poll, then on the same connection a POST whose body stops short: the long-poll
-    # is answered first, and whatever ends the POST (its deadline counts from when it runs)
-    # never arrives as the long-poll's answer.
-    with connect(served) as sock:
-        sock.sendall(
-            head_with_key(
-                "POST /v1/requests HTTP/1.1",
-                "Content-Type: application/json",
-                f"Content-Length: {len(json.dumps({'url': echo + '/delay/20000'}))}",
-            )
-            + json.dumps({"url": echo + "/delay/20000"}).encode()
-        )
-        first = b""
-        while b"}" not in first:
-            first += sock.recv(65536)
-        key = json.loads(first.split(b"\r\n\r\n", 1)[1])["key"]
-        started = time.monotonic()
-        sock.sendall(
-            head_with_key(f"GET /v1/requests/{key}?wait=2 HTTP/1.1")
-            + head_with_key("POST /v1/requests HTTP/1.1", "Content-Length: 40")
-            + b'{"url":'
-        )
-        answer = read_all(sock)
-    assert answer.startswith(b"HTTP/1.1 202"), answer  # the long-poll's own answer (pending)
-    assert time.monotonic() - started >= 1.9
-    assert answer.count(b"HTTP/1.1 ") <= 2, answer
-
-
-def test_a_slow_pipelined_head_is_refused_after_the_earlier_answer(
-    served: ServeProcess, echo: str
-) -> None:
-    # A long-poll, then on the same connection half of a request head: the long-poll's answer
-    # comes first; the head's deadline ends the connection after it (uvicorn: with a 408).
-    request = json.dumps({"url": echo + "/delay/20000"}).encode()
-    with connect(served) as sock:
-        sock.sendall(
-            head_with_key(
-                "POST /v1/requests HTTP/1.1",
-                "Content-Type: application/json",
-                f"Content-Length: {len(request)}",
-            )
-            + request
-        )
-        first = b""
-        while b"}" not in first:
-            first += sock.recv(65536)
-        key = json.loads(first.split(b"\r\n\r\n", 1)[1])["key"]
-        sock.sendall(head_with_key(f"GET /v1/requests/{key}?wait=2 HTTP/1.1") + b"GET /hea")
-        answer = read_all(sock)
-    assert answer.startswith(b"HTTP/1.1 202"), answer  # the long-poll's own answer (pending)
-    assert answer.count(b"HTTP/1.1 ") <= 2, answer
-    if "--server granian" not in " ".join(served.args):
-        assert b"the request head did not arrive within 1 s" in answer, answer
-
-
 #: For what our uvicorn protocol (GuardedHttpTools) does; granian reads heads and bodies itself,
 #: and closes a connection half-closed right behind its request unanswered (docs/GATEWAY.md).
 ON_UVICORN = pytest.mark.parametrize("served", ["uvicorn"], indirect=True)
@@ -366,6 +308,41 @@ def _pending_key(served: ServeProcess, echo: str) -> str:
         answer = read_all(sock)
     key: str = json.loads(answer.split(b"\r\n\r\n", 1)[1])["key"]
     return key
+
+
+def test_a_slow_pipelined_request_never_takes_the_place_of_an_earlier_answer(
+    served: ServeProcess, echo: str
+) -> None:
+    # A long-poll, then on the same connection a POST whose body stops short: the long-poll
+    # is answered first, and whatever ends the POST (its deadline counts from when it runs)
+    # never arrives as the long-poll's answer.
+    key = _pending_key(served, echo)
+    with connect(served) as sock:
+        started = time.monotonic()
+        sock.sendall(
+            head_with_key(f"GET /v1/requests/{key}?wait=2 HTTP/1.1")
+            + head_with_key("POST /v1/requests HTTP/1.1", "Content-Length: 40")
+            + b'{"url":'
+        )
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 202"), answer  # the long-poll's own answer (pending)
+    assert time.monotonic() - started >= 1.9
+    assert answer.count(b"HTTP/1.1 ") <= 2, answer
+
+
+def test_a_slow_pipelined_head_is_refused_after_the_earlier_answer(
+    served: ServeProcess, echo: str
+) -> None:
+    # A long-poll, then on the same connection half of a request head: the long-poll's answer
+    # comes first; the head's deadline ends the connection after it (uvicorn: with a 408).
+    key = _pending_key(served, echo)
+    with connect(served) as sock:
+        sock.sendall(head_with_key(f"GET /v1/requests/{key}?wait=2 HTTP/1.1") + b"GET /hea")
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 202"), answer  # the long-poll's own answer (pending)
+    assert answer.count(b"HTTP/1.1 ") <= 2, answer
+    if "--server granian" not in " ".join(served.args):
+        assert b"the request head did not arrive within 1 s" in answer, answer
 
 
 @ON_UVICORN

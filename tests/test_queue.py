@@ -684,6 +684,14 @@ def test_a_submit_retried_after_its_first_try_landed_is_queued_once(single_redis
         client.cancel(job.key)
 
 
+def _heard_by(client: Client, observer: Client, keys: list[str]) -> None:
+    """Once ``keys`` (queued by ``client``) have ended, as ``observer`` sees, and ``client`` has
+    heard their announcements on its reply channels (nobody there waits for them yet)."""
+    client.flush()
+    assert all(r.state is State.DONE for r in observer.wait_many(keys, 20))
+    time.sleep(0.3)  # the announcements arrive meanwhile
+
+
 def test_results_heard_before_the_wait_are_not_read_from_redis_again(
     redis_url: str, echo: str, spawn: Callable[..., WorkerProcess]
 ) -> None:
@@ -691,9 +699,7 @@ def test_results_heard_before_the_wait_are_not_read_from_redis_again(
     spawn(p)
     with queued(redis_url, p) as client, Client(store=redis_url, store_prefix=p) as observer:
         keys = [client.post_async(echo + "/post", json={"n": i}) for i in range(20)]
-        client.flush()
-        assert all(r.state is State.DONE for r in observer.wait_many(keys, 20))
-        time.sleep(0.3)  # the announcements on the submitter's reply channels arrive meanwhile
+        _heard_by(client, observer, keys)
         spy = spy_client(redis_url)
         try:
             spy.execute_command("CLIENT", "PAUSE", 3000, "ALL")  # any read would stall 3 s
@@ -715,9 +721,7 @@ def test_a_heard_result_taken_or_expired_is_not_handed_out_again(
     with queued(redis_url, p) as client, Client(store=redis_url, store_prefix=p) as observer:
         taken = client.post_async(echo + "/post", json={"n": 1})
         short = client.post_async(echo + "/post", json={"n": 2}, ttl_ms=300)
-        client.flush()
-        assert all(r.state is State.DONE for r in observer.wait_many([taken, short], 20))
-        time.sleep(0.3)  # both announced on this process's reply channels meanwhile
+        _heard_by(client, observer, [taken, short])
         assert client.get(taken, take=True).state is State.DONE
         assert client.wait(taken, 2).state is State.UNKNOWN  # as get() says: taken
         time.sleep(0.5)  # past the short one's TTL

@@ -66,7 +66,7 @@ class Scheduler:
         # amortised O(1) per entry. The second rule matters: 20,000 jobs queued at once would
         # otherwise stay reachable (with their requests) for their whole timeout after they
         # ended, for the garbage collector to walk at every full collection.
-        live = [e for e in self._deadlines if not e[2].done and e[2].handle is None]
+        live = [e for e in self._deadlines if _waiting(e[2])]
         heapq.heapify(live)
         self._deadlines = live
         self._compact_above = 2 * len(live) + 1024
@@ -145,7 +145,7 @@ class Scheduler:
         heap = self._deadlines
         while heap and heap[0][0] <= now:
             job = heapq.heappop(heap)[2]
-            if not job.done and job.handle is None:
+            if _waiting(job):
                 late.append(job)
         return late
 
@@ -156,8 +156,7 @@ class Scheduler:
         heap = self._deadlines
         while heap:
             entry = heap[0]
-            job = entry[2]
-            if not job.done and job.handle is None:
+            if _waiting(entry[2]):
                 return entry[0]
             heapq.heappop(heap)
             if self._stale:
@@ -180,3 +179,8 @@ class Scheduler:
             self._queues.pop(origin, None)
             self._dead.pop(origin, None)
             self._active.pop(origin, None)
+
+
+def _waiting(job: Job) -> bool:
+    """A deadline heap entry's job neither started nor ended: the entry still counts."""
+    return not job.done and job.handle is None

@@ -59,14 +59,13 @@ class MemoryStore:
         self._parts: dict[str, MemCache] = {}
         self._separator = ""
         self._tick_from = 0
-        # Partitioned: each one's share of max_idempotency_keys, and its caller jobs pending.
-        self._key_share = 0
+        # Caller-key jobs pending, by the cache their results go to, and how many idempotency
+        # keys each cache may hold (max_idempotency_keys, or a partition's share of it).
         self._caller_jobs_in: dict[MemCache, int] = {}
+        self._key_share = settings.max_idempotency_keys
         self._max_ttl_ms = max(settings.result_ttl_ms, settings.max_timeout_ms, 30 * 86_400_000)
         self._max_idempotency_keys = settings.max_idempotency_keys
         self._jobs: dict[str, Job] = {}
-        # Pending or running jobs under a caller's key (they count as remembered keys).
-        self._caller_jobs = 0
         self._lock = threading.Lock()
         # Wakes that finish keeps back while the engine holds them (see hold_wakes).
         self._holding = False
@@ -154,11 +153,9 @@ class MemoryStore:
             seen = self._fingerprint_of(job.key)
             if seen is None:
                 if job.fingerprint is not None:
-                    self._check_room_for_a_key(job.key)
-                    self._caller_jobs += 1
-                    if self._parts:
-                        cache = self._cache_for(job.key)
-                        self._caller_jobs_in[cache] = self._caller_jobs_in.get(cache, 0) + 1
+                    cache = self._cache_for(job.key)
+                    self._check_room_for_a_key(cache)
+                    self._caller_jobs_in[cache] = self._caller_jobs_in.get(cache, 0) + 1
                 self._jobs[job.key] = job
                 return True
         if seen != job.fingerprint:
@@ -167,23 +164,15 @@ class MemoryStore:
             )
         return False
 
-    def _check_room_for_a_key(self, key: str) -> None:
+    def _check_room_for_a_key(self, cache: MemCache) -> None:
         # Refusing is the only safe answer at the bound: forgetting a remembered key early would
-        # let its request be sent twice.
-        limit = self._max_idempotency_keys
-        if self._parts:  # the key's partition and its share of the bound
-            cache = self._cache_for(key)
-            used = self._caller_jobs_in.get(cache, 0) + cache.remembered_keys()
-            if used >= self._key_share:
-                raise IdempotencyKeysFull(
-                    f"{self._key_share} idempotency keys are remembered already under this"
-                    f" namespace (its share of max_idempotency_keys={limit}); nothing was sent:"
-                    " retry later, or submit without key="
-                )
-            return
-        if self._caller_jobs + self.cache.remembered_keys() >= limit:
+        # let its request be sent twice. Pending caller-key jobs count as remembered keys.
+        share = self._key_share
+        if self._caller_jobs_in.get(cache, 0) + cache.remembered_keys() >= share:
+            limit = self._max_idempotency_keys
+            whose = f" under this namespace (its share of {limit})" if self._parts else ""
             raise IdempotencyKeysFull(
-                f"{limit} idempotency keys are remembered already (max_idempotency_keys);"
+                f"{share} idempotency keys are remembered already{whose} (max_idempotency_keys);"
                 " nothing was sent: retry later, or submit without key="
             )
 
@@ -228,9 +217,7 @@ class MemoryStore:
                 if jobs.get(job.key) is job:
                     del jobs[job.key]
                     if job.fingerprint is not None:
-                        self._caller_jobs -= 1
-                        if self._parts:
-                            self._caller_jobs_in[cache] -= 1
+                        self._caller_jobs_in[cache] -= 1
                 waiters = job.waiters
                 job.waiters = None
                 if waiters and self._holding:
