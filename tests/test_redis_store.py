@@ -387,3 +387,26 @@ def test_results_heard_with_nobody_waiting_are_kept_within_bounds(
     assert not silent  # every one was heard: none can be waited for without a read
     assert replies.claim(["k49"]) == ({}, set())  # handed out once
     assert replies._landed == {} and replies._landed_bytes == 0
+
+
+def test_a_wait_on_keys_sent_here_reads_nothing_back_from_redis(echo: str) -> None:
+    # Keys this process sends are woken by their own results landing: the wait neither reads
+    # them first nor after (a wait on 20,000 keys read 40,000 names before this).
+    with LocalRedis() as url, Client(store=url, store_prefix=prefix(), lease_ms=60_000) as c:
+        keys = [c.get_async(echo + f"/delay/{200 + i}") for i in range(100)]
+        spy = spy_client(url)
+        try:
+            reads_before = _reads(spy)
+            results = c.wait_many(keys + keys[:3], 10)  # a key twice is answered twice
+            reads_after = _reads(spy)
+        finally:
+            spy.close()
+    assert [r.key for r in results] == keys + keys[:3]
+    assert all(r.state is State.DONE and r.status == 200 for r in results)
+    assert reads_after == reads_before
+
+
+def _reads(spy: object) -> int:
+    # MGET: how the store reads keys (its scripts' own GETs count as GET).
+    stats = spy.info("commandstats")  # type: ignore[attr-defined]
+    return int(stats.get("cmdstat_mget", {}).get("calls", 0))

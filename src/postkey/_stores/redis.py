@@ -597,19 +597,34 @@ class RedisStore:
             StoreUnavailable: Redis did not answer.
         """
         seconds = check_wait_timeout(timeout)
-        # Keys this process queued need no read if their results were heard already, or if
-        # they cannot have ended unheard (see Replies.claim).
-        known, silent = self._replies.claim(keys)
-        unknown = [k for k in keys if k not in known and k not in silent]
-        found = dict(zip(unknown, self._read_many(unknown), strict=True))
-        known.update(found)
-        waiting = {k for k in keys if k in silent or known[k].state in _NOT_ENDED}
-        if not waiting:
-            return [known[k] for k in keys]
-        # The hub hands each key's terminal Result to its waiter: only keys it did not settle
-        # (the wait timed out) are read again.
-        settled = self._sleep_until_settled(waiting, seconds)
-        again = [k for k in waiting if k not in settled]
+        settling = _Settling()
+        # Keys this process sends need no read: each is woken by its own result landing (under
+        # the lock its write takes to wake them). Only the others are read and watched.
+        with self._lock:
+            jobs, waiters = self._jobs, self._local_waiters
+            sent_here = {k for k in keys if k in jobs}
+            for key in sent_here:
+                waiters.setdefault(key, []).append(settling.waker(key))
+        try:
+            others = [k for k in keys if k not in sent_here] if sent_here else keys
+            # Keys this process queued need no read if their results were heard already, or
+            # if they cannot have ended unheard (see Replies.claim).
+            known, silent = self._replies.claim(others)
+            unknown = [k for k in others if k not in known and k not in silent]
+            known.update(zip(unknown, self._read_many(unknown), strict=True))
+            waiting = {k for k in others if k in silent or known[k].state in _NOT_ENDED}
+            undo = self._watch_all(waiting, settling)
+            try:
+                # The hub hands each key's terminal Result to its waiter: only keys it did not
+                # settle (the wait timed out) are read again.
+                settled = settling.wait(len(waiting) + len(sent_here), seconds)
+            finally:
+                for unwatch in undo:
+                    unwatch()
+        finally:
+            if sent_here:
+                self._unwatch_here(sent_here, settling)
+        again = [k for k in sent_here | waiting if k not in settled]
         settled.update(zip(again, self._read_many(again), strict=True))
         return [settled[k] if k in settled else known[k] for k in keys]
 
@@ -628,32 +643,27 @@ class RedisStore:
             ]
         return out
 
-    def _sleep_until_settled(self, keys: set[str], seconds: float | None) -> dict[str, Result]:
-        """Sleep until every key ended or ``seconds`` passed; the Results the hub delivered."""
-        gate = threading.Event()
-        settled: dict[str, Result] = {}
-        count_lock = threading.Lock()
+    def _watch_all(self, keys: set[str], settling: _Settling) -> list[Callable[[], None]]:
+        """Watch every key of ``keys`` for ``settling``; the undos. Keys whose results may have
+        been announced before this process listened are read once more."""
+        watches = [(key, *self._watch_result(key, settling.waker(key))) for key in keys]
+        self._replies.read_again([key for key, _unwatch, again in watches if again])
+        return [unwatch for _key, unwatch, _again in watches]
 
-        def waker(key: str) -> Callable[[object], None]:
-            def one_done(value: object) -> None:
-                with count_lock:
-                    if isinstance(value, Result):
-                        settled[key] = value
-                    if len(settled) == len(keys) or value is MISSING:
-                        gate.set()  # all ended, or waiters released (exit)
-
-            return one_done
-
-        watches = [(key, *self._watch_result(key, waker(key))) for key in keys]
-        undo = [unwatch for _key, unwatch, _again in watches]
-        try:
-            self._replies.read_again([key for key, _unwatch, again in watches if again])
-            gate.wait(seconds)
-        finally:
-            for unwatch in undo:
-                unwatch()
-        with count_lock:
-            return dict(settled)
+    def _unwatch_here(self, keys: set[str], settling: _Settling) -> None:
+        # The local waiters of a wait that ended: those not woken (a timeout) are removed.
+        with self._lock:
+            table = self._local_waiters
+            for key in keys:
+                waiters = table.get(key)
+                if waiters is None:
+                    continue
+                kept = [
+                    w for w in waiters if not (isinstance(w, _Waker) and w.settling is settling)
+                ]
+                table[key] = kept
+                if not kept:
+                    del table[key]
 
     def subscriptions(self) -> int:
         """Channels this store is subscribed to now (0 when nobody waits)."""
@@ -836,3 +846,51 @@ def _own_retry(answer: Any, fingerprint: str) -> Any:
     made (no ``fingerprint``) means 1: such a key cannot collide, so the record is this very
     write, made by a first try whose answer was lost and that redis-py retried. Queued once."""
     return 1 if answer == -1 and not fingerprint else answer
+
+
+class _Settling:
+    """The keys one wait sleeps on: each waker records its key's terminal Result; the sleep
+    ends when every awaited key has one, or waiters are released (exit)."""
+
+    __slots__ = ("_expected", "_gate", "_lock", "settled")
+
+    def __init__(self) -> None:
+        self._gate = threading.Event()
+        self._lock = threading.Lock()
+        self._expected: int | None = None
+        self.settled: dict[str, Result] = {}
+
+    def waker(self, key: str) -> _Waker:
+        return _Waker(self, key)
+
+    def record(self, key: str, value: object) -> None:
+        with self._lock:
+            if isinstance(value, Result):
+                self.settled[key] = value
+            expected = self._expected
+            if value is MISSING or (expected is not None and len(self.settled) >= expected):
+                self._gate.set()
+
+    def wait(self, expected: int, seconds: float | None) -> dict[str, Result]:
+        """Sleep until ``expected`` keys settled (or ``seconds`` passed); the Results so far."""
+        with self._lock:
+            self._expected = expected
+            if len(self.settled) >= expected:
+                self._gate.set()
+        if expected:
+            self._gate.wait(seconds)
+        with self._lock:
+            return dict(self.settled)
+
+
+class _Waker:
+    """Wakes one key of a `_Settling` (an object, not a closure: a wait removes its own)."""
+
+    __slots__ = ("key", "settling")
+
+    def __init__(self, settling: _Settling, key: str) -> None:
+        self.settling = settling
+        self.key = key
+
+    def __call__(self, value: object) -> None:
+        self.settling.record(self.key, value)

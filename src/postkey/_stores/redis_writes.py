@@ -39,23 +39,115 @@ def call_scripts(client: Any, calls: list[tuple[Script, list[str], list[Any]]]) 
     """Run script calls in one pipeline; their answers (an exception for a call that failed).
 
     By EVALSHA alone: redis-py's own script calls in a pipeline first ask SCRIPT EXISTS, one
-    more round trip per batch. A call that meets NOSCRIPT (a Redis restarted without
-    persistence has an empty script cache) did not run: its script is loaded and the call
-    sent again; the calls that ran are not.
+    more round trip per batch. On one Redis (not a Cluster, whose keys live on several nodes),
+    the calls of one script go as one EVALSHA of its `many` form (see `_batched`). A call that
+    meets NOSCRIPT (a Redis restarted without persistence has an empty script cache) did not
+    run: its script is loaded and the call sent again; the calls that ran are not.
 
     Raises:
         redis.ConnectionError, redis.TimeoutError: the store did not answer (the calls may or
             may not have run: every script postkey sends can run twice harmlessly).
     """
-    send = _send_packed if _pack is not None and not is_cluster(client) else _send_pipelined
-    answers = send(client, calls)
-    again = [i for i, a in enumerate(answers) if isinstance(a, redis.exceptions.NoScriptError)]
+    if _pack is not None and not is_cluster(client):
+        wire = _batched(client, calls)
+        send = _send_packed
+    else:
+        wire = [(script, keys, args, [i]) for i, (script, keys, args) in enumerate(calls)]
+        send = _send_pipelined
+    got = send(client, [call[:3] for call in wire])
+    again = [i for i, a in enumerate(got) if isinstance(a, redis.exceptions.NoScriptError)]
     if again:
-        for script in {calls[i][0].sha: calls[i][0] for i in again}.values():
+        for script in {wire[i][0].sha: wire[i][0] for i in again}.values():
             client.script_load(script.script)
-        for i, answer in zip(again, send(client, [calls[i] for i in again]), strict=True):
-            answers[i] = answer
+        for i, answer in zip(again, send(client, [wire[i][:3] for i in again]), strict=True):
+            got[i] = answer
+    answers: list[Any] = [None] * len(calls)
+    for (_script, _keys, _args, positions), answer in zip(wire, got, strict=True):
+        if len(positions) == 1:
+            answers[positions[0]] = answer
+        elif isinstance(answer, Exception):
+            for i in positions:
+                answers[i] = answer
+        else:
+            for i, one in zip(positions, answer, strict=True):
+                answers[i] = _failure(one) if isinstance(one, bytes) and one[:1] == b"\0" else one
     return answers
+
+
+# A script's `many` form: the script as a function, run for each call's KEYS and ARGV (ARGV[1]
+# and ARGV[2] say how many of each a call has); one answer per call, a call's error as a
+# string starting with a NUL byte (caught: the other calls still run and answer).
+_MANY = """
+local function one(KEYS, ARGV)
+%s
+end
+local nk, na = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out = {}
+for i = 0, #KEYS / nk - 1 do
+  local k, a = {}, {}
+  for j = 1, nk do k[j] = KEYS[i * nk + j] end
+  for j = 1, na do a[j] = ARGV[2 + i * na + j] end
+  local ok, r = pcall(one, k, a)
+  if not ok then r = '\0' .. tostring(r) elseif r == nil then r = false end
+  out[i + 1] = r
+end
+return out
+"""
+_many_forms: dict[str, Script] = {}
+
+
+def _many_form(client: Any, script: Script) -> Script:
+    form = _many_forms.get(script.sha)
+    if form is None:
+        lua = script.script if isinstance(script.script, str) else bytes(script.script).decode()
+        form = _many_forms[script.sha] = client.register_script(_MANY % lua)
+    return form
+
+
+def _batched(
+    client: Any, calls: list[tuple[Script, list[str], list[Any]]]
+) -> list[tuple[Script, list[str], list[Any], list[int]]]:
+    """``calls`` as fewer calls: those of one script (with as many KEYS and ARGV) together,
+    as one call of its `many` form, with the positions of the calls each answers for.
+
+    Calls are only put together within a stretch in which no key (KEYS[1]) comes twice: the
+    calls of one key run in the order they were made (a key's pending record before its
+    result), those of different keys in any order."""
+    wire: list[tuple[Script, list[str], list[Any], list[int]]] = []
+    seen: set[str] = set()
+    groups: dict[tuple[str, int, int], tuple[Script, list[str], list[Any], list[int]]] = {}
+
+    def close() -> None:
+        for script, keys, args, positions in groups.values():
+            if len(positions) == 1:
+                wire.append((script, keys, args, positions))
+            else:
+                wire.append((_many_form(client, script), keys, args, positions))
+        groups.clear()
+        seen.clear()
+
+    for i, (script, keys, args) in enumerate(calls):
+        if keys and keys[0] in seen:
+            close()
+        if keys:
+            seen.add(keys[0])
+        kind = (script.sha, len(keys), len(args))
+        group = groups.get(kind)
+        if group is None:
+            groups[kind] = (script, list(keys), list(args), [i])
+            continue
+        _script, all_keys, all_args, positions = group
+        if len(positions) == 1:  # a second call: the first becomes the many form's
+            all_args[:0] = [len(all_keys), len(all_args)]
+        all_keys += keys
+        all_args += args
+        positions.append(i)
+    close()
+    return wire
+
+
+def _failure(answer: bytes) -> redis.ResponseError:
+    return redis.ResponseError(answer[1:].decode("utf-8", "replace"))
 
 
 def _send_pipelined(client: Any, calls: list[tuple[Script, list[str], list[Any]]]) -> list[Any]:

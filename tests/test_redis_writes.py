@@ -1,0 +1,92 @@
+"""Script calls sent together (`call_scripts`) on a real redis-server: on one Redis the calls of
+one script go as one call of its many form; each call still gets its own answer, one call's
+error does not stop the others, a key's calls keep their order, and a flushed script cache is
+refilled."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+import redis
+
+from postkey._stores.redis_writes import call_scripts
+
+from .spy import spy_client
+
+_SET_AND_ANSWER = "redis.call('SET', KEYS[1], ARGV[1]); return tonumber(ARGV[2])"
+# Appends ARGV[1] to a list at KEYS[1] (LPUSH on a string key is a WRONGTYPE error).
+_APPEND = "return redis.call('RPUSH', KEYS[1], ARGV[1])"
+
+
+@pytest.fixture
+def client(single_redis_url: str) -> Any:
+    c = spy_client(single_redis_url)
+    yield c
+    c.close()
+
+
+def names(n: int) -> list[str]:
+    tag = uuid.uuid4().hex[:8]
+    return [f"w{tag}:{i}" for i in range(n)]
+
+
+def evalsha_calls(client: Any) -> int:
+    stats = client.info("commandstats").get("cmdstat_evalsha", {})
+    return int(stats.get("calls", 0))
+
+
+def test_each_call_of_a_script_sent_together_gets_its_own_answer(client: Any) -> None:
+    script = client.register_script(_SET_AND_ANSWER)
+    call_scripts(client, [(script, [k], ["", 0]) for k in names(2)])  # its many form loaded
+    keys = names(50)
+    before = evalsha_calls(client)
+    answers = call_scripts(client, [(script, [k], [f"v{i}", i * 10]) for i, k in enumerate(keys)])
+    assert answers == [i * 10 for i in range(50)]
+    assert client.mget(keys) == [f"v{i}".encode() for i in range(50)]
+    assert evalsha_calls(client) - before == 1  # one EVALSHA for all 50
+
+
+def test_one_failing_call_does_not_stop_the_others(client: Any) -> None:
+    script = client.register_script(_APPEND)
+    keys = names(3)
+    client.set(keys[1], "a string: RPUSH on it is a WRONGTYPE error")
+    answers = call_scripts(client, [(script, [k], ["x"]) for k in keys])
+    assert answers[0] == 1 and answers[2] == 1
+    assert isinstance(answers[1], redis.ResponseError)
+    assert "WRONGTYPE" in str(answers[1])
+    assert client.lrange(keys[0], 0, -1) == [b"x"] and client.lrange(keys[2], 0, -1) == [b"x"]
+
+
+def test_calls_of_one_key_run_in_the_order_they_were_made(client: Any) -> None:
+    append = client.register_script(_APPEND)
+    other = client.register_script("return redis.call('RPUSH', KEYS[1], 'other:' .. ARGV[1])")
+    a, b = names(2)
+    calls = [
+        (append, [a], ["1"]),
+        (other, [b], ["1"]),
+        (other, [a], ["2"]),  # a's second call, of another script
+        (append, [b], ["2"]),
+        (append, [a], ["3"]),
+    ]
+    call_scripts(client, calls)
+    assert client.lrange(a, 0, -1) == [b"1", b"other:2", b"3"]
+    assert client.lrange(b, 0, -1) == [b"other:1", b"2"]
+
+
+def test_calls_with_different_numbers_of_keys_are_answered_each(client: Any) -> None:
+    script = client.register_script("return #KEYS * 100 + #ARGV")
+    keys = names(4)
+    calls = [(script, keys[:1], ["a"]), (script, keys[1:3], ["a", "b"]), (script, keys[3:], [])]
+    assert call_scripts(client, calls) == [101, 202, 100]
+
+
+def test_a_flushed_script_cache_is_refilled_and_each_call_runs_once(client: Any) -> None:
+    script = client.register_script(_APPEND)
+    keys = names(20)
+    call_scripts(client, [(script, [k], ["first"]) for k in keys])
+    client.script_flush()  # as a Redis restarted without persistence
+    answers = call_scripts(client, [(script, [k], ["second"]) for k in keys])
+    assert answers == [2] * 20
+    assert all(client.lrange(k, 0, -1) == [b"first", b"second"] for k in keys)
