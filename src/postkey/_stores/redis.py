@@ -644,11 +644,17 @@ class RedisStore:
         return out
 
     def _watch_all(self, keys: set[str], settling: _Settling) -> list[Callable[[], None]]:
-        """Watch every key of ``keys`` for ``settling``; the undos. Keys whose results may have
-        been announced before this process listened are read once more."""
-        watches = [(key, *self._watch_result(key, settling.waker(key))) for key in keys]
-        self._replies.read_again([key for key, _unwatch, again in watches if again])
-        return [unwatch for _key, unwatch, _again in watches]
+        """Watch every key of ``keys`` (none sent here) for ``settling``; the undos. Keys this
+        process queued are woken by its reply channels (those whose results may have been
+        announced before it listened are read once more), the others by the hub."""
+        if not keys:
+            return []
+        watched, again, others = self._replies.watch_many(keys, settling.waker)
+        undo = [self._hub.watch(key, "result", settling.waker(key)) for key in others]
+        if watched:
+            undo.append(lambda: self._replies.unwatch_many(watched))
+        self._replies.read_again(again)
+        return undo
 
     def _unwatch_here(self, keys: set[str], settling: _Settling) -> None:
         # The local waiters of a wait that ended: those not woken (a timeout) are removed.

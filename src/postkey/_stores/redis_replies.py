@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from .._result import Result, State
 from .._waits import wake_all
@@ -153,6 +153,52 @@ class Replies:
                 wake(self._lookup(key))
             return (lambda: None), False
         return (lambda: self._unwatch(key, wake)), not heard_from_start
+
+    def watch_many(
+        self, keys: Iterable[str], waker: Callable[[str], Wake]
+    ) -> tuple[list[tuple[str, Wake]], list[str], list[str]]:
+        """`watch` for many keys under one lock, ``waker(key)`` making each one's wake: the
+        (key, wake) pairs registered (for `unwatch_many`), the keys among them to read once
+        more, and the keys that are not ours."""
+        watched: list[tuple[str, Wake]] = []
+        again: list[str] = []
+        others: list[str] = []
+        heard: list[tuple[str, bytes]] = []
+        with self._lock:
+            landed, mine, waiters = self._landed, self._mine, self._waiters
+            for key in keys:
+                kept = landed.pop(key, None) if landed else None
+                if kept is not None:
+                    self._landed_bytes -= len(kept[1])
+                    heard.append((key, kept[1]))
+                    continue
+                heard_from_start = mine.get(key)
+                if heard_from_start is None:
+                    others.append(key)
+                    continue
+                wake = waker(key)
+                waiters.setdefault(key, []).append(wake)
+                watched.append((key, wake))
+                if not heard_from_start:
+                    again.append(key)
+        for key, record in heard:
+            try:
+                result = codec.decode_result(key, record)
+            except codec.RecordError:
+                result = self._lookup(key)
+            waker(key)(result)
+        return watched, again, others
+
+    def unwatch_many(self, watched: list[tuple[str, Wake]]) -> None:
+        """Undo `watch_many` for the waits not woken."""
+        with self._lock:
+            waiters = self._waiters
+            for key, wake in watched:
+                wakes = waiters.get(key)
+                if wakes is not None and wake in wakes:
+                    wakes.remove(wake)
+                    if not wakes:
+                        del waiters[key]
 
     def _unwatch(self, key: str, wake: Wake) -> None:
         with self._lock:
