@@ -390,3 +390,69 @@ def test_dashboard_stats_have_the_documented_shape(gw: TestClient, echo: str) ->
         "elapsed_ms",
         "submitted_at",
     }
+
+
+def test_metrics_count_every_submit_and_result_and_bucket_their_latency(
+    gw: TestClient, echo: str
+) -> None:
+    before = samples(gw)
+    keys = [submit(gw, url=echo + f"/delay/{ms}") for ms in (0, 0, 30, 300)]
+    keys.append(submit(gw, url=echo + "/status/503", method="POST"))
+    for key in keys:
+        result(gw, key)
+    after = samples(gw)
+
+    def added(sample: str, **labels: str) -> float:
+        found = [(k, v) for k, v in after.items() if k[0] == sample and labels.items() <= k[1]]
+        assert len(found) == 1, (sample, labels, sorted(after))
+        key, value = found[0]
+        return value - before.get(key, 0.0)
+
+    assert added("postkey_requests_submitted_total", method="GET") == 4
+    assert added("postkey_requests_submitted_total", method="POST") == 1
+    host = echo.removeprefix("http://")
+    done = "postkey_requests_completed_total"
+    assert added(done, host=host, method="GET", status_class="2xx", error_kind="") == 4
+    assert added(done, host=host, method="POST", status_class="5xx", error_kind="") == 1
+    latency = "postkey_request_duration_seconds"
+    get_2xx = {"method": "GET", "outcome": "2xx"}
+    assert added(latency + "_count", **get_2xx) == 4
+    assert added(latency + "_bucket", le="+Inf", **get_2xx) == 4
+    assert added(latency + "_bucket", le="0.025", **get_2xx) == 2  # the two at once
+    assert added(latency + "_bucket", le="0.25", **get_2xx) == 3  # and the 30 ms one
+    assert 0.33 <= added(latency + "_sum", **get_2xx) < 5
+
+
+def samples(gw: TestClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of /metrics, by name and labels (parsed by prometheus-client)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = gw.get("/metrics", headers=A).text
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_the_in_flight_gauge_is_submits_less_results() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from postkey import Result, State
+    from postkey.gateway._metrics import Metrics
+
+    metrics = Metrics(lambda: (0, 0, None, None, None))
+    for method in ("GET", "POST", "BREW"):  # any token: counted as "other"
+        metrics.on_submit(method)
+    done = Result("k", State.DONE, status=204, submitted_at=1.0, finished_at=1.5)
+    metrics.on_result("GET", "http://example.com/", done)
+    text = metrics.render().decode()
+    found = {
+        (s.name, s.labels.get("method")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert found[("postkey_gateway_in_flight", None)] == 2
+    assert found[("postkey_requests_submitted_total", "other")] == 1
+    assert found[("postkey_request_duration_seconds_bucket", "GET")] == 1  # the last: +Inf
+    assert metrics.in_flight() == 2
