@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import given
+from hypothesis import strategies as st
 
 from postkey._stores.redis_writes import call_scripts
 
@@ -90,3 +92,13 @@ def test_a_flushed_script_cache_is_refilled_and_each_call_runs_once(client: Any)
     answers = call_scripts(client, [(script, [k], ["second"]) for k in keys])
     assert answers == [2] * 20
     assert all(client.lrange(k, 0, -1) == [b"first", b"second"] for k in keys)
+
+
+@given(st.floats(min_value=0, max_value=4e9) | st.sampled_from([0.0, 1e-7, 1764250000.123456]))
+def test_the_pending_record_made_from_fixed_parts_is_the_general_one(submitted_at: float) -> None:
+    from postkey._stores import codec
+
+    owner = "0123456789abcdef"
+    made = codec.pending_record_of(owner)(submitted_at)
+    assert made == codec.encode_pending(owner, None, submitted_at, "pending")
+    assert codec.decode_pending(made)["submitted_at"] == submitted_at

@@ -123,6 +123,7 @@ class RedisStore:
         self._cache_delete = self._redis.register_script(_CACHE_DELETE)
         self._queue = QueueScripts(self._redis)
         self.owner = secrets.token_hex(8)
+        self._pending_record = codec.pending_record_of(self.owner)
         self._jobs: dict[str, Job] = {}
         self._caller_jobs = 0
         self._lock = threading.Lock()
@@ -232,7 +233,10 @@ class RedisStore:
                         f"{self._max_idempotency_keys} idempotency keys are pending in this"
                         " process (max_idempotency_keys); nothing was sent"
                     )
-        record = codec.encode_pending(self.owner, job.fingerprint, job.submitted_at, "pending")
+        if job.fingerprint is None:
+            record = self._pending_record(job.submitted_at)
+        else:
+            record = codec.encode_pending(self.owner, job.fingerprint, job.submitted_at, "pending")
         # The pending record outlives the request's own deadline: the engine ends it by then.
         pending_ttl = job.request.timeout_ms + 60_000 + self._lease_ms
         names = self._names
