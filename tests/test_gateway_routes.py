@@ -454,5 +454,6 @@ def test_the_in_flight_gauge_is_submits_less_results() -> None:
     }
     assert found[("postkey_gateway_in_flight", None)] == 2
     assert found[("postkey_requests_submitted_total", "other")] == 1
+    assert found[("postkey_requests_submitted_created", "other")] > 1e9  # a Unix time
     assert found[("postkey_request_duration_seconds_bucket", "GET")] == 1  # the last: +Inf
     assert metrics.in_flight() == 2

@@ -726,3 +726,107 @@ def test_a_heard_result_taken_or_expired_is_not_handed_out_again(
         assert client.wait(taken, 2).state is State.UNKNOWN  # as get() says: taken
         time.sleep(0.5)  # past the short one's TTL
         assert client.wait(short, 2).state is State.EXPIRED
+
+
+def test_stray_or_unreadable_reply_announcements_never_end_a_wait(
+    redis_url: str, echo: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    # Anyone who can publish on a reply channel can send anything: a "read it" note for a key
+    # still queued, a record that does not decode, garbage. None of it may end a wait (nor
+    # stop the thread that hears them); the real results still do.
+    import struct
+    import threading
+
+    from postkey._stores.names import shard_of
+
+    def frame(raw: bytes) -> bytes:
+        return struct.pack("<I", len(raw)) + raw
+
+    p = prefix()
+    with queued(redis_url, p) as client:
+        keys = [client.get_async(echo + f"/get?i={i}") for i in range(3)]
+        client.flush()
+        store = client._store_
+        got: list[list[postkey.Result]] = []
+        waiting = threading.Thread(target=lambda: got.append(client.wait_many(keys, 30)))
+        waiting.start()
+        time.sleep(0.3)
+        bad_record = (
+            codec.RECORD_MAGIC
+            + b"R"
+            + codec.RESULT_HEAD.pack(0, 0, 200, 1, b"\0" * 36, 0, 2, 0, 0)
+            + b"\xff\xfe"
+        )  # a fingerprint that is not UTF-8
+        spy = spy_client(redis_url)
+        try:
+            for key in keys:
+                channel = store._names.reply(shard_of(key), store.reply_id)
+                for note in (
+                    key.encode() + b"\nr",
+                    b"*" + frame(key.encode() + b"\n" + bad_record),
+                    b"*" + frame(key.encode() + b"\nr") + struct.pack("<I", 2**32 - 1) + b"abc",
+                    b"*" + frame(b"no newline") + frame(b"\xff\xfe\n\x00"),
+                ):
+                    spy.spublish(channel, note)
+        finally:
+            spy.close()
+        time.sleep(0.5)
+        assert waiting.is_alive(), "a stray announcement ended the wait"
+        spawn(p)
+        waiting.join(30)
+        assert got and [r.state for r in got[0]] == [State.DONE] * 3
+        assert store._hub._thread.is_alive()
+
+
+def test_a_wait_that_fails_on_a_read_leaves_nothing_registered(redis_url: str, echo: str) -> None:
+    p = prefix()
+    with queued(redis_url, p) as client, Client(store=redis_url, store_prefix=p) as other:
+        queued_keys = [client.get_async(echo + "/get") for _ in range(3)]  # no worker runs
+        client.flush()
+        theirs = other.get_async(echo + "/delay/20000", timeout_ms=30_000)
+        other.flush()
+        replies = client._store_._replies
+        with replies._lock:
+            for key in queued_keys:
+                replies._mine[key] = False  # as after a reconnect: each is read once more
+
+        def store_down(keys: list[str]) -> list[postkey.Result]:
+            raise postkey.StoreUnavailable("the store went away between two reads")
+
+        replies._read_many = store_down  # type: ignore[method-assign]
+        with pytest.raises(postkey.StoreUnavailable):
+            client.wait_many([*queued_keys, theirs], 5)
+        assert replies._waiters == {}
+        assert client._store_._hub._waiters == {}
+        other.close(drain=False)
+
+
+def test_a_submitter_of_an_earlier_version_hears_one_announcement_per_message(
+    redis_url: str, echo: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    # Its reply id does not say it reads several announcements in one message (REPLY_BATCH):
+    # workers that end many of its keys at once still announce each alone.
+    p = prefix()
+    with queued(redis_url, p) as client:
+        store = client._store_
+        store.reply_id = store._replies._reply_id = store.owner  # as before BATCHED_REPLIES
+        spy = redis_py.Redis.from_url(redis_url)
+        listener = spy.pubsub()
+        try:
+            names = Names(p)
+            listener.ssubscribe(*{names.reply(i, store.owner) for i in range(SHARDS)})
+            keys = [client.get_async(echo + f"/get?i={i}") for i in range(60)]
+            spawn(p)
+            results = client.wait_many(keys, 30)
+            heard: list[bytes] = []
+            deadline = time.monotonic() + 5
+            while len(heard) < len(keys) and time.monotonic() < deadline:
+                message = listener.get_message(timeout=0.2)
+                if message and message["type"] == "smessage":
+                    heard.append(message["data"])
+        finally:
+            listener.close()
+            spy.close()
+    assert [r.state for r in results] == [State.DONE] * len(keys)
+    assert not [m for m in heard if m.startswith(b"*")]
+    assert sorted(m.partition(b"\n")[0].decode() for m in heard) == sorted(keys)

@@ -389,9 +389,38 @@ def test_results_heard_with_nobody_waiting_are_kept_within_bounds(
     assert replies._landed == {} and replies._landed_bytes == 0
 
 
-def test_a_wait_on_keys_sent_here_reads_nothing_back_from_redis(echo: str) -> None:
-    # Keys this process sends are woken by their own results landing: the wait neither reads
-    # them first nor after (a wait on 20,000 keys read 40,000 names before this).
+def test_one_message_of_several_announcements_wakes_each_waiter() -> None:
+    import struct
+
+    from postkey._result import Result
+    from postkey._stores import codec, redis_replies
+    from postkey._stores.names import Names
+
+    replies = redis_replies.Replies(
+        None,  # type: ignore[arg-type]  # no hub: announcements are fed by hand below
+        Names("p"),
+        "owner",
+        read_many=lambda keys: [Result(k, State.PENDING) for k in keys],
+        lookup=lambda key: Result(key, State.UNKNOWN),
+    )
+    woken: dict[str, Result] = {}
+    for key in ("a", "b", "c"):
+        replies._mine[key] = True
+        replies.watch(key, lambda r: woken.setdefault(r.key, r))
+    frames = b""
+    for key in ("a", "b", "c"):
+        done = Result(key, State.DONE, status=200, body=key.encode() * 3)
+        item = key.encode() + b"\n" + codec.encode_result(done)
+        frames += struct.pack("<I", len(item)) + item
+    replies._heard("reply", redis_replies.REPLY_BATCH + frames)
+    assert {k: r.body for k, r in woken.items()} == {"a": b"aaa", "b": b"bbb", "c": b"ccc"}
+    assert replies._waiters == {}
+
+
+def test_a_wait_on_keys_sent_here_reads_their_records_once(echo: str) -> None:
+    # Keys this process sends are woken by their own results landing: the wait reads only
+    # their records, once, in one MGET per 512 keys (a wait on 20,000 keys read 40,000 names
+    # before this, and then waited).
     with LocalRedis() as url, Client(store=url, store_prefix=prefix(), lease_ms=60_000) as c:
         keys = [c.get_async(echo + f"/delay/{200 + i}") for i in range(100)]
         spy = spy_client(url)
@@ -403,7 +432,22 @@ def test_a_wait_on_keys_sent_here_reads_nothing_back_from_redis(echo: str) -> No
             spy.close()
     assert [r.key for r in results] == keys + keys[:3]
     assert all(r.state is State.DONE and r.status == 200 for r in results)
-    assert reads_after == reads_before
+    assert reads_after - reads_before == 1
+
+
+def test_a_wait_on_an_own_key_another_process_ended_returns_at_once(echo: str) -> None:
+    p = prefix()
+    with LocalRedis() as url, Client(store=url, store_prefix=p, lease_ms=30_000) as sender:
+        key = sender.get_async(echo + "/delay/20000", timeout_ms=25_000)
+        sender.flush()
+        with Client(store=url, store_prefix=p) as other:
+            assert other.cancel(key)
+        started = time.monotonic()
+        result = sender.wait(key, 10)
+        took = time.monotonic() - started
+        sender.close(drain=False)
+    assert result.state is State.FAILED and result.error_kind == "cancelled"
+    assert took < 1, f"{took:.2f} s: the wait did not see that the store had ended the key"
 
 
 def _reads(spy: object) -> int:

@@ -102,3 +102,33 @@ def test_the_pending_record_made_from_fixed_parts_is_the_general_one(submitted_a
     made = codec.pending_record_of(owner)(submitted_at)
     assert made == codec.encode_pending(owner, None, submitted_at, "pending")
     assert codec.decode_pending(made)["submitted_at"] == submitted_at
+
+
+def test_a_keys_calls_keep_their_order_when_a_script_must_be_loaded_again(client: Any) -> None:
+    # The second script's single form is loaded, the first's many form is not: the first
+    # meets NOSCRIPT, the second runs. The first is sent again, and so is every later call
+    # on its keys (every script postkey sends can run twice), so k1 ends in order.
+    append = client.register_script("return redis.call('RPUSH', KEYS[1], ARGV[1])")
+    mark = client.register_script("return redis.call('RPUSH', KEYS[1], 'then:' .. ARGV[1])")
+    warm = names(1)
+    call_scripts(client, [(append, warm, ["x"])])
+    call_scripts(client, [(mark, warm, ["x"])])
+    client.script_flush()
+    call_scripts(client, [(mark, warm, ["x"])])  # only `mark` is loaded now
+    k1, k2 = names(2)
+    calls = [(append, [k1], ["first"]), (append, [k2], ["first"]), (mark, [k1], ["second"])]
+    call_scripts(client, calls)
+    assert client.lrange(k1, 0, -1)[-2:] == [b"first", b"then:second"]
+    assert client.lrange(k2, 0, -1) == [b"first"]
+
+
+def test_calls_without_keys_are_answered_each(client: Any) -> None:
+    script = client.register_script("return tonumber(ARGV[1]) * 2")
+    assert call_scripts(client, [(script, [], [n]) for n in range(5)]) == [0, 2, 4, 6, 8]
+
+
+def test_an_answer_that_starts_with_a_nul_byte_is_an_answer(client: Any) -> None:
+    script = client.register_script("return '\\0' .. ARGV[1]")
+    keys = names(3)
+    answers = call_scripts(client, [(script, [k], ["x"]) for k in keys])
+    assert answers == [b"\0x"] * 3

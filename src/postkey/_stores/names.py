@@ -68,10 +68,11 @@ class Names:
         """The queue stream a request under ``key`` waits in (its shard's)."""
         return self.queue(shard_of(key))
 
-    def reply(self, index: int, owner: str) -> str:
-        """The channel in shard ``index`` on which a submitter ``owner`` hears of the results
-        of its queued keys (one per shard: each result's script publishes in its own slot)."""
-        return f"{self._heads[index]}:reply:{owner}"
+    def reply(self, index: int, reply_id: str) -> str:
+        """The channel in shard ``index`` on which the submitter of ``reply_id`` hears of the
+        results of its queued keys (one per shard: each result's script publishes in its own
+        slot)."""
+        return f"{self._heads[index]}:reply:{reply_id}"
 
     def dead(self, index: int) -> str:
         """Shard ``index``'s dead-letter stream."""

@@ -38,7 +38,7 @@ from .redis_connect import (
     mget,
     redacted_url,
 )
-from .redis_queue import CLAIM, QueueScripts, encode_request, with_announce
+from .redis_queue import BATCHED_REPLIES, CLAIM, QueueScripts, encode_request, with_announce
 from .redis_replies import Replies
 from .redis_waits import WaitHub
 from .redis_writes import WriteBehind
@@ -124,6 +124,8 @@ class RedisStore:
         self._queue = QueueScripts(self._redis)
         self.owner = secrets.token_hex(8)
         self._pending_record = codec.pending_record_of(self.owner)
+        #: The id of this process's reply channels (`Replies`), in every key it queues.
+        self.reply_id = self.owner + BATCHED_REPLIES
         self._jobs: dict[str, Job] = {}
         self._caller_jobs = 0
         self._lock = threading.Lock()
@@ -147,7 +149,9 @@ class RedisStore:
         self._leases = threading.Thread(target=self._keep_lease, name="postkey-lease", daemon=True)
         self._leases.start()
         self._hub = WaitHub(self._redis, self._names, self._check, _RECHECK_S)
-        self._replies = Replies(self._hub, self._names, self.owner, self._read_many, self._lookup)
+        self._replies = Replies(
+            self._hub, self._names, self.reply_id, self._read_many, self._lookup
+        )
         self._writes = WriteBehind(self._redis, give_up_s=self._lease_ms / 1000.0)
 
     @property
@@ -302,7 +306,7 @@ class RedisStore:
             ttl,
             repr(job.submitted_at),
             request.url,
-            self.owner,
+            self.reply_id,
         ]
         if not fingerprint and self._writes.healthy:
             # Written behind, as `register` does, for the same reasons; until it lands this
@@ -610,6 +614,10 @@ class RedisStore:
             for key in sent_here:
                 waiters.setdefault(key, []).append(settling.waker(key))
         try:
+            # One look at their records only (no tombstones, nothing decoded unless it ended):
+            # another process may have ended one already (a cancel, worker_lost).
+            for key, result in self._ended_elsewhere(sent_here):
+                settling.record(key, result)
             others = [k for k in keys if k not in sent_here] if sent_here else keys
             # Keys this process queued need no read if their results were heard already, or
             # if they cannot have ended unheard (see Replies.claim).
@@ -617,8 +625,9 @@ class RedisStore:
             unknown = [k for k in others if k not in known and k not in silent]
             known.update(zip(unknown, self._read_many(unknown), strict=True))
             waiting = {k for k in others if k in silent or known[k].state in _NOT_ENDED}
-            undo = self._watch_all(waiting, settling)
+            undo, again = self._watch_all(waiting, settling)
             try:
+                self._replies.read_again(again)
                 # The hub hands each key's terminal Result to its waiter: only keys it did not
                 # settle (the wait timed out) are read again.
                 settled = settling.wait(len(waiting) + len(sent_here), seconds)
@@ -647,18 +656,36 @@ class RedisStore:
             ]
         return out
 
-    def _watch_all(self, keys: set[str], settling: _Settling) -> list[Callable[[], None]]:
-        """Watch every key of ``keys`` (none sent here) for ``settling``; the undos. Keys this
-        process queued are woken by its reply channels (those whose results may have been
-        announced before it listened are read once more), the others by the hub."""
+    def _ended_elsewhere(self, keys: set[str]) -> list[tuple[str, Result]]:
+        """Of ``keys`` (sent here), those whose record already holds a result, with it."""
+        out: list[tuple[str, Result]] = []
+        names = self._names
+        ordered = list(keys)
+        for start in range(0, len(ordered), 512):
+            chunk = ordered[start : start + 512]
+            records: list[Any] = self._call(mget, self._redis, [names.record(k) for k in chunk])
+            for key, record in zip(chunk, records, strict=True):
+                if record is not None and record[3:4] == b"R":
+                    try:
+                        out.append((key, codec.decode_result(key, record)))
+                    except (codec.RecordError, ValueError):
+                        pass  # its own write, or the end of the wait, says what it is
+        return out
+
+    def _watch_all(
+        self, keys: set[str], settling: _Settling
+    ) -> tuple[list[Callable[[], None]], list[str]]:
+        """Watch every key of ``keys`` (none sent here) for ``settling``, reading nothing: the
+        undos, and the keys to read once more (`Replies.read_again`: their results may have
+        been announced before this process listened). Keys this process queued are woken by
+        its reply channels, the others by the hub."""
         if not keys:
-            return []
+            return [], []
         watched, again, others = self._replies.watch_many(keys, settling.waker)
-        undo = [self._hub.watch(key, "result", settling.waker(key)) for key in others]
-        if watched:
-            undo.append(lambda: self._replies.unwatch_many(watched))
-        self._replies.read_again(again)
-        return undo
+        undo = [lambda: self._replies.unwatch_many(watched)] if watched else []
+        for key in others:
+            undo.append(self._hub.watch(key, "result", settling.waker(key)))
+        return undo, again
 
     def _unwatch_here(self, keys: set[str], settling: _Settling) -> None:
         # The local waiters of a wait that ended: those not woken (a timeout) are removed.

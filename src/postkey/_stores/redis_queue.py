@@ -63,6 +63,9 @@ end
 # Helpers every script that ends a key shares: a failed result in codec's R format, and the one
 # terminal write (record, tombstone kept or made, publish), so a waiter is always woken.
 _PRELUDE = """
+-- A script's many form (redis_writes) makes this a table: the reply announcements of the keys it
+-- ends are gathered and sent as one message per reply channel (REPLY_BATCH) at its end.
+local REPLIES = nil
 local function now_s()
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -91,7 +94,17 @@ local function settle(rec, tomb, chan, record, ttl, tomb_ttl, meta)
   if type(reply) == 'string' and reply ~= '' then
     local head = string.match(rec, '^[^{]*{[^}]*}')
     local key = string.sub(rec, string.len(head) + 2, -3)
-    redis.call('SPUBLISH', head .. ':reply:' .. reply, key .. '\\n' .. note)
+    local chan, item = head .. ':reply:' .. reply, key .. '\\n' .. note
+    if REPLIES and string.sub(reply, -2) == 'BATCHED_REPLIES' then  -- one message per channel
+      local items = REPLIES[chan]
+      if not items then
+        items = {}
+        REPLIES[chan] = items
+      end
+      items[#items + 1] = struct.pack('<I', string.len(item)) .. item
+    else
+      redis.call('SPUBLISH', chan, item)
+    end
   end
 end
 local function ttl_of(meta, default)
@@ -253,6 +266,14 @@ return 1
 ANNOUNCED_MAX = 65_536
 
 
+#: The first byte of a reply-channel message that holds several announcements, each as a 4-byte
+#: little-endian length and ``<key>`` + newline + announcement (no key starts with it).
+REPLY_BATCH = b"*"
+#: How a submitter's reply id ends if it reads such messages; to a reply id without it (a
+#: submitter of an earlier version) each announcement goes alone.
+BATCHED_REPLIES = "+b"
+
+
 def with_announce(lua: str) -> str:
     """``lua`` with ``ANNOUNCE(record)`` defined: what a terminal write publishes on the key's
     channel, the record itself if small, else 'r' (read it)."""
@@ -269,6 +290,7 @@ def _with_codes(lua: str) -> str:
         .replace("KIND_UNKNOWN_OUTCOME", str(codec.kind_code(ErrorKind.UNKNOWN_OUTCOME)))
         .replace("KIND_WORKER_LOST", str(codec.kind_code(ErrorKind.WORKER_LOST)))
         .replace("FAILED", str(codec.STATES.index(State.FAILED)))
+        .replace("BATCHED_REPLIES", BATCHED_REPLIES)
     )
 
 

@@ -2,7 +2,9 @@
 
 Every terminal write of a queued key also announces ``<key>`` + newline + the result (or
 ``r``: read it) on its submitter's reply channel in the key's shard (`names.Names.reply`), so a
-submitter subscribes to 16 channels once instead of one channel per key it waits for.
+submitter subscribes to 16 channels once instead of one channel per key it waits for. A worker
+that ends many keys in one call sends one message per reply channel holding all of theirs
+(`redis_queue.REPLY_BATCH`).
 
 A result announced while nobody here waits for it yet (a submitter still queueing, say) is kept,
 bounded in count, bytes and age, so that the wait that follows takes it without a read; a key
@@ -22,11 +24,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+from .._errors import StoreUnavailable
 from .._result import Result, State
 from .._waits import wake_all
 from . import codec
 from .base import MISSING
 from .names import SHARDS, Names, shard_of
+from .redis_queue import REPLY_BATCH
 from .redis_waits import WaitHub
 
 Wake = Callable[[Result], None]
@@ -47,13 +51,13 @@ class Replies:
         self,
         hub: WaitHub,
         names: Names,
-        owner: str,
+        reply_id: str,
         read_many: Callable[[list[str]], list[Result]],
         lookup: Callable[[str], Result],
     ) -> None:
         self._hub = hub
         self._names = names
-        self._owner = owner
+        self._reply_id = reply_id
         self._read_many = read_many
         self._lookup = lookup
         self._lock = threading.Lock()
@@ -88,7 +92,7 @@ class Replies:
                 return
             self._listening = True
         self._hub.listen(
-            [self._names.reply(i, self._owner) for i in range(SHARDS)],
+            [self._names.reply(i, self._reply_id) for i in range(SHARDS)],
             self._heard,
             self._confirmed_channel,
             self._lost,
@@ -159,18 +163,20 @@ class Replies:
     ) -> tuple[list[tuple[str, Wake]], list[str], list[str]]:
         """`watch` for many keys under one lock, ``waker(key)`` making each one's wake: the
         (key, wake) pairs registered (for `unwatch_many`), the keys among them to read once
-        more, and the keys that are not ours."""
+        more (`read_again`), and the keys that are not ours. Results heard already wake at
+        once. Never reads Redis."""
         watched: list[tuple[str, Wake]] = []
         again: list[str] = []
         others: list[str] = []
-        heard: list[tuple[str, bytes]] = []
+        heard: list[tuple[Wake, Result]] = []
         with self._lock:
             landed, mine, waiters = self._landed, self._mine, self._waiters
             for key in keys:
                 kept = landed.pop(key, None) if landed else None
                 if kept is not None:
                     self._landed_bytes -= len(kept[1])
-                    heard.append((key, kept[1]))
+                    # Kept only once decoded (see _heard_one): it decodes again.
+                    heard.append((waker(key), codec.decode_result(key, kept[1])))
                     continue
                 heard_from_start = mine.get(key)
                 if heard_from_start is None:
@@ -181,12 +187,8 @@ class Replies:
                 watched.append((key, wake))
                 if not heard_from_start:
                     again.append(key)
-        for key, record in heard:
-            try:
-                result = codec.decode_result(key, record)
-            except codec.RecordError:
-                result = self._lookup(key)
-            waker(key)(result)
+        for wake, result in heard:
+            wake(result)
         return watched, again, others
 
     def unwatch_many(self, watched: list[tuple[str, Wake]]) -> None:
@@ -231,25 +233,53 @@ class Replies:
     # -- on the hub's thread ---------------------------------------------------------------------
 
     def _heard(self, _channel: str, data: bytes) -> None:
+        if data[:1] != REPLY_BATCH:
+            self._heard_one(data)
+            return
+        # Several announcements (a worker ended many keys at once), each after its length.
+        at, end = 1, len(data)
+        while at + 4 <= end:
+            size = int.from_bytes(data[at : at + 4], "little")
+            at += 4
+            if at + size > end:
+                break  # truncated: the rest is read by the recheck if anyone waits for it
+            self._heard_one(data[at : at + size])
+            at += size
+
+    def _heard_one(self, data: bytes) -> None:
+        # Anyone who can publish on the channel can send anything: only a key's terminal
+        # result (announced, or read back from Redis) ends its wait.
         raw_key, _, note = data.partition(b"\n")
         key = raw_key.decode(errors="replace")
-        with self._lock:
-            ours = self._mine.pop(key, None) is not None
-            short_lived = key in self._short_lived
-            if short_lived:
-                self._short_lived.discard(key)
-            waiters = self._waiters.pop(key, None)
-            if not waiters:
-                if ours and not short_lived and note.startswith(codec.RECORD_MAGIC):
-                    self._keep_landed(key, note)
-                return
         result = None
         if note.startswith(codec.RECORD_MAGIC):
             try:
                 result = codec.decode_result(key, note)
-            except codec.RecordError:
+            except (codec.RecordError, ValueError):
                 result = None
-        wake_all(waiters, result or self._lookup(key), f"key {key!r}")
+            if result is not None and result.state in _NOT_ENDED:
+                result = None
+        with self._lock:
+            if key not in self._waiters:
+                ours = self._mine.pop(key, None) is not None
+                short_lived = key in self._short_lived
+                self._short_lived.discard(key)
+                if ours and not short_lived and result is not None:
+                    self._keep_landed(key, note)
+                return
+        if result is None:  # announced without its record (too large), or unreadable: read it
+            try:
+                result = self._lookup(key)
+            except StoreUnavailable:
+                return  # still waited for: the recheck reads it
+            if result.state in _NOT_ENDED:
+                return  # not ended (a stray announcement): its waiters wait on
+        with self._lock:
+            self._mine.pop(key, None)
+            self._short_lived.discard(key)
+            waiters = self._waiters.pop(key, None)
+        if waiters:
+            wake_all(waiters, result, f"key {key!r}")
 
     def _keep_landed(self, key: str, note: bytes) -> None:
         # Under the lock. The oldest go first, past the bounds or their time (a process that

@@ -20,6 +20,7 @@ import redis
 from redis.commands.core import Script
 
 from .redis_connect import UNAVAILABLE, evalsha, is_cluster
+from .redis_queue import REPLY_BATCH
 
 _pack: Callable[[tuple[Any, ...]], bytes] | None
 try:
@@ -41,8 +42,10 @@ def call_scripts(client: Any, calls: list[tuple[Script, list[str], list[Any]]]) 
     By EVALSHA alone: redis-py's own script calls in a pipeline first ask SCRIPT EXISTS, one
     more round trip per batch. On one Redis (not a Cluster, whose keys live on several nodes),
     the calls of one script go as one EVALSHA of its `many` form (see `_batched`). A call that
-    meets NOSCRIPT (a Redis restarted without persistence has an empty script cache) did not
-    run: its script is loaded and the call sent again; the calls that ran are not.
+    meets NOSCRIPT (a Redis restarted without persistence has an empty script cache, a many
+    form's first use) did not run: its script is loaded and the call sent again, with every
+    later call that shares a key with a call sent again, so that a key's calls still run in
+    order (those ran once already: every script postkey sends can run twice harmlessly).
 
     Raises:
         redis.ConnectionError, redis.TimeoutError: the store did not answer (the calls may or
@@ -55,7 +58,7 @@ def call_scripts(client: Any, calls: list[tuple[Script, list[str], list[Any]]]) 
         wire = [(script, keys, args, [i]) for i, (script, keys, args) in enumerate(calls)]
         send = _send_pipelined
     got = send(client, [call[:3] for call in wire])
-    again = [i for i, a in enumerate(got) if isinstance(a, redis.exceptions.NoScriptError)]
+    again = _to_send_again(wire, got)
     if again:
         for script in {wire[i][0].sha: wire[i][0] for i in again}.values():
             client.script_load(script.script)
@@ -70,14 +73,39 @@ def call_scripts(client: Any, calls: list[tuple[Script, list[str], list[Any]]]) 
                 answers[i] = answer
         else:
             for i, one in zip(positions, answer, strict=True):
-                answers[i] = _failure(one) if isinstance(one, bytes) and one[:1] == b"\0" else one
+                failed = isinstance(one, bytes) and one.startswith(_FAILED)
+                answers[i] = (
+                    redis.ResponseError(one[len(_FAILED) :].decode(errors="replace"))
+                    if failed
+                    else one
+                )
     return answers
+
+
+def _to_send_again(
+    wire: list[tuple[Script, list[str], list[Any], list[int]]], got: list[Any]
+) -> list[int]:
+    """The calls to send again after some met NOSCRIPT: those, and every later call on a key
+    of a call sent again (in order)."""
+    again: list[int] = []
+    touched: set[str] = set()
+    for i, answer in enumerate(got):
+        keys = wire[i][1]
+        if isinstance(answer, redis.exceptions.NoScriptError) or (
+            touched and not touched.isdisjoint(keys)
+        ):
+            again.append(i)
+            touched.update(keys)
+    return again
 
 
 # A script's `many` form: the script as a function, run for each call's KEYS and ARGV (ARGV[1]
 # and ARGV[2] say how many of each a call has); one answer per call, a call's error as a
-# string starting with a NUL byte (caught: the other calls still run and answer).
+# string starting with `_FAILED` (caught: the other calls still run and answer). Reply
+# announcements of the keys it ends are gathered (REPLIES, see redis_queue._PRELUDE) and sent
+# as one message per reply channel.
 _MANY = """
+local REPLIES = {}
 local function one(KEYS, ARGV)
 %s
 end
@@ -88,11 +116,19 @@ for i = 0, #KEYS / nk - 1 do
   for j = 1, nk do k[j] = KEYS[i * nk + j] end
   for j = 1, na do a[j] = ARGV[2 + i * na + j] end
   local ok, r = pcall(one, k, a)
-  if not ok then r = '\0' .. tostring(r) elseif r == nil then r = false end
+  if not ok then
+    r = '\\0postkey: a call failed\\0' .. tostring(r)
+  elseif r == nil then
+    r = false
+  end
   out[i + 1] = r
+end
+for chan, items in pairs(REPLIES) do
+  redis.call('SPUBLISH', chan, '%s' .. table.concat(items))
 end
 return out
 """
+_FAILED = b"\0postkey: a call failed\0"  # as _MANY writes it
 _many_forms: dict[str, Script] = {}
 
 
@@ -100,7 +136,9 @@ def _many_form(client: Any, script: Script) -> Script:
     form = _many_forms.get(script.sha)
     if form is None:
         lua = script.script if isinstance(script.script, str) else bytes(script.script).decode()
-        form = _many_forms[script.sha] = client.register_script(_MANY % lua)
+        # The script's own REPLIES (nil: announce each key at once) gives way to the form's.
+        lua = lua.replace("\nlocal REPLIES = nil\n", "\n")
+        form = _many_forms[script.sha] = client.register_script(_MANY % (lua, REPLY_BATCH.decode()))
     return form
 
 
@@ -127,10 +165,13 @@ def _batched(
         seen.clear()
 
     for i, (script, keys, args) in enumerate(calls):
-        if keys and keys[0] in seen:
+        if not keys:  # the many form counts calls by their keys: a keyless call goes alone
             close()
-        if keys:
-            seen.add(keys[0])
+            wire.append((script, keys, args, [i]))
+            continue
+        if keys[0] in seen:
+            close()
+        seen.add(keys[0])
         kind = (script.sha, len(keys), len(args))
         group = groups.get(kind)
         if group is None:
@@ -144,10 +185,6 @@ def _batched(
         positions.append(i)
     close()
     return wire
-
-
-def _failure(answer: bytes) -> redis.ResponseError:
-    return redis.ResponseError(answer[1:].decode("utf-8", "replace"))
 
 
 def _send_pipelined(client: Any, calls: list[tuple[Script, list[str], list[Any]]]) -> list[Any]:

@@ -4,6 +4,7 @@ method, status class and error kind, their latency, what is in flight and queued
 from __future__ import annotations
 
 import threading
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from .._result import Result, State
 from ._activity import host_of
@@ -111,23 +113,34 @@ class _Counts(Collector):
         self._submitted: dict[str, int] = {}
         self._completed: dict[tuple[str, str, str, str], int] = {}
         self._ended = 0
+        # When each series was first counted: Prometheus's "_created" samples.
+        self._created: dict[tuple[str, ...], float] = {}
         # (method, outcome) -> [count per bucket (the last: past every bound), sum of seconds]
         self._latency: dict[tuple[str, str], list[Any]] = {}
 
     def submitted(self, method: str) -> None:
         with self._lock:
-            self._submitted[method] = self._submitted.get(method, 0) + 1
+            count = self._submitted.get(method)
+            if count is None:
+                count = 0
+                self._created[("submitted", method)] = time.time()
+            self._submitted[method] = count + 1
 
     def completed(
         self, labels: tuple[str, str, str, str], latency: tuple[str, str], seconds: float | None
     ) -> None:
         with self._lock:
-            self._completed[labels] = self._completed.get(labels, 0) + 1
+            count = self._completed.get(labels)
+            if count is None:
+                count = 0
+                self._created[labels] = time.time()
+            self._completed[labels] = count + 1
             self._ended += 1
             if seconds is not None:
                 series = self._latency.get(latency)
                 if series is None:
                     series = self._latency[latency] = [[0] * (len(_LATENCY_BUCKETS) + 1), 0.0]
+                    self._created[latency] = time.time()
                 series[0][bisect_left(_LATENCY_BUCKETS, seconds)] += 1
                 series[1] += seconds
 
@@ -141,11 +154,12 @@ class _Counts(Collector):
             completed = dict(self._completed)
             ended = self._ended
             latency = {k: ([*v[0]], v[1]) for k, v in self._latency.items()}
+            created = dict(self._created)
         submitted = CounterMetricFamily(
             "postkey_requests_submitted", "Requests accepted by the gateway.", labels=["method"]
         )
         for method, count in sorted(submitted_now.items()):
-            submitted.add_metric([method], count)
+            submitted.add_metric([method], count, created=created[("submitted", method)])
         yield submitted
         done = CounterMetricFamily(
             "postkey_requests_completed",
@@ -154,7 +168,7 @@ class _Counts(Collector):
             labels=["host", "method", "status_class", "error_kind"],
         )
         for names, count in sorted(completed.items()):
-            done.add_metric(list(names), count)
+            done.add_metric(list(names), count, created=created[names])
         yield done
         histogram = HistogramMetricFamily(
             "postkey_request_duration_seconds",
@@ -167,6 +181,8 @@ class _Counts(Collector):
                 cumulative += count
                 buckets.append((le, cumulative))
             histogram.add_metric(list(pair), buckets, total)
+            labels = {"method": pair[0], "outcome": pair[1]}
+            histogram.samples.append(Sample(f"{histogram.name}_created", labels, created[pair]))
         yield histogram
         yield GaugeMetricFamily(
             "postkey_gateway_in_flight",
