@@ -357,23 +357,6 @@ def test_a_request_followed_at_once_by_a_half_close_is_answered(served: ServePro
 
 
 @ON_UVICORN
-def test_a_long_poll_followed_by_a_half_close_is_answered_when_it_ends(
-    served: ServeProcess, echo: str
-) -> None:
-    # The half-close comes while the answer is still to come (a long-poll): the connection
-    # stays open for it, then closes.
-    key = _pending_key(served, echo)
-    with connect(served) as sock:
-        started = time.monotonic()
-        sock.sendall(head_with_key(f"GET /v1/requests/{key}?wait=1 HTTP/1.1"))
-        sock.shutdown(socket.SHUT_WR)
-        answer = read_all(sock)
-    assert answer.startswith(b"HTTP/1.1 202"), answer  # the long-poll's own answer (pending)
-    assert time.monotonic() - started >= 0.9
-    assert answer.count(b"HTTP/1.1 ") == 1, answer
-
-
-@ON_UVICORN
 def test_a_malformed_request_pipelined_behind_a_long_poll_gets_400_after_it(
     served: ServeProcess, echo: str
 ) -> None:

@@ -225,24 +225,12 @@ class GuardedHttpTools(HttpToolsProtocol):
     def _refused(self) -> bool:
         return self._refusal_after is not None or self.transport.is_closing()
 
-    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio: True keeps it open
+    def eof_received(self) -> None:
         # The client will send no more (a half-close right behind its request, as `nc -N` and
-        # scripts do). An answer written in this loop turn is still held by OneSendPerTurn: it
-        # goes out first. A request whose whole body came and whose answer is still to come (a
-        # long-poll) keeps the connection open for that answer, which then closes it;
-        # otherwise asyncio closes the transport as this returns.
+        # scripts do); asyncio closes the transport as this returns. An answer written in this
+        # loop turn is still held by OneSendPerTurn: it goes out first.
         self._one_send.flush()
-        cycle = self.cycle
-        if (
-            cycle is not None
-            and not cycle.more_body
-            and not cycle.response_complete
-            and not self.transport.is_closing()
-        ):
-            cycle.keep_alive = False  # uvicorn closes once its answer is written
-            return True
         super().eof_received()
-        return None
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
