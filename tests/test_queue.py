@@ -5,6 +5,7 @@ anywhere; deadlines, drain at SIGTERM, poison requests, malformed entries, lost 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -684,6 +685,17 @@ def test_a_submit_retried_after_its_first_try_landed_is_queued_once(single_redis
         client.cancel(job.key)
 
 
+@contextlib.contextmanager
+def queued_and_observer(
+    redis_url: str, spawn: Callable[..., WorkerProcess]
+) -> Iterator[tuple[Client, Client]]:
+    """A queued client with a worker, and a plain client of the same prefix to look on."""
+    p = prefix()
+    spawn(p)
+    with queued(redis_url, p) as client, Client(store=redis_url, store_prefix=p) as observer:
+        yield client, observer
+
+
 def _heard_by(client: Client, observer: Client, keys: list[str]) -> None:
     """Once ``keys`` (queued by ``client``) have ended, as ``observer`` sees, and ``client`` has
     heard their announcements on its reply channels (nobody there waits for them yet)."""
@@ -695,9 +707,7 @@ def _heard_by(client: Client, observer: Client, keys: list[str]) -> None:
 def test_results_heard_before_the_wait_are_not_read_from_redis_again(
     redis_url: str, echo: str, spawn: Callable[..., WorkerProcess]
 ) -> None:
-    p = prefix()
-    spawn(p)
-    with queued(redis_url, p) as client, Client(store=redis_url, store_prefix=p) as observer:
+    with queued_and_observer(redis_url, spawn) as (client, observer):
         # Its reply channels confirmed first: an end announced before that is not heard (and
         # is read, rightly), which a loaded machine can make happen to the first keys.
         client.wait(client.post_async(echo + "/post"), 20)
@@ -719,9 +729,7 @@ def test_results_heard_before_the_wait_are_not_read_from_redis_again(
 def test_a_heard_result_taken_or_expired_is_not_handed_out_again(
     redis_url: str, echo: str, spawn: Callable[..., WorkerProcess]
 ) -> None:
-    p = prefix()
-    spawn(p)
-    with queued(redis_url, p) as client, Client(store=redis_url, store_prefix=p) as observer:
+    with queued_and_observer(redis_url, spawn) as (client, observer):
         taken = client.post_async(echo + "/post", json={"n": 1})
         short = client.post_async(echo + "/post", json={"n": 2}, ttl_ms=300)
         _heard_by(client, observer, [taken, short])

@@ -17,6 +17,7 @@ import pytest
 
 import postkey
 from postkey import Client, State
+from postkey._stores.redis_replies import Replies
 from postkey.testing import LocalRedis
 
 from .spy import clients, kill_pubsub_clients, spy_client
@@ -358,21 +359,28 @@ def test_a_wait_on_an_own_key_another_process_cancelled_gets_the_stored_result(
     assert "another process" in (result.error or "")
 
 
-def test_results_heard_with_nobody_waiting_are_kept_within_bounds(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def replies_fed_by_hand() -> Replies:
+    """A `Replies` with no hub: the tests hand it announcements themselves."""
     from postkey._result import Result
-    from postkey._stores import codec, redis_replies
     from postkey._stores.names import Names
 
-    monkeypatch.setattr(redis_replies, "_LANDED_BYTES", 10_000)
-    replies = redis_replies.Replies(
-        None,  # type: ignore[arg-type]  # no hub: announcements are fed by hand below
+    return Replies(
+        None,  # type: ignore[arg-type]
         Names("p"),
         "owner",
         read_many=lambda keys: [Result(k, State.PENDING) for k in keys],
         lookup=lambda key: Result(key, State.UNKNOWN),
     )
+
+
+def test_results_heard_with_nobody_waiting_are_kept_within_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from postkey._result import Result
+    from postkey._stores import codec, redis_replies
+
+    monkeypatch.setattr(redis_replies, "_LANDED_BYTES", 10_000)
+    replies = replies_fed_by_hand()
 
     def announce(key: str, body: bytes) -> None:
         replies._mine[key] = True  # as remember() marks a key queued while listening
@@ -394,15 +402,8 @@ def test_one_message_of_several_announcements_wakes_each_waiter() -> None:
 
     from postkey._result import Result
     from postkey._stores import codec, redis_replies
-    from postkey._stores.names import Names
 
-    replies = redis_replies.Replies(
-        None,  # type: ignore[arg-type]  # no hub: announcements are fed by hand below
-        Names("p"),
-        "owner",
-        read_many=lambda keys: [Result(k, State.PENDING) for k in keys],
-        lookup=lambda key: Result(key, State.UNKNOWN),
-    )
+    replies = replies_fed_by_hand()
     woken: dict[str, Result] = {}
     for key in ("a", "b", "c"):
         replies._mine[key] = True

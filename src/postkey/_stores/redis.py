@@ -374,17 +374,20 @@ class RedisStore:
         """This process's jobs whose keys another process ended (cancelled): stop sending them."""
         with self._lock:
             jobs = [job for key, job in self._jobs.items() if key not in self._ending]
-        gone: list[Job] = []
+        records = self._records_of([job.key for job in jobs])
+        return [
+            job
+            for job, record in zip(jobs, records, strict=True)
+            if record is not None and record[3:4] != b"P"
+        ]
+
+    def _records_of(self, keys: list[str]) -> list[Any]:
+        """The records of ``keys`` (None where there is none), one MGET per 512 keys."""
         names = self._names
-        for start in range(0, len(jobs), 512):
-            chunk = jobs[start : start + 512]
-            kinds = mget(self._redis, [names.record(job.key) for job in chunk])
-            gone += [
-                job
-                for job, record in zip(chunk, kinds, strict=True)
-                if record is not None and record[3:4] != b"P"
-            ]
-        return gone
+        out: list[Any] = []
+        for start in range(0, len(keys), 512):
+            out += mget(self._redis, [names.record(k) for k in keys[start : start + 512]])
+        return out
 
     def job(self, key: str) -> Job | None:
         """The pending job under ``key`` that this process sends (not one whose result is
@@ -616,7 +619,7 @@ class RedisStore:
         try:
             # One look at their records only (no tombstones, nothing decoded unless it ended):
             # another process may have ended one already (a cancel, worker_lost).
-            for key, result in self._ended_elsewhere(sent_here):
+            for key, result in self._ended_among(sent_here):
                 settling.record(key, result)
             others = [k for k in keys if k not in sent_here] if sent_here else keys
             # Keys this process queued need no read if their results were heard already, or
@@ -656,20 +659,17 @@ class RedisStore:
             ]
         return out
 
-    def _ended_elsewhere(self, keys: set[str]) -> list[tuple[str, Result]]:
+    def _ended_among(self, keys: set[str]) -> list[tuple[str, Result]]:
         """Of ``keys`` (sent here), those whose record already holds a result, with it."""
-        out: list[tuple[str, Result]] = []
-        names = self._names
         ordered = list(keys)
-        for start in range(0, len(ordered), 512):
-            chunk = ordered[start : start + 512]
-            records: list[Any] = self._call(mget, self._redis, [names.record(k) for k in chunk])
-            for key, record in zip(chunk, records, strict=True):
-                if record is not None and record[3:4] == b"R":
-                    try:
-                        out.append((key, codec.decode_result(key, record)))
-                    except (codec.RecordError, ValueError):
-                        pass  # its own write, or the end of the wait, says what it is
+        out: list[tuple[str, Result]] = []
+        records: list[Any] = self._call(self._records_of, ordered)
+        for key, record in zip(ordered, records, strict=True):
+            if record is not None and record[3:4] == b"R":
+                try:
+                    out.append((key, codec.decode_result(key, record)))
+                except (codec.RecordError, ValueError):
+                    pass  # its own write, or the end of the wait, says what it is
         return out
 
     def _watch_all(

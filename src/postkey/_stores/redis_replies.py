@@ -141,22 +141,10 @@ class Replies:
         """Register ``wake`` if ``key`` is one of ours (else None): the undo, and True if the
         caller must read the key once more (see the module docstring). A result heard already
         wakes it at once."""
-        with self._lock:
-            kept = self._landed.pop(key, None)
-            if kept is not None:
-                self._landed_bytes -= len(kept[1])
-            else:
-                heard_from_start = self._mine.get(key)
-                if heard_from_start is None:
-                    return None
-                self._waiters.setdefault(key, []).append(wake)
-        if kept is not None:
-            try:
-                wake(codec.decode_result(key, kept[1]))
-            except codec.RecordError:
-                wake(self._lookup(key))
-            return (lambda: None), False
-        return (lambda: self._unwatch(key, wake)), not heard_from_start
+        watched, again, others = self.watch_many([key], lambda _key: wake)
+        if others:
+            return None
+        return (lambda: self.unwatch_many(watched)), bool(again)
 
     def watch_many(
         self, keys: Iterable[str], waker: Callable[[str], Wake]
@@ -201,14 +189,6 @@ class Replies:
                     wakes.remove(wake)
                     if not wakes:
                         del waiters[key]
-
-    def _unwatch(self, key: str, wake: Wake) -> None:
-        with self._lock:
-            waiters = self._waiters.get(key)
-            if waiters is not None and wake in waiters:
-                waiters.remove(wake)
-                if not waiters:
-                    del self._waiters[key]
 
     def read_again(self, keys: list[str]) -> None:
         """Wake the waiters of those ``keys`` that have ended already."""

@@ -152,7 +152,7 @@ class _Counts(Collector):
         with self._lock:
             submitted_now = dict(self._submitted)
             completed = dict(self._completed)
-            ended = self._ended
+            in_flight = sum(self._submitted.values()) - self._ended
             latency = {k: ([*v[0]], v[1]) for k, v in self._latency.items()}
             created = dict(self._created)
         submitted = CounterMetricFamily(
@@ -187,7 +187,7 @@ class _Counts(Collector):
         yield GaugeMetricFamily(
             "postkey_gateway_in_flight",
             "Requests this gateway submitted whose result it has not seen yet.",
-            value=sum(submitted_now.values()) - ended,
+            value=in_flight,
         )
 
 
