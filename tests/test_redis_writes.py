@@ -132,3 +132,37 @@ def test_an_answer_that_starts_with_a_nul_byte_is_an_answer(client: Any) -> None
     keys = names(3)
     answers = call_scripts(client, [(script, [k], ["x"]) for k in keys])
     assert answers == [b"\0x"] * 3
+
+
+def test_writes_given_up_on_are_logged_with_their_keys_and_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A Redis of its own, stopped under the writer: its writes are retried for give_up_s, then
+    # reported lost (with their keys), each completion gets None and flush() says so.
+    from postkey._stores.redis_writes import WriteBehind
+    from postkey.testing import LocalRedis
+
+    server = LocalRedis().start()
+    c = redis.Redis.from_url(server.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    script = c.register_script(_SET_AND_ANSWER)
+    writes = WriteBehind(c, give_up_s=0.3)
+    try:
+        writes.put(script, ["first"], ["v", 1], None)
+        assert writes.flush(5.0)
+        assert c.get("first") == b"v"
+        server.stop()
+        answers: list[Any] = []
+        keys = names(5)
+        for i, k in enumerate(keys):
+            writes.put(script, [k], ["v", i], answers.append if i % 2 else None)
+        with caplog.at_level("ERROR", logger="postkey"):
+            assert not writes.flush(10.0)
+        assert answers == [None, None]  # the two with a completion
+        lost = [r.getMessage() for r in caplog.records if "were lost" in r.getMessage()]
+        assert lost and lost[0].startswith("5 writes to the store were lost")
+        assert keys[0] in lost[0] and "..." in lost[0]
+        assert not writes.healthy
+    finally:
+        writes.close(1.0)
+        c.close()
+        server.stop()

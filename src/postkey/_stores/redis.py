@@ -256,7 +256,9 @@ class RedisStore:
             # a round trip; flush() waits for that. This process sees it as pending now.
             with self._lock:
                 self._jobs[job.key] = job
-            self._writes.put(self._register, keys, args, self._registered(job))
+            # Nothing to do once it lands: a write given up on is logged by the writer (with
+            # its key), and the key still ends here.
+            self._writes.put(self._register, keys, args, None)
             return True
         outcome = self._call(self._register, keys, args)
         if outcome == 1:
@@ -269,15 +271,6 @@ class RedisStore:
         if outcome == 0:
             return False
         raise KeyConflict(f"key {job.key!r} already names a different request (or a cache value)")
-
-    def _registered(self, job: Job) -> Callable[[Any], None]:
-        def landed(answer: Any) -> None:
-            if answer is None:  # Redis did not answer for a whole lease: say so once
-                log.error(
-                    "key %s could not be written to the store; it is pending only here", job.key
-                )
-
-        return landed
 
     def enqueue(self, job: Job, caller_key: bool, delivery: str) -> bool:
         """Queue ``job`` for the workers: its pending record and queue entry, in one step.

@@ -13,7 +13,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from itertools import repeat
 from typing import Any
 
 import redis
@@ -36,8 +37,10 @@ Done = Callable[[Any], None]
 _BATCH = 512
 
 
-def call_scripts(client: Any, calls: list[tuple[Script, list[str], list[Any]]]) -> list[Any]:
+def call_scripts(client: Any, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
     """Run script calls in one pipeline; their answers (an exception for a call that failed).
+    Each call is (script, KEYS, ARGV), and may carry more items after those (ignored): the
+    writer passes its queued operations as they are.
 
     By EVALSHA alone: redis-py's own script calls in a pipeline first ask SCRIPT EXISTS, one
     more round trip per batch. On one Redis (not a Cluster, whose keys live on several nodes),
@@ -55,14 +58,14 @@ def call_scripts(client: Any, calls: list[tuple[Script, list[str], list[Any]]]) 
         wire = _batched(client, calls)
         send = _send_packed
     else:
-        wire = [(script, keys, args, [i]) for i, (script, keys, args) in enumerate(calls)]
+        wire = [(call[0], call[1], call[2], [i]) for i, call in enumerate(calls)]
         send = _send_pipelined
-    got = send(client, [call[:3] for call in wire])
+    got = send(client, wire)
     again = _to_send_again(wire, got)
     if again:
         for script in {wire[i][0].sha: wire[i][0] for i in again}.values():
             client.script_load(script.script)
-        for i, answer in zip(again, send(client, [wire[i][:3] for i in again]), strict=True):
+        for i, answer in zip(again, send(client, [wire[i] for i in again]), strict=True):
             got[i] = answer
     answers: list[Any] = [None] * len(calls)
     for (_script, _keys, _args, positions), answer in zip(wire, got, strict=True):
@@ -73,10 +76,9 @@ def call_scripts(client: Any, calls: list[tuple[Script, list[str], list[Any]]]) 
                 answers[i] = answer
         else:
             for i, one in zip(positions, answer, strict=True):
-                failed = isinstance(one, bytes) and one.startswith(_FAILED)
                 answers[i] = (
                     redis.ResponseError(one[len(_FAILED) :].decode(errors="replace"))
-                    if failed
+                    if type(one) is bytes and one.startswith(_FAILED)
                     else one
                 )
     return answers
@@ -143,7 +145,7 @@ def _many_form(client: Any, script: Script) -> Script:
 
 
 def _batched(
-    client: Any, calls: list[tuple[Script, list[str], list[Any]]]
+    client: Any, calls: Sequence[tuple[Any, ...]]
 ) -> list[tuple[Script, list[str], list[Any], list[int]]]:
     """``calls`` as fewer calls: those of one script (with as many KEYS and ARGV) together,
     as one call of its `many` form, with the positions of the calls each answers for.
@@ -153,49 +155,52 @@ def _batched(
     result), those of different keys in any order."""
     wire: list[tuple[Script, list[str], list[Any], list[int]]] = []
     seen: set[str] = set()
-    groups: dict[tuple[str, int, int], tuple[Script, list[str], list[Any], list[int]]] = {}
+    # (script, #KEYS, #ARGV) -> the script, all KEYS, all ARGV and the positions of its calls
+    groups: dict[tuple[Script, int, int], tuple[Script, list[str], list[Any], list[int]]] = {}
 
     def close() -> None:
         for script, keys, args, positions in groups.values():
             if len(positions) == 1:
                 wire.append((script, keys, args, positions))
             else:
+                args[:0] = [len(keys) // len(positions), (len(args)) // len(positions)]
                 wire.append((_many_form(client, script), keys, args, positions))
         groups.clear()
         seen.clear()
 
-    for i, (script, keys, args) in enumerate(calls):
+    # Per call: the writer's hot loop (two calls per request with the shared store).
+    add_seen = seen.add
+    find = groups.get
+    for i, call in enumerate(calls):
+        script, keys, args = call[0], call[1], call[2]
         if not keys:  # the many form counts calls by their keys: a keyless call goes alone
             close()
             wire.append((script, keys, args, [i]))
             continue
         if keys[0] in seen:
             close()
-        seen.add(keys[0])
-        kind = (script.sha, len(keys), len(args))
-        group = groups.get(kind)
+        add_seen(keys[0])
+        kind = (script, len(keys), len(args))
+        group = find(kind)
         if group is None:
             groups[kind] = (script, list(keys), list(args), [i])
-            continue
-        _script, all_keys, all_args, positions = group
-        if len(positions) == 1:  # a second call: the first becomes the many form's
-            all_args[:0] = [len(all_keys), len(all_args)]
-        all_keys += keys
-        all_args += args
-        positions.append(i)
+        else:
+            group[1].extend(keys)
+            group[2].extend(args)
+            group[3].append(i)
     close()
     return wire
 
 
-def _send_pipelined(client: Any, calls: list[tuple[Script, list[str], list[Any]]]) -> list[Any]:
+def _send_pipelined(client: Any, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
     pipe = client.pipeline(transaction=False)
-    for script, keys, args in calls:
-        evalsha(pipe, script.sha, keys, args)
+    for call in calls:
+        evalsha(pipe, call[0].sha, call[1], call[2])
     answers: list[Any] = pipe.execute(raise_on_error=False)
     return answers
 
 
-def _send_packed(client: Any, calls: list[tuple[Script, list[str], list[Any]]]) -> list[Any]:
+def _send_packed(client: Any, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
     # The same pipeline without redis-py's Pipeline: the commands packed by hiredis in C and
     # written at once, the answers read one by one. Profiled on W1 with the shared store,
     # redis-py's per-command packing, checks and parsing were most of a writer's time.
@@ -205,10 +210,7 @@ def _send_packed(client: Any, calls: list[tuple[Script, list[str], list[Any]]]) 
     try:
         # One buffer, one write: given a list, redis-py would make a system call per command.
         packed = b"".join(
-            [
-                _pack(("EVALSHA", script.sha, len(keys), *keys, *args))
-                for script, keys, args in calls
-            ]
+            [_pack(("EVALSHA", call[0].sha, len(call[1]), *call[1], *call[2])) for call in calls]
         )
         connection.send_packed_command([packed])
         answers: list[Any] = []
@@ -291,24 +293,26 @@ class WriteBehind:
     def _send(self, batch: list[tuple[Script, list[str], list[Any], Done | None]]) -> None:
         deadline = time.monotonic() + self._give_up_s
         delay = 0.05
-        answers: list[Any] = [None] * len(batch)
-        todo = list(range(len(batch)))
-        while True:
-            try:
-                got = call_scripts(self._client, [batch[i][:3] for i in todo])
-            except UNAVAILABLE as exc:
-                got = [exc] * len(todo)
-            for i, answer in zip(todo, got, strict=True):
-                answers[i] = answer
-            # Sent again: the calls that met a store that did not answer (all of them on one
-            # Redis; on a Cluster, those whose node is down, "the cluster is down" included).
-            todo = [i for i in todo if isinstance(answers[i], UNAVAILABLE)]
-            if not todo:
-                self.healthy = True
-                break
+        try:
+            answers = call_scripts(self._client, batch)
+        except UNAVAILABLE as exc:
+            answers = [exc] * len(batch)
+        # Nearly always none: looked for in C (map), not with a Python test per answer.
+        failed = any(map(isinstance, answers, repeat(Exception)))
+        # Sent again: the calls that met a store that did not answer (all of them on one
+        # Redis; on a Cluster, those whose node is down, "the cluster is down" included).
+        todo = [i for i, a in enumerate(answers) if _unavailable(a)] if failed else []
+        while todo:
             self.healthy = False
             if time.monotonic() + delay > deadline or self._stopping:
-                log.error("%d writes to the store were lost: %s", len(todo), answers[todo[0]])
+                lost = ", ".join(batch[i][1][0] for i in todo[:3] if batch[i][1])
+                log.error(
+                    "%d writes to the store were lost (%s%s): %s",
+                    len(todo),
+                    lost,
+                    ", ..." if len(todo) > 3 else "",
+                    answers[todo[0]],
+                )
                 for i in todo:
                     answers[i] = None
                 with self._ready:
@@ -316,13 +320,27 @@ class WriteBehind:
                 break
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
-        for (_script, _keys, _args, done), raw in zip(batch, answers, strict=True):
+            try:
+                got = call_scripts(self._client, [batch[i] for i in todo])
+            except UNAVAILABLE as exc:
+                got = [exc] * len(todo)
+            for i, answer in zip(todo, got, strict=True):
+                answers[i] = answer
+            todo = [i for i in todo if _unavailable(answers[i])]
+        else:
+            self.healthy = True
+        for op, raw in zip(batch, answers, strict=True):
             answer = raw
-            if isinstance(raw, Exception):
+            if failed and isinstance(raw, Exception):
                 log.error("a write to the store failed: %s", raw)
                 answer = None
+            done = op[3]
             if done is not None:
                 try:
                     done(answer)
                 except Exception:  # a bug in a completion must not stop the writer
                     log.exception("a store write's completion raised")
+
+
+def _unavailable(answer: Any) -> bool:
+    return isinstance(answer, UNAVAILABLE)
