@@ -24,6 +24,9 @@ _T = TypeVar("_T")
 CLOSE_GRACE_S = 5.0  # at shutdown, how long requests in flight may still finish
 
 
+_ON_DONE_KEPT = 1024
+
+
 class Gateway:
     """The state of one gateway process. Clients are made by `start` (in the server's process,
     inside its event loop's lifespan) and closed by `aclose`."""
@@ -40,6 +43,9 @@ class Gateway:
         self._by_policy: dict[DestinationPolicy, AsyncClient] = {}
         self._by_tenant: dict[str, AsyncClient] = {}
         self.metrics = Metrics(self._engine_stats)
+        # (tenant, method, URL) -> its result callback: most submits repeat a few of these, and
+        # one made per submit cost a closure on the loop and a URL parse per result.
+        self._on_done: dict[tuple[str, str, str], Inline] = {}
         self.metrics.long_polls.set_function(lambda: self.waiters)
         self.remote = config.settings.store != "memory://"
 
@@ -117,12 +123,25 @@ class Gateway:
 
     def on_done(self, tenant: Tenant, method: str, url: str) -> Callable[[Result], None]:
         """The callback that records a request's result in the activity and the metrics (where
-        the result lands: a few microseconds under their own locks, see `Inline`)."""
+        the result lands: a few microseconds under their own locks, see `Inline`). Called on
+        the event loop's thread only."""
+        cache_key = (tenant.name, method, url)
+        done = self._on_done.get(cache_key)
+        if done is None:
+            if len(self._on_done) >= _ON_DONE_KEPT:
+                self._on_done.clear()  # many distinct URLs: start over
+            done = self._on_done[cache_key] = self._recorder(tenant, method, url)
+        return done
+
+    def _recorder(self, tenant: Tenant, method: str, url: str) -> Inline:
         activity, metrics, name = self.activity, self.metrics, tenant.name
         skip = len(tenant.namespace)
+        try:
+            host: str | None = host_of(url)  # once for every result, of both
+        except ValueError:  # never for a validated URL; if so, each result works it out
+            host = None
 
         def done(result: Result) -> None:
-            host = host_of(url)  # once for both
             activity.finished(name, result.key[skip:], url, result, host)
             metrics.on_result(method, url, result, host)
 
