@@ -163,7 +163,7 @@ def _batched(
             if len(positions) == 1:
                 wire.append((script, keys, args, positions))
             else:
-                args[:0] = [len(keys) // len(positions), (len(args)) // len(positions)]
+                args[:0] = [len(keys) // len(positions), len(args) // len(positions)]
                 wire.append((_many_form(client, script), keys, args, positions))
         groups.clear()
         seen.clear()
