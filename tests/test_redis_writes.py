@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import redis
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from postkey._stores.redis_writes import call_scripts
@@ -164,5 +164,88 @@ def test_writes_given_up_on_are_logged_with_their_keys_and_reported(
         assert not writes.healthy
     finally:
         writes.close(1.0)
+        c.close()
+        server.stop()
+
+
+# A call: (script 0..2, key 0..3 or None for a keyless call, value). Script 0 and 1 append to a
+# list (1 with a second ARGV), script 2 counts its calls with no keys; appends answer the
+# list's length, so every answer depends on the order of the calls before it on its key.
+_CALL = st.tuples(st.integers(0, 2), st.integers(0, 3) | st.none(), st.integers(0, 99))
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(_CALL, min_size=1, max_size=40))
+def test_any_batch_answers_as_if_its_calls_ran_one_by_one(
+    single_redis_url: str, batch: list[tuple[int, int | None, int]]
+) -> None:
+    c = redis.Redis.from_url(single_redis_url)
+    try:
+        scripts = [
+            c.register_script("return redis.call('RPUSH', KEYS[1], ARGV[1])"),
+            c.register_script("return redis.call('RPUSH', KEYS[1], ARGV[1] .. ARGV[2])"),
+            c.register_script("return redis.call('INCR', '{w}:count:' .. ARGV[1])"),
+        ]
+        # Each script and its many form loaded first: a call that meets NOSCRIPT is sent again
+        # with the later calls on its keys, which these scripts (unlike postkey's) do not allow.
+        for script, args in ((scripts[0], ["w"]), (scripts[1], ["w", "w"])):
+            call_scripts(c, [(script, [k], args) for k in names(2)])
+        call_scripts(c, [(scripts[2], [], ["warm"])])
+        pool = names(4)
+        calls: list[tuple[Any, list[str], list[Any]]] = []
+        expected: list[Any] = []
+        lists: dict[str, list[bytes]] = {}
+        counts: dict[str, int] = {}
+        tag = pool[0]  # keyless calls count under this run's own name
+        for script, key, value in batch:
+            if script == 2 or key is None:
+                calls.append((scripts[2], [], [tag]))
+                counts[tag] = counts.get(tag, 0) + 1
+                expected.append(counts[tag])
+                continue
+            name = pool[key]
+            item = f"{value}" if script == 0 else f"{value}+"
+            calls.append((scripts[script], [name], [str(value)] if script == 0 else [value, "+"]))
+            lists.setdefault(name, []).append(item.encode())
+            expected.append(len(lists[name]))
+        assert call_scripts(c, calls) == expected
+        for name, items in lists.items():
+            assert c.lrange(name, 0, -1) == items
+    finally:
+        c.close()
+
+
+def test_the_writer_keeps_its_connection_and_takes_another_after_redis_restarts() -> None:
+    # The writer holds one connection of the pool between batches (no pool checkout, and so no
+    # poll(), per batch); a Redis killed and started again breaks it, and the writes that met
+    # that are sent again on a new one.
+    from postkey._stores.redis_writes import WriteBehind
+    from postkey.testing import LocalRedis
+
+    server = LocalRedis().start()
+    c = redis.Redis.from_url(server.url, socket_timeout=1, socket_connect_timeout=1)
+    script = c.register_script(_SET_AND_ANSWER)
+    writes = WriteBehind(c, give_up_s=20.0)
+    try:
+        for i, k in enumerate(names(20)):
+            writes.put(script, [k], ["v", i], None)
+        assert writes.flush(10.0)
+        pool = c.connection_pool
+        assert len(pool._in_use_connections) == 1  # held by the writer, not given back
+        server.kill()
+        server.start()
+        answers: list[Any] = []
+        keys = names(30)
+        for i, k in enumerate(keys):
+            writes.put(script, [k], ["again", i], answers.append)
+        assert writes.flush(15.0)
+        assert answers == list(range(30))
+        assert c.mget(keys) == [b"again"] * 30
+        assert writes.healthy
+    finally:
+        writes.close(1.0)
+        assert not c.connection_pool._in_use_connections  # given back when the writer ends
         c.close()
         server.stop()

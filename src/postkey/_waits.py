@@ -41,10 +41,15 @@ def check_wait_timeout(timeout: object) -> float | None:
     return seconds
 
 
-def wake_all(waiters: Iterable[Callable[[Any], object]], value: object, what: str) -> None:
-    """Call every waiter with ``value``; one that raises is logged and the others still run."""
+def wake_all(
+    waiters: Iterable[Callable[[Any], object]], value: object, what: str, key: str | None = None
+) -> None:
+    """Call every waiter with ``value``; one that raises is logged (as the waiter of ``what``,
+    and ``key`` if given: put together only then, not for every result) and the others still
+    run."""
     for wake in waiters:
         try:
             wake(value)
         except BaseException:  # a waiter's code must not stop the others, nor the caller
-            log.exception("a waiter for %s raised; the other waiters are still woken", what)
+            named = what if key is None else f"{what} {key!r}"
+            log.exception("a waiter for %s raised; the other waiters are still woken", named)

@@ -231,7 +231,7 @@ class MemCache:
             with self._lock:
                 over = self._evict(self._clock(), EVICT_PER_HOLD)
         if waiters:
-            wake_all(waiters, value, f"cache key {key!r}")
+            wake_all(waiters, value, "cache key", key)
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; True if it held a live value. Leaves no plain tombstone (a remembered
@@ -275,7 +275,7 @@ class MemCache:
         with self._lock:
             waiters, self._waiters = self._waiters, {}
         for key, wakes in waiters.items():
-            wake_all(wakes, _MISSING, f"cache key {key!r}")
+            wake_all(wakes, _MISSING, "cache key", key)
 
     def reap(self, limit: int) -> int:
         """Reclaim up to ``limit`` expired entries, tombstones and remembered keys, and move

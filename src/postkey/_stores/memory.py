@@ -226,7 +226,7 @@ class MemoryStore:
             finally:
                 lock.release()
             if waiters:
-                wake_all(waiters, result, f"key {job.key!r}")
+                wake_all(waiters, result, "key", job.key)
 
     def hold_wakes(self) -> None:
         """Keep back the wakes of the results `finish` stores from now until `wake_held`.
@@ -248,7 +248,7 @@ class MemoryStore:
                 return
             self._held = []
         for waiters, result in held:
-            wake_all(waiters, result, f"key {result.key!r}")
+            wake_all(waiters, result, "key", result.key)
 
     def tick(self, limit: int = 2048) -> int:
         """Reclaim expired results, values, tombstones and idempotency keys while idle.

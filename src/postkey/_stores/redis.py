@@ -338,7 +338,7 @@ class RedisStore:
             if waiters:
                 final = self._ending.get(job.key)
                 if final is not None:  # never a non-terminal Result: else they wait on
-                    wake_all(waiters, final, f"key {job.key!r}")
+                    wake_all(waiters, final, "key", job.key)
 
         return landed
 
@@ -411,7 +411,7 @@ class RedisStore:
             if waiters:
                 # What the store now holds: ours, or (dropped) whatever ended the key first.
                 final = result if answer != 0 else self._read_after_loss(job.key, result)
-                wake_all(waiters, final, f"key {job.key!r}")
+                wake_all(waiters, final, "key", job.key)
 
         self._writes.put(self._finish, keys, args, written)
 
@@ -835,7 +835,7 @@ class RedisStore:
         with self._lock:
             local, self._local_waiters = self._local_waiters, {}
         for key, waiters in local.items():
-            wake_all(waiters, MISSING, f"key {key!r}")
+            wake_all(waiters, MISSING, "key", key)
         self._replies.release_all()
 
     def flush(self, timeout: float) -> bool:

@@ -201,14 +201,14 @@ class Replies:
                 self._mine.pop(key, None)
                 waiters = self._waiters.pop(key, None)
             if waiters:
-                wake_all(waiters, result, f"key {key!r}")
+                wake_all(waiters, result, "key", key)
 
     def release_all(self) -> None:
         """Wake every waiter with MISSING (interpreter exit)."""
         with self._lock:
             waiters, self._waiters = self._waiters, {}
         for key, wakes in waiters.items():
-            wake_all(wakes, MISSING, f"key {key!r}")
+            wake_all(wakes, MISSING, "key", key)
 
     # -- on the hub's thread ---------------------------------------------------------------------
 
@@ -259,7 +259,7 @@ class Replies:
             self._short_lived.discard(key)
             waiters = self._waiters.pop(key, None)
         if waiters:
-            wake_all(waiters, result, f"key {key!r}")
+            wake_all(waiters, result, "key", key)
 
     def _keep_landed(self, key: str, note: bytes) -> None:
         # Under the lock. The oldest go first, past the bounds or their time (a process that

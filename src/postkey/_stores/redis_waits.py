@@ -132,7 +132,7 @@ class WaitHub:
             for key in list(self._subscribed):
                 self._drop_if_idle(key)
         for (key, _kind), gone in everything:
-            wake_all(list(gone), MISSING, f"key {key!r}")
+            wake_all(list(gone), MISSING, "key", key)
 
     def close(self) -> None:
         """Release every waiter and stop the thread."""
@@ -290,4 +290,4 @@ class WaitHub:
                     woken.append((key, list(found), value))
                 self._drop_if_idle(key)
         for key, wakes, value in woken:
-            wake_all(wakes, value, f"key {key!r}")
+            wake_all(wakes, value, "key", key)

@@ -37,10 +37,13 @@ Done = Callable[[Any], None]
 _BATCH = 512
 
 
-def call_scripts(client: Any, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+def call_scripts(
+    client: Any, calls: Sequence[tuple[Any, ...]], held: HeldConnection | None = None
+) -> list[Any]:
     """Run script calls in one pipeline; their answers (an exception for a call that failed).
     Each call is (script, KEYS, ARGV), and may carry more items after those (ignored): the
-    writer passes its queued operations as they are.
+    writer passes its queued operations as they are. ``held``: send on that connection rather
+    than one taken from the pool for this call.
 
     By EVALSHA alone: redis-py's own script calls in a pipeline first ask SCRIPT EXISTS, one
     more round trip per batch. On one Redis (not a Cluster, whose keys live on several nodes),
@@ -60,12 +63,12 @@ def call_scripts(client: Any, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
     else:
         wire = [(call[0], call[1], call[2], [i]) for i, call in enumerate(calls)]
         send = _send_pipelined
-    got = send(client, wire)
+    got = send(client, wire, held)
     again = _to_send_again(wire, got)
     if again:
         for script in {wire[i][0].sha: wire[i][0] for i in again}.values():
             client.script_load(script.script)
-        for i, answer in zip(again, send(client, [wire[i] for i in again]), strict=True):
+        for i, answer in zip(again, send(client, [wire[i] for i in again], held), strict=True):
             got[i] = answer
     answers: list[Any] = [None] * len(calls)
     for (_script, _keys, _args, positions), answer in zip(wire, got, strict=True):
@@ -192,7 +195,10 @@ def _batched(
     return wire
 
 
-def _send_pipelined(client: Any, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+def _send_pipelined(
+    client: Any, calls: Sequence[tuple[Any, ...]], held: HeldConnection | None = None
+) -> list[Any]:
+    del held  # a Cluster's pipeline takes connections of its nodes' own pools
     pipe = client.pipeline(transaction=False)
     for call in calls:
         evalsha(pipe, call[0].sha, call[1], call[2])
@@ -200,13 +206,15 @@ def _send_pipelined(client: Any, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
     return answers
 
 
-def _send_packed(client: Any, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+def _send_packed(
+    client: Any, calls: Sequence[tuple[Any, ...]], held: HeldConnection | None = None
+) -> list[Any]:
     # The same pipeline without redis-py's Pipeline: the commands packed by hiredis in C and
     # written at once, the answers read one by one. Profiled on W1 with the shared store,
     # redis-py's per-command packing, checks and parsing were most of a writer's time.
     assert _pack is not None
     pool = client.connection_pool
-    connection = pool.get_connection()
+    connection = pool.get_connection() if held is None else held.get()
     try:
         # One buffer, one write: given a list, redis-py would make a system call per command.
         packed = b"".join(
@@ -219,12 +227,47 @@ def _send_packed(client: Any, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
                 answers.append(connection.read_response())
             except redis.ResponseError as exc:  # this call's error; the others still answer
                 answers.append(exc)
-        return answers
     except BaseException:
-        connection.disconnect()  # answers may be left unread on it: never reuse it
-        raise
-    finally:
+        if held is not None:
+            held.drop()  # answers may be left unread on it: never reuse it
+            raise
+        connection.disconnect()  # as above
         pool.release(connection)
+        raise
+    if held is None:
+        pool.release(connection)
+    return answers
+
+
+class HeldConnection:
+    """A connection of a client's pool that one thread (a writer) keeps between its calls.
+
+    Taking one from the pool for each batch costs a poll() system call (redis-py checks that
+    nothing is left unread on it), and with it a hand-over of the GIL to the threads that are
+    busy meanwhile. Only that thread uses it; after an error it is dropped, and the next call
+    takes another."""
+
+    def __init__(self, client: Any) -> None:
+        self._pool = client.connection_pool
+        self._connection: Any = None
+
+    def get(self) -> Any:
+        if self._connection is None:
+            self._connection = self._pool.get_connection()
+        return self._connection
+
+    def drop(self) -> None:
+        """Close it (answers may be left unread on it) and give it back to the pool."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.disconnect()
+            self._pool.release(connection)
+
+    def release(self) -> None:
+        """Give it back to the pool, as it is."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            self._pool.release(connection)
 
 
 class WriteBehind:
@@ -232,6 +275,9 @@ class WriteBehind:
 
     def __init__(self, client: redis.Redis, give_up_s: float) -> None:
         self._client = client
+        self._held = (
+            HeldConnection(client) if _pack is not None and not is_cluster(client) else None
+        )
         self._give_up_s = give_up_s
         self._ops: deque[tuple[Script, list[str], list[Any], Done | None]] = deque()
         self._ready = threading.Condition(threading.Lock())
@@ -275,6 +321,13 @@ class WriteBehind:
         self._thread.join(timeout + 1)
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            if self._held is not None:
+                self._held.release()
+
+    def _serve(self) -> None:
         while True:
             with self._ready:
                 while not self._ops and not self._stopping:
@@ -294,7 +347,7 @@ class WriteBehind:
         deadline = time.monotonic() + self._give_up_s
         delay = 0.05
         try:
-            answers = call_scripts(self._client, batch)
+            answers = call_scripts(self._client, batch, self._held)
         except UNAVAILABLE as exc:
             answers = [exc] * len(batch)
         # Nearly always none: looked for in C (map), not with a Python test per answer.
@@ -321,7 +374,7 @@ class WriteBehind:
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
             try:
-                got = call_scripts(self._client, [batch[i] for i in todo])
+                got = call_scripts(self._client, [batch[i] for i in todo], self._held)
             except UNAVAILABLE as exc:
                 got = [exc] * len(todo)
             for i, answer in zip(todo, got, strict=True):
