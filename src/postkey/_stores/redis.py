@@ -256,8 +256,8 @@ class RedisStore:
             # a round trip; flush() waits for that. This process sees it as pending now.
             with self._lock:
                 self._jobs[job.key] = job
-            # Nothing to do once it lands: a write given up on is logged by the writer (with
-            # its key), and the key still ends here.
+            # Nothing to do once it lands: a write given up on is logged by the writer, one
+            # line per write naming its key's record, and the key still ends here.
             self._writes.put(self._register, keys, args, None)
             return True
         outcome = self._call(self._register, keys, args)

@@ -213,29 +213,50 @@ def _send_packed(
     # written at once, the answers read one by one. Profiled on W1 with the shared store,
     # redis-py's per-command packing, checks and parsing were most of a writer's time.
     assert _pack is not None
-    pool = client.connection_pool
-    connection = pool.get_connection() if held is None else held.get()
-    try:
-        # One buffer, one write: given a list, redis-py would make a system call per command.
-        packed = b"".join(
-            [_pack(("EVALSHA", call[0].sha, len(call[1]), *call[1], *call[2])) for call in calls]
-        )
-        connection.send_packed_command([packed])
-        answers: list[Any] = []
-        for _ in calls:
-            try:
-                answers.append(connection.read_response())
-            except redis.ResponseError as exc:  # this call's error; the others still answer
-                answers.append(exc)
-    except BaseException:
-        if held is not None:
-            held.drop()  # answers may be left unread on it: never reuse it
-            raise
-        connection.disconnect()  # as above
-        pool.release(connection)
-        raise
+    # One buffer, one write: given a list, redis-py would make a system call per command.
+    packed = b"".join(
+        [_pack(("EVALSHA", call[0].sha, len(call[1]), *call[1], *call[2])) for call in calls]
+    )
     if held is None:
+        pool = client.connection_pool
+        connection = pool.get_connection()
+        try:
+            answers = _exchange(connection, packed, len(calls))
+        except BaseException:
+            connection.disconnect()  # answers may be left unread on it: never reuse it
+            pool.release(connection)
+            raise
         pool.release(connection)
+        return answers
+    kept = held.kept
+    try:
+        return _exchange(held.get(), packed, len(calls))
+    except redis.ConnectionError:
+        held.drop()
+        if not kept:
+            raise
+    except BaseException:
+        held.drop()  # as above
+        raise
+    # The connection kept since an earlier batch had been closed meanwhile (a restart, an idle
+    # timeout, CLIENT KILL): once more on a new one, as a pool checkout would have found it
+    # closed and reconnected. Running the calls twice is harmless (see call_scripts).
+    try:
+        return _exchange(held.get(), packed, len(calls))
+    except BaseException:
+        held.drop()
+        raise
+
+
+def _exchange(connection: Any, packed: bytes, count: int) -> list[Any]:
+    """Send ``packed`` (``count`` commands) and read their answers, an error as an answer."""
+    connection.send_packed_command([packed])
+    answers: list[Any] = []
+    for _ in range(count):
+        try:
+            answers.append(connection.read_response())
+        except redis.ResponseError as exc:  # this call's error; the others still answer
+            answers.append(exc)
     return answers
 
 
@@ -245,11 +266,16 @@ class HeldConnection:
     Taking one from the pool for each batch costs a poll() system call (redis-py checks that
     nothing is left unread on it), and with it a hand-over of the GIL to the threads that are
     busy meanwhile. Only that thread uses it; after an error it is dropped, and the next call
-    takes another."""
+    takes another (at once, in the same call, if the kept one turns out closed)."""
 
     def __init__(self, client: Any) -> None:
         self._pool = client.connection_pool
         self._connection: Any = None
+
+    @property
+    def kept(self) -> bool:
+        """True if a connection is kept from an earlier call (it may have gone stale since)."""
+        return self._connection is not None
 
     def get(self) -> Any:
         if self._connection is None:
@@ -358,15 +384,10 @@ class WriteBehind:
         while todo:
             self.healthy = False
             if time.monotonic() + delay > deadline or self._stopping:
-                lost = ", ".join(batch[i][1][0] for i in todo[:3] if batch[i][1])
-                log.error(
-                    "%d writes to the store were lost (%s%s): %s",
-                    len(todo),
-                    lost,
-                    ", ..." if len(todo) > 3 else "",
-                    answers[todo[0]],
-                )
+                log.error("%d writes to the store were lost: %s", len(todo), answers[todo[0]])
                 for i in todo:
+                    # Each by its first key (a key's record): that key is pending only here.
+                    log.warning("lost: the write to %s", _first_key(batch[i]))
                     answers[i] = None
                 with self._ready:
                     self._lost += len(todo)
@@ -385,7 +406,7 @@ class WriteBehind:
         for op, raw in zip(batch, answers, strict=True):
             answer = raw
             if failed and isinstance(raw, Exception):
-                log.error("a write to the store failed: %s", raw)
+                log.error("the write to %s failed: %s", _first_key(op), raw)
                 answer = None
             done = op[3]
             if done is not None:
@@ -393,6 +414,11 @@ class WriteBehind:
                     done(answer)
                 except Exception:  # a bug in a completion must not stop the writer
                     log.exception("a store write's completion raised")
+
+
+def _first_key(op: tuple[Any, ...]) -> str:
+    keys = op[1]
+    return str(keys[0]) if keys else "(a call without keys)"
 
 
 def _unavailable(answer: Any) -> bool:
