@@ -57,7 +57,7 @@ def call_scripts(
         redis.ConnectionError, redis.TimeoutError: the store did not answer (the calls may or
             may not have run: every script postkey sends can run twice harmlessly).
     """
-    if _pack is not None and not is_cluster(client):
+    if _packs_for(client):
         wire = _batched(client, calls)
         send = _send_packed
     else:
@@ -85,6 +85,12 @@ def call_scripts(
                     else one
                 )
     return answers
+
+
+def _packs_for(client: Any) -> bool:
+    """True if calls to ``client`` go packed by hiredis on one connection (one Redis, not a
+    Cluster, whose keys live on several nodes)."""
+    return _pack is not None and not is_cluster(client)
 
 
 def _to_send_again(
@@ -301,9 +307,7 @@ class WriteBehind:
 
     def __init__(self, client: redis.Redis, give_up_s: float) -> None:
         self._client = client
-        self._held = (
-            HeldConnection(client) if _pack is not None and not is_cluster(client) else None
-        )
+        self._held = HeldConnection(client) if _packs_for(client) else None
         self._give_up_s = give_up_s
         self._ops: deque[tuple[Script, list[str], list[Any], Done | None]] = deque()
         self._ready = threading.Condition(threading.Lock())
@@ -380,7 +384,7 @@ class WriteBehind:
         failed = any(map(isinstance, answers, repeat(Exception)))
         # Sent again: the calls that met a store that did not answer (all of them on one
         # Redis; on a Cluster, those whose node is down, "the cluster is down" included).
-        todo = [i for i, a in enumerate(answers) if _unavailable(a)] if failed else []
+        todo = [i for i, a in enumerate(answers) if isinstance(a, UNAVAILABLE)] if failed else []
         while todo:
             self.healthy = False
             if time.monotonic() + delay > deadline or self._stopping:
@@ -400,8 +404,8 @@ class WriteBehind:
                 got = [exc] * len(todo)
             for i, answer in zip(todo, got, strict=True):
                 answers[i] = answer
-            todo = [i for i in todo if _unavailable(answers[i])]
-        else:
+            todo = [i for i in todo if isinstance(answers[i], UNAVAILABLE)]
+        else:  # every write went through (none given up on)
             self.healthy = True
         for op, raw in zip(batch, answers, strict=True):
             answer = raw
@@ -419,7 +423,3 @@ class WriteBehind:
 def _first_key(op: tuple[Any, ...]) -> str:
     keys = op[1]
     return str(keys[0]) if keys else "(a call without keys)"
-
-
-def _unavailable(answer: Any) -> bool:
-    return isinstance(answer, UNAVAILABLE)
