@@ -9,6 +9,9 @@ round-robin (run 1 of every row, then run 2 ...), FLUSHALL before each:
   embedded   postkey in-process (bench/clients/postkey_w1.py): no queue, the reference
   queued-1   postkey queued: `postkey worker --concurrency 256` + bench/clients/postkey_w1_queued.py
   queued-2   the same with 2 workers, --concurrency 128 each (256 on the wire in all)
+  embedded-compiled, queued-1-compiled
+             embedded and queued-1 on the compiled build (`make fast`, build/fast-site): each
+             queued row's ratio is to the embedded row of its own build
   arq        arq 0.28, 1 process, max_jobs=256 (bench/queues/q_arq.py)
   celery     Celery 5.7, --pool=threads --concurrency=64 (bench/queues/q_celery.py)
 
@@ -53,6 +56,7 @@ ROOT = HERE.parent
 QUEUES = HERE / "queues"
 RESULTS = QUEUES / "results"
 CLIENTS = HERE / "clients"
+FAST_SITE = ROOT / "build" / "fast-site"
 SUBMIT_TIMEOUT_S = 900.0
 READY_TIMEOUT_S = 120.0
 SETTLE_S = 1.0  # after ready: let start-up chatter (heartbeats, prefetch) settle
@@ -70,6 +74,7 @@ class Row:
     venv: str = ""
     module: str = ""
     worker_cmd: list[str] = field(default_factory=list)
+    compiled: bool = False  # on the compiled build (`make fast`, build/fast-site)
 
 
 ROWS = {
@@ -82,6 +87,16 @@ ROWS = {
         "postkey",
         workers=2,
         concurrency=128,
+    ),
+    "embedded-compiled": Row(
+        "postkey embedded, compiled build (`make fast`)", "embedded", compiled=True
+    ),
+    "queued-1-compiled": Row(
+        "postkey queued, 1 worker, compiled build (`make fast`)",
+        "postkey",
+        1,
+        256,
+        compiled=True,
     ),
     "arq": Row(
         "arq (1 process, asyncio, max_jobs=256, one aiohttp session)",
@@ -149,6 +164,10 @@ class Bench:
             venv_bin = QUEUES / row.venv / "bin"
             env["PATH"] = f"{venv_bin}{os.pathsep}{env['PATH']}"
             env["PYTHONPATH"] = str(QUEUES)
+        elif row.compiled:
+            if not (FAST_SITE / "postkey").is_dir():
+                raise SystemExit(f"{FAST_SITE} has no compiled build: run `make fast` first")
+            env["PYTHONPATH"] = str(FAST_SITE)
         else:
             env["PYTHONPATH"] = str(ROOT / "src")
         return env
@@ -463,6 +482,11 @@ def summarize(name: str, runs: list[dict]) -> dict:
     return s
 
 
+def own_embedded(row: str) -> str:
+    """The embedded row of ``row``'s build: each build's queued mode is compared with its own."""
+    return "embedded-compiled" if ROWS[row].compiled else "embedded"
+
+
 def table(chosen: list[str], summ: dict[str, dict], n: int) -> str:
     def ratio(m: dict, other: str) -> str:
         o = summ.get(other, {})
@@ -482,13 +506,15 @@ def table(chosen: list[str], summ: dict[str, dict], n: int) -> str:
             lines.append(f"| {ROWS[c].label} | failed | - | - | - | - | - | {correct} |")
             continue
         submit = f"{m['submit_s']:.2f}" if m.get("submit_s") is not None else "-"
-        rss = f"{m['worker_rss_mb']:.0f}" + (" (the one process)" if c == "embedded" else "")
+        rss = f"{m['worker_rss_mb']:.0f}" + (
+            " (the one process)" if ROWS[c].kind == "embedded" else ""
+        )
         each = m.get("worker_rss_each_mb") or []
         if len(each) > 1:
             rss += " (" + " + ".join(f"{x:.0f}" for x in each) + ")"
         lines.append(
             f"| {ROWS[c].label} | **{m['jobs_per_s']:,.0f}** ({m['min']:,.0f}-{m['max']:,.0f}) "
-            f"| {m['e2e_s']:.2f} | {submit} | {ratio(m, 'embedded')} | {ratio(m, 'arq')} "
+            f"| {m['e2e_s']:.2f} | {submit} | {ratio(m, own_embedded(c))} | {ratio(m, 'arq')} "
             f"| {rss} | {correct} |"
         )
     lines += [
@@ -511,7 +537,7 @@ def table(chosen: list[str], summ: dict[str, dict], n: int) -> str:
             return "-" if v is None else f"{1000 * v / n:.3f}"
 
         both = (m["worker_cpu_s"] or 0.0) + (m["submitter_cpu_s"] or 0.0)
-        worker_cpu = "-" if c == "embedded" else per_job(m["worker_cpu_s"])
+        worker_cpu = "-" if ROWS[c].kind == "embedded" else per_job(m["worker_cpu_s"])
         lines.append(
             f"| {ROWS[c].label} | {worker_cpu} | {per_job(m['submitter_cpu_s'])} "
             f"| {per_job(both)} | {per_job(m['e2e_s'])} | {per_job(m['redis_cpu_s'])} "

@@ -41,6 +41,10 @@ CLIENTS = {
     ),
     "postkey-guard": ("postkey, public_only + allow 127.0.0.1", "postkey_w1.py"),
     "postkey-redis": ("postkey, shared store on Redis (sends itself)", "postkey_w1_redis.py"),
+    "postkey-redis-compiled": (
+        "postkey compiled (mypyc), shared store on Redis (sends itself)",
+        "postkey_w1_redis.py",
+    ),
     "pycurl": ("bare pycurl CurlMulti loop (keeps status, headers, body)", "pycurl_bare.py"),
     "aiohttp": ("aiohttp, 256 worker tasks", "aiohttp_w1.py"),
     "requests-futures": ("requests-futures, 256 threads", "requests_futures_w1.py"),
@@ -177,6 +181,13 @@ def machine() -> str:
     )
 
 
+def within_run_ratio(runs: dict[str, list[dict[str, float]]], mine: str, theirs: str) -> float:
+    """The median over runs of ``mine``'s req/s over ``theirs``' in the same run."""
+    return statistics.median(
+        a["rps"] / b["rps"] for a, b in zip(runs[mine], runs[theirs], strict=True)
+    )
+
+
 def median_row(rows: list[dict[str, float]]) -> dict[str, float]:
     rps = [r["rps"] for r in rows]
     return {
@@ -263,6 +274,22 @@ def main() -> None:
             f"| wait wake-up p99 | {statistics.median(r['wake_p99_ms'] for r in micro):.3f} ms"
             " | <= 1 ms |",
             f"| memory per cached 1 KB result | {cached_result_bytes():,.0f} bytes | <= 1,638 |",
+        ]
+    shared = [
+        (build, within_run_ratio(runs, mine, theirs))
+        for build, mine, theirs in (
+            ("pure", "postkey-redis", "postkey"),
+            ("compiled", "postkey-redis-compiled", "postkey-compiled"),
+        )
+        if mine in runs and theirs in runs
+    ]
+    if shared:
+        lines += [
+            "",
+            "Shared store against embedded, each build against itself (median of the ratios"
+            " within each run; target >= 0.8x): "
+            + ", ".join(f"{build} {ratio:.2f}x" for build, ratio in shared)
+            + ".",
         ]
     if redis_wake:
         lines += [

@@ -786,7 +786,7 @@ def test_stray_or_unreadable_reply_announcements_never_end_a_wait(
         spawn(p)
         waiting.join(30)
         assert got and [r.state for r in got[0]] == [State.DONE] * 3
-        assert store._hub._thread.is_alive()
+        assert store._hub._runner.is_alive()
 
 
 def test_a_wait_that_fails_on_a_read_leaves_nothing_registered(redis_url: str, echo: str) -> None:

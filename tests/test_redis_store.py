@@ -360,12 +360,12 @@ def test_a_wait_on_an_own_key_another_process_cancelled_gets_the_stored_result(
 
 
 def replies_fed_by_hand() -> Replies:
-    """A `Replies` with no hub: the tests hand it announcements themselves."""
+    """A `Replies` that subscribes nothing: the tests hand it announcements themselves."""
     from postkey._result import Result
     from postkey._stores.names import Names
 
     return Replies(
-        None,  # type: ignore[arg-type]
+        lambda *subscription: None,
         Names("p"),
         "owner",
         read_many=lambda keys: [Result(k, State.PENDING) for k in keys],

@@ -27,7 +27,7 @@ from .._result import ErrorKind, Result, State
 from .._settings import Settings
 from .._waits import check_wait_timeout, wake_all
 from . import codec
-from .base import MISSING, CacheValue
+from .base import MISSING
 from .names import Names
 from .redis_connect import (
     STORE_ERRORS,
@@ -150,7 +150,7 @@ class RedisStore:
         self._leases.start()
         self._hub = WaitHub(self._redis, self._names, self._check, _RECHECK_S)
         self._replies = Replies(
-            self._hub, self._names, self.reply_id, self._read_many, self._lookup
+            self._hub.listen, self._names, self.reply_id, self._read_many, self._lookup
         )
         self._writes = WriteBehind(self._redis, give_up_s=self._lease_ms / 1000.0)
 
@@ -589,11 +589,11 @@ class RedisStore:
             self._replies.read_again([key])
         return None, undo
 
-    def wait(self, key: str, timeout: float | None) -> Result:
+    def wait(self, key: str, timeout: object) -> Result:
         """See `Store.wait`."""
         return self.wait_many([key], timeout)[0]
 
-    def wait_many(self, keys: list[str], timeout: float | None) -> list[Result]:
+    def wait_many(self, keys: list[str], timeout: object) -> list[Result]:
         """See `Store.wait_many`: one sleep, woken when the last key settles.
 
         Raises:
@@ -701,7 +701,9 @@ class RedisStore:
 
     # -- the general cache -----------------------------------------------------------------------
 
-    def _check_ttl(self, ttl_ms: int | None) -> int:
+    def _check_ttl(self, ttl_ms: object) -> int:
+        # Typed object: what the caller gave, checked here (the compiled build would otherwise
+        # refuse a wrong type with a bare TypeError before this check could say what is wrong).
         if ttl_ms is None:
             return self._result_ttl_ms
         if type(ttl_ms) is not int or not 1 <= ttl_ms <= self._max_ttl_ms:
@@ -710,7 +712,7 @@ class RedisStore:
             )
         return ttl_ms
 
-    def cache_set(self, key: str, value: CacheValue, ttl_ms: int | None) -> None:
+    def cache_set(self, key: str, value: object, ttl_ms: object) -> None:
         """See `Store.cache_set`."""
         if not isinstance(value, str | bytes):
             raise InvalidValue(f"cache values must be str or bytes, not {type(value).__name__}")
@@ -804,7 +806,7 @@ class RedisStore:
         if unwatch is not None:
             unwatch()
 
-    def cache_wait(self, key: str, timeout: float | None, default: Any = None) -> Any:
+    def cache_wait(self, key: str, timeout: object, default: Any = None) -> Any:
         """See `Store.cache_wait`."""
         seconds = check_wait_timeout(timeout)
         box: list[object] = []

@@ -31,7 +31,6 @@ from . import codec
 from .base import MISSING
 from .names import SHARDS, Names, shard_of
 from .redis_queue import REPLY_BATCH
-from .redis_waits import WaitHub
 
 Wake = Callable[[Result], None]
 
@@ -43,19 +42,32 @@ _LANDED_BYTES = 16 * 1024 * 1024
 _LANDED_S = 10.0
 _RECHECK_MAX = 1_000  # waiting keys read per last-resort recheck
 
+#: How `Replies` subscribes its channels: `WaitHub.listen` (channels, on_message, on_confirmed,
+#: on_lost, on_recheck).
+Listen = Callable[
+    [
+        list[str],
+        Callable[[str, bytes], None],
+        Callable[[str], None],
+        Callable[[], None],
+        Callable[[], None],
+    ],
+    None,
+]
+
 
 class Replies:
     """This process's queued keys and their waiters. Thread-safe."""
 
     def __init__(
         self,
-        hub: WaitHub,
+        listen: Listen,
         names: Names,
         reply_id: str,
         read_many: Callable[[list[str]], list[Result]],
         lookup: Callable[[str], Result],
     ) -> None:
-        self._hub = hub
+        self._listen = listen  # WaitHub.listen: subscribes the reply channels for good
         self._names = names
         self._reply_id = reply_id
         self._read_many = read_many
@@ -91,7 +103,7 @@ class Replies:
             if self._listening:
                 return
             self._listening = True
-        self._hub.listen(
+        self._listen(
             [self._names.reply(i, self._reply_id) for i in range(SHARDS)],
             self._heard,
             self._confirmed_channel,

@@ -65,8 +65,8 @@ class WaitHub:
         self._on_lost: Callable[[], None] | None = None
         self._on_recheck: Callable[[], None] | None = None
         self._pubsub: Channels | ClusterChannels | None = None
-        self._thread = threading.Thread(target=self._run, name="postkey-redis-waits", daemon=True)
-        self._thread.start()
+        self._runner = threading.Thread(target=self._run, name="postkey-redis-waits", daemon=True)
+        self._runner.start()
 
     # -- called by waiting threads ---------------------------------------------------------------
 
@@ -139,7 +139,7 @@ class WaitHub:
         self.release_all()
         self._stopping = True
         self._poke()
-        self._thread.join(5)
+        self._runner.join(5)
 
     def _poke(self) -> None:
         try:

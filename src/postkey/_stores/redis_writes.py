@@ -318,8 +318,8 @@ class WriteBehind:
         self._lost = 0  # writes given up on, ever
         self._lost_told = 0  # of those, how many a flush has reported
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="postkey-redis-writes", daemon=True)
-        self._thread.start()
+        self._runner = threading.Thread(target=self._run, name="postkey-redis-writes", daemon=True)
+        self._runner.start()
 
     def put(self, script: Script, keys: list[str], args: list[Any], done: Done | None) -> None:
         """Queue one call of ``script``; ``done(answer)`` runs on the writer's thread."""
@@ -348,7 +348,7 @@ class WriteBehind:
         with self._ready:
             self._stopping = True
             self._ready.notify_all()
-        self._thread.join(timeout + 1)
+        self._runner.join(timeout + 1)
 
     def _run(self) -> None:
         try:
