@@ -455,3 +455,29 @@ def _reads(spy: object) -> int:
     # MGET: how the store reads keys (its scripts' own GETs count as GET).
     stats = spy.info("commandstats")  # type: ignore[attr-defined]
     return int(stats.get("cmdstat_mget", {}).get("calls", 0))
+
+
+def test_waits_on_keys_sent_here_leave_no_waiter_on_their_jobs(redis_url: str, echo: str) -> None:
+    # Waiters of keys this process sends sit on their jobs until the result lands; a wait that
+    # times out, or two waits on one key, must leave nothing behind, and each wait that stays
+    # is woken once the result lands.
+    with Client(store=redis_url, store_prefix=prefix()) as client:
+        store = client._store
+        keys = [client.get_async(echo + "/delay/700", timeout_ms=10_000) for _ in range(3)]
+        jobs = [store._jobs[k] for k in keys]  # type: ignore[attr-defined]
+        assert all(not r.state.terminal for r in client.wait_many(keys, 0.05))
+        assert not client.wait(keys[0], 0.05).state.terminal
+        assert all(not job.waiters for job in jobs)
+        got: list[list[postkey.Result]] = []
+        both = [
+            threading.Thread(target=lambda: got.append(client.wait_many(keys, 10)))
+            for _ in range(2)
+        ]
+        for t in both:
+            t.start()
+        for t in both:
+            t.join(15)
+        assert len(got) == 2
+        assert all([r.status for r in results] == [200] * 3 for results in got)
+        assert all(not job.waiters for job in jobs)
+        assert [r.state for r in client.wait_many(keys, 0)] == [State.DONE] * 3

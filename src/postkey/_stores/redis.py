@@ -136,7 +136,6 @@ class RedisStore:
         # Queued submits written behind and not landed yet (pending, for this process).
         self._queuing: dict[str, Job] = {}
         # Waiters of keys this process sends, woken as their results land (no pub/sub).
-        self._local_waiters: dict[str, list[Callable[[Result], None]]] = {}
         #: Terminal writes that lost to an earlier one (a reader's worker_lost, say).
         self.dropped_writes = 0
         #: Called (on the lease thread) with each job of this process whose key another
@@ -407,7 +406,7 @@ class RedisStore:
                     del self._jobs[job.key]
                     if job.fingerprint is not None:
                         self._caller_jobs -= 1
-                waiters = self._local_waiters.pop(job.key, None)
+                waiters, job.waiters = job.waiters, None
             if waiters:
                 # What the store now holds: ours, or (dropped) whatever ended the key first.
                 final = result if answer != 0 else self._read_after_loss(job.key, result)
@@ -429,23 +428,22 @@ class RedisStore:
         process listened). A key this process sends is woken by its own result landing, with
         no pub/sub at all; a key it queued by its reply channels; others by the hub."""
         with self._lock:
-            if key in self._jobs:
-                self._local_waiters.setdefault(key, []).append(wake)
-                return (lambda: self._unwatch(self._local_waiters, key, wake)), False
+            job = self._jobs.get(key)
+            if job is not None:
+                if job.waiters is None:
+                    job.waiters = {wake: None}
+                else:
+                    job.waiters[wake] = None
+                return (lambda: self._unwatch_job(job, wake)), False
         mine = self._replies.watch(key, wake)
         if mine is not None:
             return mine
         return self._hub.watch(key, "result", wake), False  # type: ignore[arg-type]
 
-    def _unwatch(
-        self, table: dict[str, list[Callable[[Result], None]]], key: str, wake: Callable[..., None]
-    ) -> None:
+    def _unwatch_job(self, job: Job, wake: Callable[[Result], object]) -> None:
         with self._lock:
-            waiters = table.get(key)
-            if waiters is not None and wake in waiters:
-                waiters.remove(wake)
-                if not waiters:
-                    del table[key]
+            if job.waiters:
+                job.waiters.pop(wake, None)
 
     def _terminal_write(
         self, key: str, result: Result, owner: str, ttl_ms: int | None
@@ -603,12 +601,18 @@ class RedisStore:
         seconds = check_wait_timeout(timeout)
         settling = _Settling()
         # Keys this process sends need no read: each is woken by its own result landing (under
-        # the lock its write takes to wake them). Only the others are read and watched.
+        # the lock its write takes to wake them). Only the others are read and watched. One
+        # waker for all of them, on their jobs (as the memory store does): no object per key.
+        wake = settling.wake_with_result
         with self._lock:
-            jobs, waiters = self._jobs, self._local_waiters
+            jobs = self._jobs
             sent_here = {k for k in keys if k in jobs}
             for key in sent_here:
-                waiters.setdefault(key, []).append(settling.waker(key))
+                job = jobs[key]
+                if job.waiters is None:
+                    job.waiters = {wake: None}
+                else:
+                    job.waiters[wake] = None
         try:
             # One look at their records only (no tombstones, nothing decoded unless it ended):
             # another process may have ended one already (a cancel, worker_lost).
@@ -632,7 +636,7 @@ class RedisStore:
                     unwatch()
         finally:
             if sent_here:
-                self._unwatch_here(sent_here, settling)
+                self._unwatch_here(sent_here, wake)
         again = [k for k in sent_here | waiting if k not in settled]
         settled.update(zip(again, self._read_many(again), strict=True))
         return [settled[k] if k in settled else known[k] for k in keys]
@@ -680,20 +684,14 @@ class RedisStore:
             undo.append(self._hub.watch(key, "result", settling.waker(key)))
         return undo, again
 
-    def _unwatch_here(self, keys: set[str], settling: _Settling) -> None:
-        # The local waiters of a wait that ended: those not woken (a timeout) are removed.
+    def _unwatch_here(self, keys: set[str], wake: Callable[[Result], object]) -> None:
+        # The waker of a wait that ended, off the jobs it did not hear from (a timeout).
         with self._lock:
-            table = self._local_waiters
+            jobs = self._jobs
             for key in keys:
-                waiters = table.get(key)
-                if waiters is None:
-                    continue
-                kept = [
-                    w for w in waiters if not (isinstance(w, _Waker) and w.settling is settling)
-                ]
-                table[key] = kept
-                if not kept:
-                    del table[key]
+                job = jobs.get(key)
+                if job is not None and job.waiters:
+                    job.waiters.pop(wake, None)
 
     def subscriptions(self) -> int:
         """Channels this store is subscribed to now (0 when nobody waits)."""
@@ -834,9 +832,13 @@ class RedisStore:
     def release_waiters(self) -> None:
         """Wake every waiter with its default (interpreter exit)."""
         self._hub.release_all()
+        local: list[tuple[str, dict[Callable[[Result], object], None]]] = []
         with self._lock:
-            local, self._local_waiters = self._local_waiters, {}
-        for key, waiters in local.items():
+            for key, job in self._jobs.items():
+                if job.waiters:
+                    local.append((key, job.waiters))
+                    job.waiters = None
+        for key, waiters in local:
             wake_all(waiters, MISSING, "key", key)
         self._replies.release_all()
 
@@ -894,6 +896,10 @@ class _Settling:
 
     def waker(self, key: str) -> _Waker:
         return _Waker(self, key)
+
+    def wake_with_result(self, value: object) -> None:
+        """A waker for many keys at once: a Result names its own key (MISSING: released)."""
+        self.record(value.key if isinstance(value, Result) else "", value)
 
     def record(self, key: str, value: object) -> None:
         with self._lock:
