@@ -156,7 +156,9 @@ def test_writes_given_up_on_are_logged_with_their_keys_and_reported(
         answers: list[Any] = []
         keys = names(5)
         for i, k in enumerate(keys):
-            writes.put(script, [k], ["v", i], answers.append if i % 2 else None)
+            writes.put(
+                script, [k], ["v", i], (lambda _arg, a: answers.append(a)) if i % 2 else None
+            )
         with caplog.at_level("WARNING", logger="postkey"):
             assert not writes.flush(10.0)
         assert answers == [None, None]  # the two with a completion
@@ -244,7 +246,7 @@ def test_the_writer_keeps_its_connection_and_takes_another_after_redis_restarts(
         answers: list[Any] = []
         keys = names(30)
         for i, k in enumerate(keys):
-            writes.put(script, [k], ["again", i], answers.append)
+            writes.put(script, [k], ["again", i], lambda _arg, a: answers.append(a))
         assert writes.flush(15.0)
         assert answers == list(range(30))
         assert c.mget(keys) == [b"again"] * 30
@@ -287,7 +289,7 @@ def test_a_kept_connection_that_went_stale_is_replaced_at_once(
             admin.ping()
             assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
             answers: list[Any] = []
-            writes.put(script, ["after"], ["v", 2], answers.append)
+            writes.put(script, ["after"], ["v", 2], lambda _arg, a: answers.append(a))
             assert writes.flush(10.0)
             assert answers == [2] and c.get("after") == b"v"
             assert backoffs == []  # no failed attempt: the stale connection cost no backoff

@@ -157,6 +157,7 @@ class Worker:
         self._writes_closed = False
         self._recover_own = False  # after a failed read: read our own pending entries
         self._writes = WriteBehind(self._redis, give_up_s=settings.claim_idle_ms / 1000.0)
+        self._when_stored = self._stored  # bound once: a lookup makes a new object each time
         self._engine = Engine(
             self.settings, Transport(self.settings), self._sink, housekeeping=lambda: 0
         )
@@ -451,26 +452,27 @@ class Worker:
             (ttl, self._ttls[1]),
         )
 
-        def written(answer: Any) -> None:
-            if answer == 1:
-                self.stats.stored += 1
-            elif answer == 0:
-                self.stats.dropped += 1
-            self._let_go(taken)
+        self._writes.put(self._queue.scripts.finish, keys, args, self._when_stored, taken)
 
-        self._writes.put(self._queue.scripts.finish, keys, args, written)
+    def _stored(self, taken: _Taken, answer: Any) -> None:
+        """(Writer thread) The result of ``taken`` was stored (1), dropped (0) or lost."""
+        if answer == 1:
+            self.stats.stored += 1
+        elif answer == 0:
+            self.stats.dropped += 1
+        self._let_go(taken)
 
     def _hand_back(self, taken: _Taken) -> None:
         keys, args = self._queue.handback_args(
             taken.shard, taken.job.key, taken.entry_id, taken.owner
         )
 
-        def written(answer: Any) -> None:
-            if answer == 1:
-                self.stats.handed_back += 1
-            self._let_go(taken)
+        self._writes.put(self._queue.scripts.handback, keys, args, self._handed_back, taken)
 
-        self._writes.put(self._queue.scripts.handback, keys, args, written)
+    def _handed_back(self, taken: _Taken, answer: Any) -> None:
+        if answer == 1:
+            self.stats.handed_back += 1
+        self._let_go(taken)
 
     def _let_go(self, taken: _Taken) -> None:
         with self._room:

@@ -41,7 +41,7 @@ from .redis_connect import (
 from .redis_queue import BATCHED_REPLIES, CLAIM, QueueScripts, encode_request, with_announce
 from .redis_replies import Replies
 from .redis_waits import WaitHub
-from .redis_writes import WriteBehind
+from .redis_writes import Done, WriteBehind
 
 log = logging.getLogger("postkey")
 
@@ -152,6 +152,9 @@ class RedisStore:
             self._hub.listen, self._names, self.reply_id, self._read_many, self._lookup
         )
         self._writes = WriteBehind(self._redis, give_up_s=self._lease_ms / 1000.0)
+        # Bound once: an attribute lookup of a method makes a new object every time.
+        self._when_written: Done = self._written
+        self._when_landed: Done = self._landed
 
     @property
     def max_ttl_ms(self) -> int:
@@ -306,7 +309,7 @@ class RedisStore:
             with self._lock:
                 self._queuing[job.key] = job
             self._replies.remember(job.key, keep_ms=ttl)
-            self._writes.put(self._queue.enqueue, keys, args, self._queued(job))
+            self._writes.put(self._queue.enqueue, keys, args, self._when_landed, job)
             return True
         outcome = _own_retry(self._call(self._queue.enqueue, keys, args), fingerprint)
         if outcome == 1:
@@ -317,29 +320,27 @@ class RedisStore:
             return False
         raise KeyConflict(f"key {job.key!r} already names a different request (or a cache value)")
 
-    def _queued(self, job: Job) -> Callable[[Any], None]:
-        def landed(answer: Any) -> None:
-            answer = _own_retry(answer, "")  # written behind: only keys postkey made
-            waiters = None
-            with self._lock:
-                self._queuing.pop(job.key, None)
-                if answer != 1:  # no reply will come for it
-                    waiters = self._replies.forget(job.key)
-                if answer is None:
-                    # Never queued, so never sent: the key ends here (only this process
-                    # ever knew it), as failed / not_queued.
-                    failure = job.failure(
-                        ErrorKind.NOT_QUEUED,
-                        f"the store {self._redacted_url()} did not answer: the request was"
-                        " never queued, nothing was sent",
-                    )
-                    self._remember_here(job.key, failure)
-            if waiters:
-                final = self._ending.get(job.key)
-                if final is not None:  # never a non-terminal Result: else they wait on
-                    wake_all(waiters, final, "key", job.key)
-
-        return landed
+    def _landed(self, job: Job, answer: Any) -> None:
+        """(Writer thread) The queue entry of ``job`` was written (or could not be)."""
+        answer = _own_retry(answer, "")  # written behind: only keys postkey made
+        waiters = None
+        with self._lock:
+            self._queuing.pop(job.key, None)
+            if answer != 1:  # no reply will come for it
+                waiters = self._replies.forget(job.key)
+            if answer is None:
+                # Never queued, so never sent: the key ends here (only this process
+                # ever knew it), as failed / not_queued.
+                failure = job.failure(
+                    ErrorKind.NOT_QUEUED,
+                    f"the store {self._redacted_url()} did not answer: the request was"
+                    " never queued, nothing was sent",
+                )
+                self._remember_here(job.key, failure)
+        if waiters:
+            final = self._ending.get(job.key)
+            if final is not None:  # never a non-terminal Result: else they wait on
+                wake_all(waiters, final, "key", job.key)
 
     def _remember_here(self, key: str, result: Result) -> None:
         """Keep a result only this process can know (bounded: the oldest go first)."""
@@ -396,23 +397,26 @@ class RedisStore:
             self._ending[job.key] = result
         result.fingerprint = job.fingerprint
         keys, args = self._terminal_write(job.key, result, self.owner, job.ttl_ms)
+        # A method and the pair, not a closure per result: fewer objects for the collector.
+        self._writes.put(self._finish, keys, args, self._when_written, (job, result))
 
-        def written(answer: Any) -> None:
-            with self._lock:
-                if answer == 0:
-                    self.dropped_writes += 1
-                self._ending.pop(job.key, None)
-                if self._jobs.get(job.key) is job:
-                    del self._jobs[job.key]
-                    if job.fingerprint is not None:
-                        self._caller_jobs -= 1
-                waiters, job.waiters = job.waiters, None
-            if waiters:
-                # What the store now holds: ours, or (dropped) whatever ended the key first.
-                final = result if answer != 0 else self._read_after_loss(job.key, result)
-                wake_all(waiters, final, "key", job.key)
-
-        self._writes.put(self._finish, keys, args, written)
+    def _written(self, finished: tuple[Job, Result], answer: Any) -> None:
+        """(Writer thread) A result of ours landed (or was dropped, or lost): forget the job
+        and wake its waiters."""
+        job, result = finished
+        with self._lock:
+            if answer == 0:
+                self.dropped_writes += 1
+            self._ending.pop(job.key, None)
+            if self._jobs.get(job.key) is job:
+                del self._jobs[job.key]
+                if job.fingerprint is not None:
+                    self._caller_jobs -= 1
+            waiters, job.waiters = job.waiters, None
+        if waiters:
+            # What the store now holds: ours, or (dropped) whatever ended the key first.
+            final = result if answer != 0 else self._read_after_loss(job.key, result)
+            wake_all(waiters, final, "key", job.key)
 
     def _read_after_loss(self, key: str, ours: Result) -> Result:
         try:

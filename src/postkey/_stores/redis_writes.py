@@ -31,8 +31,10 @@ except ImportError:  # redis-py without hiredis: its own pipeline
 
 log = logging.getLogger("postkey")
 
-#: Called with the script's answer, or None when the write could not be made.
-Done = Callable[[Any], None]
+#: Called as ``done(arg, answer)``: the ``arg`` given with the write (what it was for, so that a
+#: write needs no closure of its own), and the script's answer, or None when the write could not
+#: be made.
+Done = Callable[[Any, Any], None]
 
 _BATCH = 512
 
@@ -309,7 +311,7 @@ class WriteBehind:
         self._client = client
         self._held = HeldConnection(client) if _packs_for(client) else None
         self._give_up_s = give_up_s
-        self._ops: deque[tuple[Script, list[str], list[Any], Done | None]] = deque()
+        self._ops: deque[tuple[Script, list[str], list[Any], Done | None, Any]] = deque()
         self._ready = threading.Condition(threading.Lock())
         self._busy = False  # a batch is on its way
         #: False after a batch met a connection error, until one goes through: callers then
@@ -321,10 +323,17 @@ class WriteBehind:
         self._runner = threading.Thread(target=self._run, name="postkey-redis-writes", daemon=True)
         self._runner.start()
 
-    def put(self, script: Script, keys: list[str], args: list[Any], done: Done | None) -> None:
-        """Queue one call of ``script``; ``done(answer)`` runs on the writer's thread."""
+    def put(
+        self,
+        script: Script,
+        keys: list[str],
+        args: list[Any],
+        done: Done | None = None,
+        arg: Any = None,
+    ) -> None:
+        """Queue one call of ``script``; ``done(arg, answer)`` runs on the writer's thread."""
         with self._ready:
-            self._ops.append((script, keys, args, done))
+            self._ops.append((script, keys, args, done, arg))
             if len(self._ops) == 1:
                 self._ready.notify()
 
@@ -373,7 +382,7 @@ class WriteBehind:
                     self._busy = False
                     self._ready.notify_all()
 
-    def _send(self, batch: list[tuple[Script, list[str], list[Any], Done | None]]) -> None:
+    def _send(self, batch: list[tuple[Script, list[str], list[Any], Done | None, Any]]) -> None:
         deadline = time.monotonic() + self._give_up_s
         delay = 0.05
         try:
@@ -415,7 +424,7 @@ class WriteBehind:
             done = op[3]
             if done is not None:
                 try:
-                    done(answer)
+                    done(op[4], answer)
                 except Exception:  # a bug in a completion must not stop the writer
                     log.exception("a store write's completion raised")
 
