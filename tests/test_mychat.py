@@ -203,3 +203,13 @@ def test_run_script_can_use_its_own_client(echo: str) -> None:
         run_script(lambda: keys.append(HTTPSendPostMessageAsync(echo, "", "", 3000)), "X", own)
         assert own.wait(keys[0], 5).status == 200
         assert postkey.status(keys[0]) == "unknown"  # not on the default client
+
+
+def test_script_sleep_takes_whole_milliseconds_only() -> None:
+    for bad in (None, "5", 1.5, True, 10**20):
+        with pytest.raises(postkey.InvalidValue, match="ScriptSleep"):
+            ScriptSleep(bad)  # type: ignore[arg-type]
+    started = time.monotonic()
+    ScriptSleep(-5)  # no pause, as MyChat does for a time already past
+    ScriptSleep(0)
+    assert time.monotonic() - started < 0.5

@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 import uuid
+from typing import Any
 
 import pytest
 
@@ -177,6 +178,47 @@ def test_a_bad_store_setting_is_refused() -> None:
             Client(store=bad)  # type: ignore[arg-type]
     with pytest.raises(postkey.InvalidValue, match="store_prefix"):
         Client(store="redis://127.0.0.1:1/0", store_prefix="a b")
+
+
+@pytest.mark.parametrize(
+    ("tail", "says"),
+    [
+        ("/abc", "database must be a number"),
+        ("/0?foo=1", "unknown or reserved option 'foo'"),
+        ("/0?socket_timeout=5", "unknown or reserved option 'socket_timeout'"),
+        ("/0?protocol=3", "unknown or reserved option 'protocol'"),
+        ("/99", "Redis refused it: DB index is out of range"),
+    ],
+)
+def test_a_store_url_redis_would_misread_is_refused(
+    single_redis_url: str, tail: str, says: str
+) -> None:
+    # redis-py ignores a database that is not a number, passes unknown options on to fail
+    # later with a TypeError, and lets the URL undo postkey's timeouts; Redis refuses a
+    # database it does not have at the first command. Each is a clear error at once.
+    url = single_redis_url.rsplit("/", 1)[0] + tail
+    with pytest.raises(postkey.InvalidValue, match=says):
+        Client(store=url)
+
+
+def test_a_store_url_may_carry_the_options_postkey_leaves_to_it(single_redis_url: str) -> None:
+    url = single_redis_url.rsplit("/", 1)[0] + "/1?max_connections=50&socket_keepalive=true"
+    with Client(store=url, store_prefix=prefix()) as client:
+        client.cache_set("k", "v")
+        assert client.cache_get("k") == "v"
+
+
+def test_closing_an_async_client_checks_its_timeout() -> None:
+    async def main(timeout: object) -> None:
+        client = postkey.AsyncClient()
+        try:
+            with pytest.raises(postkey.InvalidValue, match="timeout"):
+                await client.aclose(timeout=timeout)  # type: ignore[arg-type]
+        finally:
+            await client.aclose(timeout=1)
+
+    for bad in (float("nan"), "x", -1, True):
+        asyncio.run(main(bad))
 
 
 def test_ten_thousand_async_waiters_share_one_connection(redis_url: str, echo: str) -> None:
@@ -481,3 +523,87 @@ def test_waits_on_keys_sent_here_leave_no_waiter_on_their_jobs(redis_url: str, e
         assert all([r.status for r in results] == [200] * 3 for results in got)
         assert all(not job.waiters for job in jobs)
         assert [r.state for r in client.wait_many(keys, 0)] == [State.DONE] * 3
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"{nope",
+        b"[1]",
+        b'{"owner":5,"submitted_at":1.0}',
+        b'{"owner":null,"submitted_at":1.0}',
+        b"{}",
+        b'{"owner":"a","submitted_at":"x"}',
+        b'{"owner":"a","submitted_at":1.0,"queued":1,"timeout_ms":"y"}',
+        b'{"owner":"\\ud800","submitted_at":1.0}',
+        b"[" * 100_000,
+        b"\xff\xfe",
+    ],
+)
+def test_a_pending_record_postkey_cannot_read_is_unknown(redis_url: str, payload: bytes) -> None:
+    # Anything may write under the prefix of a shared Redis: a record postkey cannot read is
+    # answered as unknown, saying so, by every read; never a bare exception.
+    with Client(store=redis_url, store_prefix=prefix()) as client:
+        raw = redis_client(redis_url)
+        raw.set(client._store._names.record("k"), b"pk\x01P" + payload, px=60_000)  # type: ignore[attr-defined]
+        for result in (client.get("k"), client.wait("k", 0.1), client.wait_many(["k"], 0.1)[0]):
+            assert result.state is State.UNKNOWN
+            assert "cannot read" in (result.error or "")
+        raw.set(client._store._names.record("v"), b"pk\x01S\xff\xfe", px=60_000)  # type: ignore[attr-defined]
+        assert client.cache_get("v", "default") == "default"
+        raw.close()
+
+
+def test_an_unreadable_record_does_not_hold_up_other_waits(redis_url: str, echo: str) -> None:
+    # The wait hub reads the keys it watches in batches: one record it cannot read must not
+    # stop it waking the others (it used to restart over and over, every wait left to time out).
+    p = prefix()
+    with (
+        Client(store=redis_url, store_prefix=p) as sender,
+        Client(store=redis_url, store_prefix=p) as reader,
+    ):
+        stuck = sender.get_async(echo + "/delay/10000", timeout_ms=20_000)
+        good = sender.get_async(echo + "/delay/1000", timeout_ms=20_000)
+        sender.flush(5)
+        results: dict[str, postkey.Result] = {}
+        waits = [
+            threading.Thread(target=lambda k=k: results.__setitem__(k, reader.wait(k, 8)))
+            for k in (stuck, good)
+        ]
+        started = time.monotonic()
+        for t in waits:
+            t.start()
+        time.sleep(0.3)
+        raw = redis_client(redis_url)
+        raw.set(reader._store._names.record(stuck), b"pk\x01P[1]", px=60_000)  # type: ignore[attr-defined]
+        raw.close()
+        waits[1].join(10)
+        assert results[good].status == 200
+        assert time.monotonic() - started < 4  # woken when it ended (at ~1 s), not at 8 s
+        waits[0].join(10)
+        assert results[stuck].state is State.UNKNOWN
+        sender.cancel(stuck)  # no need to wait out its 10 s
+
+
+def redis_client(url: str) -> Any:
+    """A plain redis-py client for ``url`` (a Cluster's when it names one)."""
+    import redis
+
+    if url.startswith("redis+cluster://"):
+        return redis.RedisCluster.from_url(url.replace("redis+cluster://", "redis://"))
+    return redis.Redis.from_url(url)
+
+
+def test_an_async_wait_released_at_exit_returns_a_result(redis_url: str, echo: str) -> None:
+    # At interpreter exit the store releases its waiters (with no result): an async wait then
+    # answers with what is known, a Result, as the blocking wait does; never the sentinel.
+    async def main() -> postkey.Result:
+        async with postkey.AsyncClient(store=redis_url, store_prefix=prefix()) as client:
+            key = await client.get_async(echo + "/delay/2000", timeout_ms=10_000)
+            waiting = asyncio.ensure_future(client.wait(key, 10))
+            await asyncio.sleep(0.3)
+            client._store.release_waiters()
+            return await asyncio.wait_for(waiting, 5)
+
+    result = asyncio.run(main())
+    assert isinstance(result, postkey.Result) and not result.state.terminal

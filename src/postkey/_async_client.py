@@ -177,11 +177,15 @@ class AsyncClient(_ClientCore):
             return found
         assert unwatch is not None
         try:
-            return await asyncio.wait_for(asyncio.shield(future), seconds)
+            woken: object = await asyncio.wait_for(asyncio.shield(future), seconds)
         except TimeoutError:
             return await self._off_loop(self._store.lookup, key)
         finally:
             unwatch()
+        if isinstance(woken, Result):
+            return woken
+        # MISSING: the store released its waiters (interpreter exit): what is known now.
+        return await self._off_loop(self._store.lookup, key)
 
     async def wait_many(
         self, keys: Iterable[str], timeout: float | None = None, *, take: bool = False
@@ -227,12 +231,12 @@ class AsyncClient(_ClientCore):
         return default if found is MISSING else found  # MISSING: released at exit
 
     async def aclose(self, drain: bool = True, timeout: float | None = None) -> None:
-        """`Client.close` without blocking the event loop."""
-        drain_ms = (
-            (self.settings.max_timeout_ms if timeout is None else int(timeout * 1000))
-            if drain
-            else 0
-        )
+        """`Client.close` without blocking the event loop.
+
+        Raises:
+            InvalidValue: ``timeout`` is not None or a number of seconds from 0 to 31 days.
+        """
+        drain_ms = self._drain_ms(drain, timeout)
         await asyncio.get_running_loop().run_in_executor(None, self._shutdown, drain_ms)
 
     async def __aenter__(self) -> AsyncClient:

@@ -504,6 +504,17 @@ class _ClientCore:
         """True once `close` was called, or the engine stopped after an internal error."""
         return self._closed or self._engine.closed
 
+    def _drain_ms(self, drain: bool, timeout: object) -> int:
+        """How long `close` lets requests finish, in ms.
+
+        Raises:
+            InvalidValue: ``timeout`` is not None or a number of seconds from 0 to 31 days.
+        """
+        seconds = check_wait_timeout(timeout)
+        if not drain:
+            return 0
+        return self.settings.max_timeout_ms if seconds is None else int(seconds * 1000)
+
     def _shutdown(self, drain_ms: int) -> None:
         _lifecycle.run_exit_hook_first()  # this may run in an executor thread joined at exit
         self._closed = True
@@ -652,12 +663,7 @@ class Client(_ClientCore):
         Raises:
             InvalidValue: ``timeout`` is not None or a number of seconds from 0 to 31 days.
         """
-        seconds = check_wait_timeout(timeout)
-        if seconds is not None:
-            drain_ms = int(seconds * 1000) if drain else 0
-        else:
-            drain_ms = self.settings.max_timeout_ms if drain else 0
-        self._shutdown(drain_ms)
+        self._shutdown(self._drain_ms(drain, timeout))
 
     def __enter__(self) -> Client:
         return self

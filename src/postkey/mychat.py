@@ -26,6 +26,7 @@ from ._client import Client
 from ._encoders import load_json
 from ._errors import InvalidValue, unknown_argument
 from ._result import Result, State
+from ._waits import MAX_WAIT_S
 
 __all__ = [
     "CRLF",
@@ -321,7 +322,18 @@ def mLogScript(AText: str | Var, ATag: str = "") -> None:
 
 
 def ScriptSleep(AMilliseconds: int) -> None:
-    """Pause the calling script (only it: requests keep running)."""
+    """Pause the calling script (only it: requests keep running). A negative time does not
+    pause.
+
+    Raises:
+        InvalidValue: not a whole number of milliseconds up to 31 days.
+    """
+    if isinstance(AMilliseconds, bool) or not isinstance(AMilliseconds, int):
+        raise InvalidValue(
+            f"ScriptSleep takes whole milliseconds, not {type(AMilliseconds).__name__}"
+        )
+    if AMilliseconds > MAX_WAIT_S * 1000:
+        raise InvalidValue(f"ScriptSleep takes at most {MAX_WAIT_S * 1000} ms (31 days)")
     time.sleep(max(AMilliseconds, 0) / 1000.0)
 
 

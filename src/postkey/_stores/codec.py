@@ -22,6 +22,7 @@ rather than guessing: a newer writer must not be misread by an older reader.
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 from collections.abc import Callable
@@ -92,8 +93,35 @@ def decode_pending(record: bytes) -> dict[str, Any]:
     """
     if kind_of(record) != b"P":
         raise RecordError("not a pending record")
-    meta: dict[str, Any] = json.loads(record[4:])
+    try:
+        meta = json.loads(record[4:])
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested without end
+        raise RecordError(f"a pending record that is not JSON: {exc}") from None
+    # What the readers use, checked: a record written by something else must not reach them
+    # with other types (a Redis is shared; anything may write under the prefix).
+    if not isinstance(meta, dict):
+        raise RecordError("a pending record that is not a JSON object")
+    owner = meta.get("owner")
+    if not isinstance(owner, str) or not owner.isprintable():
+        raise RecordError("a pending record without an owner")
+    if not _is_number(meta.get("submitted_at")):
+        raise RecordError("a pending record without a time of submission")
+    if not isinstance(meta.get("fingerprint"), str | None) or not isinstance(
+        meta.get("state", ""), str
+    ):
+        raise RecordError("a pending record with a bad fingerprint or state")
+    if meta.get("queued") and not (
+        _is_number(meta.get("timeout_ms")) and isinstance(meta["timeout_ms"], int)
+    ):
+        raise RecordError("a queued record without a timeout")
     return meta
+
+
+def _is_number(value: object) -> bool:
+    """An int or a finite float, not a bool."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value)
 
 
 # The terminal states and error kinds by number, in a fixed order (append only: the numbers
@@ -170,12 +198,15 @@ def decode_result(key: str, record: bytes) -> Result:
         raise RecordError(f"a result record of an unknown state or kind ({state}, {kind})")
     view = memoryview(record)
     at = start
-    error = bytes(view[at : at + n_error]).decode("utf-8", "surrogatepass") if n_error else None
-    at += n_error
-    fingerprint = bytes(view[at : at + n_fp]).decode() if n_fp else None
-    at += n_fp
-    url = bytes(view[at : at + n_url]).decode("utf-8", "surrogatepass") if n_url else None
-    at += n_url
+    try:
+        error = bytes(view[at : at + n_error]).decode("utf-8", "surrogatepass") if n_error else None
+        at += n_error
+        fingerprint = bytes(view[at : at + n_fp]).decode() if n_fp else None
+        at += n_fp
+        url = bytes(view[at : at + n_url]).decode("utf-8", "surrogatepass") if n_url else None
+        at += n_url
+    except UnicodeDecodeError as exc:
+        raise RecordError(f"a result record with bad text: {exc}") from None
     result = Result(
         key,
         STATES[state],
@@ -293,7 +324,10 @@ def decode_value(record: bytes) -> str | bytes:
     """
     kind = kind_of(record)
     if kind == b"S":
-        return record[4:].decode("utf-8", "surrogatepass")
+        try:
+            return record[4:].decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError as exc:
+            raise RecordError(f"a text value that is not UTF-8: {exc}") from None
     if kind == b"B":
         return record[4:]
     raise RecordError("not a value record")

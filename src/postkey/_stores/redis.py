@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from .._errors import IdempotencyKeysFull, InvalidValue, KeyConflict, StoreUnavailable
 from .._job import Job
 from .._result import ErrorKind, Result, State
@@ -135,16 +137,22 @@ class RedisStore:
         self._ending: dict[str, Result] = {}
         # Queued submits written behind and not landed yet (pending, for this process).
         self._queuing: dict[str, Job] = {}
-        # Waiters of keys this process sends, woken as their results land (no pub/sub).
         #: Terminal writes that lost to an earlier one (a reader's worker_lost, say).
         self.dropped_writes = 0
         #: Called (on the lease thread) with each job of this process whose key another
         #: process ended, e.g. cancelled: the client stops sending it.
         self.on_ended_elsewhere: Callable[[Job], None] | None = None
         self._closing = threading.Event()
-        # Fails here, clearly, if Redis is not there or is a Cluster node named as one Redis.
-        self._call(check_not_a_cluster_node, self._redis, self._url)
-        self._call(self._renew_lease)
+        # Fails here, clearly, if Redis is not there or is a Cluster node named as one Redis,
+        # or refuses what the URL asks (a database it does not have, say).
+        try:
+            self._call(check_not_a_cluster_node, self._redis, self._url)
+            self._call(self._renew_lease)
+        except ResponseError as exc:
+            disconnect(self._redis)
+            raise InvalidValue(
+                f"store URL {self._redacted_url()!r}: Redis refused it: {exc}"
+            ) from None
         self._leases = threading.Thread(target=self._keep_lease, name="postkey-lease", daemon=True)
         self._leases.start()
         self._hub = WaitHub(self._redis, self._names, self._check, _RECHECK_S)

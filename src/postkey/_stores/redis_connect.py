@@ -9,6 +9,7 @@ the store never asks which it has.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -61,6 +62,7 @@ def connect(settings: Settings) -> Any:
         "protocol": 2,
     }
     url = settings.store
+    _check_url(url)
     try:
         if not is_cluster_url(url):
             return redis.Redis.from_url(
@@ -82,6 +84,53 @@ def connect(settings: Settings) -> Any:
                 f"store URL {redacted_url(url)!r}: this Redis is not a Cluster: use {_plain(url)!r}"
             ) from None
         raise StoreUnavailable(f"the store {redacted_url(url)} did not answer: {exc}") from None
+
+
+#: Options a store URL may carry, for redis-py (``?name=value``). Not those postkey sets itself
+#: (timeouts, retries, health checks, the protocol: see `connect`), which would undo its bounds.
+URL_OPTIONS = frozenset(
+    {
+        "db",
+        "max_connections",
+        "socket_keepalive",
+        "socket_read_size",
+        "ssl_ca_certs",
+        "ssl_ca_path",
+        "ssl_cert_reqs",
+        "ssl_certfile",
+        "ssl_check_hostname",
+        "ssl_keyfile",
+        "ssl_min_version",
+        "ssl_password",
+    }
+)
+
+
+def _check_url(url: str) -> None:
+    """What redis-py would take silently or fail on later, refused now with what is wrong.
+
+    Raises:
+        InvalidValue: an option that is not one of `URL_OPTIONS`, or a database that is not a
+            number.
+    """
+    scheme, sep, rest = url.partition("://")
+    try:
+        parts = urlsplit(scheme.removesuffix(CLUSTER_SUFFIX) + sep + rest)
+        options = parse_qs(parts.query, keep_blank_values=True)
+    except ValueError as exc:
+        raise InvalidValue(f"store URL {redacted_url(url)!r}: {exc}") from None
+    unknown = sorted(set(options) - URL_OPTIONS)
+    if unknown:
+        raise InvalidValue(
+            f"store URL {redacted_url(url)!r}: unknown or reserved option {unknown[0]!r}"
+            f" (a store URL may set {', '.join(sorted(URL_OPTIONS))}; timeouts are"
+            " store_timeout_ms)"
+        )
+    database = parts.path.strip("/") if parts.scheme != "unix" else ""
+    if database and not (database.isascii() and database.isdigit()):
+        raise InvalidValue(
+            f"store URL {redacted_url(url)!r}: the database must be a number, not {database!r}"
+        )
 
 
 def check_not_a_cluster_node(client: Any, url: str) -> None:
