@@ -65,9 +65,21 @@ class Job:
         self.queued = False
         #: Redirects followed so far (the engine follows them itself, one transfer per hop).
         self.hops = 0
-        #: Called with the Result when it is stored; guarded by the store's lock (None: nobody).
-        # Who waits for this job's result (a dict: O(1) removal when a wait times out).
+        #: Who waits for this job's result, each called with the Result when it is stored (a
+        #: dict: O(1) removal when a wait times out); guarded by the store's lock (None: nobody).
         self.waiters: dict[Callable[[Result], object], None] | None = None
+
+    def add_waiter(self, wake: Callable[[Result], object]) -> None:
+        """Register ``wake`` for this job's Result (the caller holds the store's lock)."""
+        if self.waiters is None:
+            self.waiters = {wake: None}
+        else:
+            self.waiters[wake] = None
+
+    def remove_waiter(self, wake: Callable[[Result], object]) -> None:
+        """Undo `add_waiter` (the caller holds the store's lock); nothing if it is not there."""
+        if self.waiters:
+            self.waiters.pop(wake, None)
 
     def failure(self, kind: ErrorKind, message: str) -> Result:
         """This job's end as a ``failed`` Result (nothing, or nothing more, will be sent)."""

@@ -294,10 +294,7 @@ class MemoryStore:
         with self._lock:
             job = self._jobs.get(key)
             if job is not None:
-                if job.waiters is None:
-                    job.waiters = {wake: None}
-                else:
-                    job.waiters[wake] = None
+                job.add_waiter(wake)
         if job is None:
             return self.lookup(key), None
         return None, lambda: self._unwatch([job], wake)
@@ -306,9 +303,7 @@ class MemoryStore:
         for start in range(0, len(jobs), _REGISTER_CHUNK):
             with self._lock:
                 for job in jobs[start : start + _REGISTER_CHUNK]:
-                    waiters = job.waiters
-                    if waiters:
-                        waiters.pop(wake, None)
+                    job.remove_waiter(wake)
 
     def wait(self, key: str, timeout: object) -> Result:
         """Block until ``key`` has a terminal Result or ``timeout`` seconds pass; return what is
@@ -366,10 +361,7 @@ class MemoryStore:
             job = self._jobs.get(key)
             if job is None:
                 return None  # ended meanwhile: wait reads its result
-            if job.waiters is None:
-                job.waiters = {wake: None}
-            else:
-                job.waiters[wake] = None
+            job.add_waiter(wake)
         ended = False
         try:
             ended = gate.acquire(timeout=-1 if seconds is None else seconds)

@@ -442,10 +442,7 @@ class RedisStore:
         with self._lock:
             job = self._jobs.get(key)
             if job is not None:
-                if job.waiters is None:
-                    job.waiters = {wake: None}
-                else:
-                    job.waiters[wake] = None
+                job.add_waiter(wake)
                 return (lambda: self._unwatch_job(job, wake)), False
         mine = self._replies.watch(key, wake)
         if mine is not None:
@@ -454,8 +451,7 @@ class RedisStore:
 
     def _unwatch_job(self, job: Job, wake: Callable[[Result], object]) -> None:
         with self._lock:
-            if job.waiters:
-                job.waiters.pop(wake, None)
+            job.remove_waiter(wake)
 
     def _terminal_write(
         self, key: str, result: Result, owner: str, ttl_ms: int | None
@@ -620,11 +616,7 @@ class RedisStore:
             jobs = self._jobs
             sent_here = {k for k in keys if k in jobs}
             for key in sent_here:
-                job = jobs[key]
-                if job.waiters is None:
-                    job.waiters = {wake: None}
-                else:
-                    job.waiters[wake] = None
+                jobs[key].add_waiter(wake)
         try:
             # One look at their records only (no tombstones, nothing decoded unless it ended):
             # another process may have ended one already (a cancel, worker_lost).
@@ -702,8 +694,8 @@ class RedisStore:
             jobs = self._jobs
             for key in keys:
                 job = jobs.get(key)
-                if job is not None and job.waiters:
-                    job.waiters.pop(wake, None)
+                if job is not None:
+                    job.remove_waiter(wake)
 
     def subscriptions(self) -> int:
         """Channels this store is subscribed to now (0 when nobody waits)."""
