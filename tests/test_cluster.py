@@ -68,7 +68,12 @@ def test_a_wait_survives_its_slot_moving_to_another_master(
 
             waiter = threading.Thread(target=wait)
             waiter.start()
-            time.sleep(0.3)  # subscribed on the master that holds the key now
+            # Subscribed on the master that holds the key now (a fixed sleep was too short on a
+            # slow machine: the hub then subscribed after the move and heard nothing go).
+            deadline = time.monotonic() + 10
+            while reader._store.subscriptions() < 1 and time.monotonic() < deadline:  # type: ignore[attr-defined]
+                time.sleep(0.01)
+            time.sleep(0.1)
             slot = spy_client(cluster.url).keyslot(Names(p).record(key))
             _move_slot(cluster, slot)
             waiter.join(15)
