@@ -8,6 +8,7 @@ round-robin (run 1 of every row, then run 2 ...), FLUSHALL before each:
 
   embedded   postkey in-process (bench/clients/postkey_w1.py): no queue, the reference
   queued-1   postkey queued: `postkey worker --concurrency 256` + bench/clients/postkey_w1_queued.py
+             (POSTKEY_MAX_PER_HOST = its concurrency, as the embedded client's max_per_host)
   queued-2   the same with 2 workers, --concurrency 128 each (256 on the wire in all)
   embedded-compiled, queued-1-compiled
              embedded and queued-1 on the compiled build (`make fast`, build/fast-site): each
@@ -248,6 +249,9 @@ class Bench:
             cmd += ["--concurrency", str(row.concurrency), *self.worker_allow]
             cmd += ["--log-level", "info", "--name", f"bench-{i}"]
             cwd = ROOT
+            # W1 has one host: as the embedded client (max_per_host=256), the worker may send
+            # all of its concurrency there (its default per-host limit is 64).
+            env = {**env, "POSTKEY_MAX_PER_HOST": str(row.concurrency)}
         else:
             cmd = list(row.worker_cmd)
             cmd[0] = str(QUEUES / row.venv / "bin" / cmd[0])

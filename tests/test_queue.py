@@ -345,6 +345,34 @@ def test_past_the_drain_time_work_is_handed_back_or_ends_as_unknown_outcome(
     assert pending_entries(redis_url, p) == 0
 
 
+def test_at_sigterm_entries_taken_but_not_yet_sent_go_back_to_the_queue_at_once(
+    redis_url: str, recorder: RecordingServer, spawn: Callable[..., WorkerProcess]
+) -> None:
+    # A worker takes more entries than it sends at once (they wait, started, for a slot). At
+    # SIGTERM those were never sent: they go back to the queue for another worker, whatever
+    # their delivery, instead of being sent during the drain or, past it, ending as
+    # unknown_outcome although nothing was sent.
+    p = prefix()
+    with queued(redis_url, p) as client:
+        keys = [client.post_async(f"{recorder.url}/rec/p{i}?ms=1000") for i in range(12)]
+        client.flush(10)
+        first = spawn(p, "--concurrency", "4", "--drain", "30")
+        deadline = time.monotonic() + 10
+        while recorder.active < 4:
+            assert time.monotonic() < deadline, "the worker never sent 4 at once"
+            time.sleep(0.02)
+        stopped_at = time.monotonic()
+        first.kill(signal.SIGTERM)
+        assert time.monotonic() - stopped_at < 5  # the 4 on the wire end, nothing more is sent
+        assert len(recorder.arrivals) == 4
+        assert sum(client.status(k) is State.PENDING for k in keys) == 8
+        spawn(p, "--concurrency", "8")
+        results = client.wait_many(keys, 20)
+    assert [r.status for r in results] == [200] * 12
+    assert len(recorder.arrivals) == 12 and not recorder.duplicates()
+    assert pending_entries(redis_url, p) == 0
+
+
 def test_a_request_that_keeps_killing_its_worker_ends_in_the_dead_letter_stream(
     redis_url: str, recorder: RecordingServer, spawn: Callable[..., WorkerProcess]
 ) -> None:
@@ -479,6 +507,30 @@ def test_a_host_limit_holds_across_all_workers(
         results = client.wait_many(keys, 20)
     assert [r.status for r in results] == [200] * 12
     assert recorder.peak == 2  # never more than the shared limit, and it was reached
+
+
+@BOTH
+def test_a_worker_takes_no_more_entries_than_it_may_hold(
+    redis_url: str, recorder: RecordingServer, spawn: Callable[..., WorkerProcess]
+) -> None:
+    # Entries spread over all 16 shards. A read asks every shard's stream at once, and Redis
+    # counts COUNT per stream: asking each for the room left took up to 16 times as many.
+    p = prefix()
+    with queued(redis_url, p) as client:
+        keys = [client.get_async(f"{recorder.url}/rec/slow{i}?ms=3000") for i in range(120)]
+        client.flush(10)
+        spawn(p, "--concurrency", "4", "--drain", "0")  # its first read finds them all queued
+        deadline = time.monotonic() + 10
+        while recorder.active < 4:
+            assert time.monotonic() < deadline, "the worker never sent 4 at once"
+            time.sleep(0.02)
+        time.sleep(0.5)  # reads that would take more have happened by now
+        held = pending_entries(redis_url, p)
+        for key in keys:
+            client.cancel(key)
+    assert recorder.peak == 4  # on the wire: exactly its concurrency
+    # Started and waiting for a slot: at most as many again, or one per shard if more.
+    assert 4 <= held <= max(2 * 4, SHARDS), held
 
 
 def test_a_429_with_retry_after_pauses_the_host_for_every_worker(

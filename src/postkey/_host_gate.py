@@ -67,6 +67,8 @@ class HostGate:
 
     def done(self, job: Job, result: Result) -> None:
         """Give ``job``'s permit back; pause its host if the answer asked for it."""
+        if not self._concurrency and result.status not in PAUSING_STATUSES:
+            return  # nothing to give back or to pause (the usual case)
         host = host_of(job)
         if self._concurrency:
             holder = self._holder(job)

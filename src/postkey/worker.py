@@ -8,9 +8,13 @@ entries it renews them (``XCLAIM ... JUSTID``) every third of ``claim_idle_ms``;
 worker that died go idle and are taken over by another (``XAUTOCLAIM``) after ``claim_idle_ms``.
 A key another process cancelled is noticed at the next renewal and its transfer stopped.
 
-`stop` (SIGTERM in the CLI) stops reading, lets in-flight requests finish for up to the drain
-time, then hands what is left back to the queue (at-least-once requests) or ends it as
-``unknown_outcome`` (at-most-once requests: they may have been sent).
+A worker holds at most twice its concurrency of entries (at least one per shard): those on the
+wire, and as many started and waiting for a slot, so the engine never waits for a read.
+
+`stop` (SIGTERM in the CLI) stops reading, hands back the entries not yet sent, lets in-flight
+requests finish for up to the drain time, then hands what is left back to the queue
+(at-least-once requests) or ends it as ``unknown_outcome`` (at-most-once requests: they may have
+been sent).
 
 Redis errors never end the worker: it logs them and tries again with backoff (a restarted
 Redis that lost the consumer groups, NOGROUP, gets them made again), never in a hot loop.
@@ -38,7 +42,7 @@ from ._host_gate import HostGate
 from ._job import Job
 from ._keys import check_key
 from ._request import Request, build_request, check_options
-from ._result import ErrorKind, Result
+from ._result import ErrorKind, Result, State
 from ._settings import Settings
 from ._stores import codec
 from ._stores.delivery import AT_LEAST_ONCE
@@ -73,6 +77,13 @@ class _Taken:
     delivery: str
     job: Job
     tries: int = 0  # retries made (settings.retries)
+    storing: bool = False  # its result (or hand-back) is on its way to Redis
+    recalled: bool = False  # taken back from the engine at stop, before it was sent
+
+    def unsent(self) -> bool:
+        """True if no attempt of this worker's has put the request on the wire."""
+        job = self.job
+        return self.tries == 0 and job.hops == 0 and job.state is State.PENDING
 
 
 @dataclass
@@ -150,6 +161,12 @@ class Worker:
         self._block_ms = max(1, min(1000, settings.store_timeout_ms // 2))
         self._ttls = (settings.result_ttl_ms, settings.tombstone_ttl_ms)
         self._taken: dict[str, _Taken] = {}
+        # Entries held at once, besides those whose results are on their way to Redis (up to
+        # `concurrency` of them): as many as are sent at once and as many again started and
+        # waiting for a slot, so the engine never waits for a read and its START. At least one
+        # per shard: a read asks every shard's stream for the same count (see WorkQueue.read).
+        self._may_hold = max(2 * concurrency, SHARDS)
+        self._storing = 0
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._stopping = threading.Event()
@@ -219,8 +236,8 @@ class Worker:
     def _read_loop(self, backoff: _Backoff) -> None:
         while not self._stopping.is_set():
             with self._room:
-                room = self.concurrency - len(self._taken)
-                if room <= 0:
+                room = self._room_left()
+                if room < SHARDS:
                     self._room.wait(0.2)
                     continue
             try:
@@ -256,6 +273,10 @@ class Worker:
             except Exception:  # a bug (or an entry nobody foresaw) must not end the worker
                 log.exception("worker %s: starting entries raised", self.name)
                 backoff.sleep(self._stopping)
+
+    def _room_left(self) -> int:
+        """(Under the lock) How many more entries this worker may take."""
+        return self._may_hold - len(self._taken) + min(self._storing, self.concurrency)
 
     def _redis_error(self, what: str, exc: Exception) -> None:
         self.stats.redis_errors += 1
@@ -397,8 +418,10 @@ class Worker:
         if self._should_retry(taken, result):
             return
         result.url = job.request.url
-        if self._cutting and result.error_kind is ErrorKind.CANCELLED:
-            if taken.delivery == AT_LEAST_ONCE:
+        if result.error_kind is ErrorKind.CANCELLED and (self._cutting or taken.recalled):
+            # Cancelled by this worker's stop. Never sent (or free to be sent again): back to
+            # the queue for another worker.
+            if taken.delivery == AT_LEAST_ONCE or taken.unsent():
                 self._hand_back(taken)
                 return
             result = job.failure(
@@ -452,6 +475,7 @@ class Worker:
             (ttl, self._ttls[1]),
         )
 
+        self._on_its_way(taken)
         self._writes.put(self._queue.scripts.finish, keys, args, self._when_stored, taken)
 
     def _stored(self, taken: _Taken, answer: Any) -> None:
@@ -467,6 +491,7 @@ class Worker:
             taken.shard, taken.job.key, taken.entry_id, taken.owner
         )
 
+        self._on_its_way(taken)
         self._writes.put(self._queue.scripts.handback, keys, args, self._handed_back, taken)
 
     def _handed_back(self, taken: _Taken, answer: Any) -> None:
@@ -474,10 +499,28 @@ class Worker:
             self.stats.handed_back += 1
         self._let_go(taken)
 
+    def _on_its_way(self, taken: _Taken) -> None:
+        """``taken``'s last write is queued: it leaves room for another entry."""
+        with self._room:
+            if not taken.storing:
+                taken.storing = True
+                self._storing += 1
+                self._wake_reader()
+
     def _let_go(self, taken: _Taken) -> None:
         with self._room:
+            if taken.storing:
+                taken.storing = False
+                self._storing -= 1
             if self._taken.get(taken.job.key) is taken:
                 del self._taken[taken.job.key]
+            self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        """(Under the lock) Wake the read loop if it may read now, and the drain when all
+        is done: not at every result (the reader would wake for each, to find too little
+        room)."""
+        if not self._taken or self._room_left() >= SHARDS:
             self._room.notify_all()
 
     # -- upkeep: renewals, takeovers, cancels --------------------------------------------------
@@ -529,7 +572,7 @@ class Worker:
         """Take over entries whose worker died (idle past claim_idle_ms), as room allows."""
         for shard in range(SHARDS):
             with self._lock:
-                room = self.concurrency - len(self._taken)
+                room = self._room_left()
                 mine = {t.entry_id for t in self._taken.values()}
             if room <= 0 or self._stopping.is_set():
                 return
@@ -548,6 +591,7 @@ class Worker:
     def _drain(self) -> None:
         """Let in-flight requests finish for up to drain_s; hand back or end the rest."""
         deadline = time.monotonic() + self.drain_s
+        self._recall_unsent()
         with self._room:
             while self._taken and time.monotonic() < deadline:
                 self._room.wait(min(0.2, max(0.0, deadline - time.monotonic())))
@@ -563,6 +607,16 @@ class Worker:
             time.sleep(0.02)
         self._engine.close(0, reason="the worker stopped")
         self._writes.flush(self._claim_idle_ms / 1000.0)
+
+    def _recall_unsent(self) -> None:
+        """Take back from the engine the entries still waiting for a slot (taken ahead, see
+        `_may_hold`): they go back to the queue now (`_sink`), not sent during the drain. One
+        the engine starts meanwhile is cancelled on the wire: at the cut, it would have been."""
+        with self._lock:
+            waiting = [t for t in self._taken.values() if t.job.waiting or t.job.queued]
+        for taken in waiting:
+            taken.recalled = True
+            self._engine.cancel(taken.job)
 
     def _close(self) -> None:
         self._writes_closed = True

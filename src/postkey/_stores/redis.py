@@ -682,8 +682,9 @@ class RedisStore:
         its reply channels, the others by the hub."""
         if not keys:
             return [], []
-        watched, again, others = self._replies.watch_many(keys, settling.waker)
-        undo = [lambda: self._replies.unwatch_many(watched)] if watched else []
+        wake = settling.wake_with_result  # a Result names its key: one wake for all of them
+        watched, again, others = self._replies.watch_many(keys, wake)
+        undo = [lambda: self._replies.unwatch_many(watched, wake)] if watched else []
         for key in others:
             undo.append(self._hub.watch(key, "result", settling.waker(key)))
         return undo, again

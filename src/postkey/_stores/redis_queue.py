@@ -355,25 +355,28 @@ class WorkQueue:
     def read(
         self, count: int, block_ms: int | None, own: bool = False
     ) -> list[tuple[int, bytes, list[Any]]]:
-        """New entries for this consumer, up to ``count``: (shard, entry ID, fields); with
-        ``own``, the entries already delivered to it and not acknowledged instead."""
+        """New entries for this consumer, at most ``count`` (from every shard's stream, up to
+        ``count // SHARDS`` each, at least one): (shard, entry ID, fields); with ``own``, the
+        entries already delivered to it and not acknowledged instead."""
         start = "0" if own else ">"
+        # Redis applies COUNT to each stream of a read: the whole count from each would take up
+        # to SHARDS times as many as asked for.
+        each = max(1, count // SHARDS)
         if self._cluster:
-            return self._read_slot_by_slot(count, block_ms, start)
+            return self._read_slot_by_slot(count, each, block_ms, start)
         reply = self._redis.xreadgroup(
-            GROUP, self.consumer, dict.fromkeys(self.streams, start), count=count, block=block_ms
+            GROUP, self.consumer, dict.fromkeys(self.streams, start), count=each, block=block_ms
         )
         return self._entries(reply)
 
     def _read_slot_by_slot(
-        self, count: int, block_ms: int | None, start: str
+        self, count: int, each: int, block_ms: int | None, start: str
     ) -> list[tuple[int, bytes, list[Any]]]:
         # A Cluster refuses one XREADGROUP over streams of several slots, and a read can block
         # on one slot only. So: every shard without blocking, in one pipeline (a round trip
         # per master); when all are empty, block briefly on one shard, a different one each
         # time, so an idle worker still notices new work within ~CLUSTER_BLOCK_MS.
         pipe = self._redis.pipeline(transaction=False)
-        each = -(-count // SHARDS)
         for stream in self.streams:
             pipe.xreadgroup(GROUP, self.consumer, {stream: start}, count=each)
         out: list[tuple[int, bytes, list[Any]]] = []

@@ -32,6 +32,8 @@ from .base import MISSING
 from .names import SHARDS, Names, shard_of
 from .redis_queue import REPLY_BATCH
 
+#: Called with a key's terminal Result (which names its key), or MISSING when waiters are
+#: released at exit. One wake may wait on many keys (a `wait_many`).
 Wake = Callable[[Result], None]
 
 _NOT_ENDED = (State.PENDING, State.RUNNING)
@@ -76,7 +78,9 @@ class Replies:
         # Queued here and not heard of (True: queued while its shard's channel was confirmed,
         # so its end cannot have been missed), the waiters, the shards confirmed.
         self._mine: dict[str, bool] = {}
-        self._waiters: dict[str, list[Wake]] = {}
+        # A key's wake, or its wakes when several waits wait on it: no list for the usual one
+        # (a wait_many of 20,000 keys would otherwise make 20,000 lists for the collector).
+        self._waiters: dict[str, Wake | list[Wake]] = {}
         self._confirmed: set[int] = set()
         # Heard with nobody waiting: key -> (when, the announced record), oldest first.
         self._landed: dict[str, tuple[float, bytes]] = {}
@@ -122,7 +126,7 @@ class Replies:
         """``key`` will not be announced (its queue write failed): its waiters, to wake."""
         with self._lock:
             self._mine.pop(key, None)
-            return self._waiters.pop(key, [])
+            return _wakes(self._waiters.pop(key, None))
 
     def claim(self, keys: list[str]) -> tuple[dict[str, Result], set[str]]:
         """Of ``keys``: the results heard here already (taken: each is handed out once), and
@@ -153,22 +157,20 @@ class Replies:
         """Register ``wake`` if ``key`` is one of ours (else None): the undo, and True if the
         caller must read the key once more (see the module docstring). A result heard already
         wakes it at once."""
-        watched, again, others = self.watch_many([key], lambda _key: wake)
+        watched, again, others = self.watch_many([key], wake)
         if others:
             return None
-        return (lambda: self.unwatch_many(watched)), bool(again)
+        return (lambda: self.unwatch_many(watched, wake)), bool(again)
 
-    def watch_many(
-        self, keys: Iterable[str], waker: Callable[[str], Wake]
-    ) -> tuple[list[tuple[str, Wake]], list[str], list[str]]:
-        """`watch` for many keys under one lock, ``waker(key)`` making each one's wake: the
-        (key, wake) pairs registered (for `unwatch_many`), the keys among them to read once
-        more (`read_again`), and the keys that are not ours. Results heard already wake at
-        once. Never reads Redis."""
-        watched: list[tuple[str, Wake]] = []
+    def watch_many(self, keys: Iterable[str], wake: Wake) -> tuple[list[str], list[str], list[str]]:
+        """`watch` for many keys under one lock, with one ``wake`` for all of them: the keys
+        registered (for `unwatch_many`), the keys among them to read once more
+        (`read_again`), and the keys that are not ours. Results heard already wake at once.
+        Never reads Redis."""
+        watched: list[str] = []
         again: list[str] = []
         others: list[str] = []
-        heard: list[tuple[Wake, Result]] = []
+        heard: list[Result] = []
         with self._lock:
             landed, mine, waiters = self._landed, self._mine, self._waiters
             for key in keys:
@@ -176,31 +178,41 @@ class Replies:
                 if kept is not None:
                     self._landed_bytes -= len(kept[1])
                     # Kept only once decoded (see _heard_one): it decodes again.
-                    heard.append((waker(key), codec.decode_result(key, kept[1])))
+                    heard.append(codec.decode_result(key, kept[1]))
                     continue
                 heard_from_start = mine.get(key)
                 if heard_from_start is None:
                     others.append(key)
                     continue
-                wake = waker(key)
-                waiters.setdefault(key, []).append(wake)
-                watched.append((key, wake))
+                have = waiters.get(key)
+                if have is None:
+                    waiters[key] = wake
+                elif isinstance(have, list):
+                    have.append(wake)
+                else:
+                    waiters[key] = [have, wake]
+                watched.append(key)
                 if not heard_from_start:
                     again.append(key)
-        for wake, result in heard:
+        for result in heard:
             wake(result)
         return watched, again, others
 
-    def unwatch_many(self, watched: list[tuple[str, Wake]]) -> None:
-        """Undo `watch_many` for the waits not woken."""
+    def unwatch_many(self, keys: list[str], wake: Wake) -> None:
+        """Undo `watch_many` for the keys not woken."""
         with self._lock:
             waiters = self._waiters
-            for key, wake in watched:
-                wakes = waiters.get(key)
-                if wakes is not None and wake in wakes:
-                    wakes.remove(wake)
-                    if not wakes:
+            for key in keys:
+                have = waiters.get(key)
+                if have is None:
+                    continue
+                if not isinstance(have, list):
+                    if have == wake:  # == : bound methods are made anew at each lookup
                         del waiters[key]
+                elif wake in have:
+                    have.remove(wake)
+                    if len(have) == 1:
+                        waiters[key] = have[0]
 
     def read_again(self, keys: list[str]) -> None:
         """Wake the waiters of those ``keys`` that have ended already."""
@@ -212,15 +224,15 @@ class Replies:
             with self._lock:
                 self._mine.pop(key, None)
                 waiters = self._waiters.pop(key, None)
-            if waiters:
-                wake_all(waiters, result, "key", key)
+            if waiters is not None:
+                wake_all(_wakes(waiters), result, "key", key)
 
     def release_all(self) -> None:
         """Wake every waiter with MISSING (interpreter exit)."""
         with self._lock:
             waiters, self._waiters = self._waiters, {}
         for key, wakes in waiters.items():
-            wake_all(wakes, MISSING, "key", key)
+            wake_all(_wakes(wakes), MISSING, "key", key)
 
     # -- on the hub's thread ---------------------------------------------------------------------
 
@@ -270,8 +282,8 @@ class Replies:
             self._mine.pop(key, None)
             self._short_lived.discard(key)
             waiters = self._waiters.pop(key, None)
-        if waiters:
-            wake_all(waiters, result, "key", key)
+        if waiters is not None:
+            wake_all(_wakes(waiters), result, "key", key)
 
     def _keep_landed(self, key: str, note: bytes) -> None:
         # Under the lock. The oldest go first, past the bounds or their time (a process that
@@ -316,3 +328,10 @@ class Replies:
             self._recheck_at = start + _RECHECK_MAX
             keys = (keys[start:] + keys[:start])[:_RECHECK_MAX]
         self.read_again(keys)
+
+
+def _wakes(waiters: Wake | list[Wake] | None) -> list[Wake]:
+    """A key's entry in `Replies._waiters` as a list."""
+    if waiters is None:
+        return []
+    return waiters if isinstance(waiters, list) else [waiters]
