@@ -167,6 +167,7 @@ class Worker:
         # per shard: a read asks every shard's stream for the same count (see WorkQueue.read).
         self._may_hold = max(2 * concurrency, SHARDS)
         self._storing = 0
+        self._reader_waits = False  # the read loop waits for room (on _room)
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._stopping = threading.Event()
@@ -238,7 +239,9 @@ class Worker:
             with self._room:
                 room = self._room_left()
                 if room < SHARDS:
+                    self._reader_waits = True
                     self._room.wait(0.2)
+                    self._reader_waits = False
                     continue
             try:
                 if self._recover_own:
@@ -520,7 +523,7 @@ class Worker:
         """(Under the lock) Wake the read loop if it may read now, and the drain when all
         is done: not at every result (the reader would wake for each, to find too little
         room)."""
-        if not self._taken or self._room_left() >= SHARDS:
+        if (self._reader_waits and self._room_left() >= SHARDS) or not self._taken:
             self._room.notify_all()
 
     # -- upkeep: renewals, takeovers, cancels --------------------------------------------------

@@ -254,8 +254,8 @@ class RedisStore:
         # The pending record outlives the request's own deadline: the engine ends it by then.
         pending_ttl = job.request.timeout_ms + 60_000 + self._lease_ms
         names = self._names
-        keys = list(names.parts(job.key)[:2])
-        args: list[Any] = [record, fingerprint, pending_ttl]
+        keys = names.parts(job.key)[:2]
+        args = (record, fingerprint, pending_ttl)  # tuples: see WriteBehind.put
         # Written before the submit returns (and so before anything is sent): a key handed out
         # is visible everywhere, and a sender killed right after still leaves it pending, to
         # end as worker_lost.
@@ -297,9 +297,9 @@ class RedisStore:
         pending_ttl = job.request.timeout_ms + self._result_ttl_ms
         names = self._names
         record_name, tombstone_name, _channel = names.parts(job.key)
-        keys = [record_name, tombstone_name, names.queue_of(job.key)]
+        keys = (record_name, tombstone_name, names.queue_of(job.key))
         request = job.request
-        args = [
+        args = (  # tuples: see WriteBehind.put
             fingerprint,
             pending_ttl,
             encode_request(job, delivery, ttl),
@@ -310,7 +310,7 @@ class RedisStore:
             repr(job.submitted_at),
             request.url,
             self.reply_id,
-        ]
+        )
         if not fingerprint and self._writes.healthy:
             # Written behind, as `register` does, for the same reasons; until it lands this
             # process answers for the key (pending), and if it cannot land, ends it here.
@@ -455,13 +455,13 @@ class RedisStore:
 
     def _terminal_write(
         self, key: str, result: Result, owner: str, ttl_ms: int | None
-    ) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of `_FINISH` for ``result`` on behalf of ``owner``."""
+    ) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+        """KEYS and ARGV of `_FINISH` for ``result`` on behalf of ``owner`` (tuples: see
+        WriteBehind.put)."""
         ttl = ttl_ms or self._result_ttl_ms
-        names = self._names
-        keys = list(names.parts(key))
         own = "1" if owner == self.owner else "0"
-        return keys, [codec.encode_result(result), owner, ttl, ttl + self._tombstone_ttl_ms, own]
+        record = codec.encode_result(result)
+        return self._names.parts(key), (record, owner, ttl, ttl + self._tombstone_ttl_ms, own)
 
     def lookup(self, key: str) -> Result:
         """What is known of ``key`` now.

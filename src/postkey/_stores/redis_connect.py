@@ -8,6 +8,7 @@ the store never asks which it has.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -172,7 +173,7 @@ def mget(client: Any, keys: list[str]) -> list[Any]:
     return list(client.mget(keys))
 
 
-def evalsha(pipe: Any, sha: str, keys: list[str], args: list[Any]) -> None:
+def evalsha(pipe: Any, sha: str, keys: Sequence[str], args: Sequence[Any]) -> None:
     """Queue a script call on ``pipe`` (redis-py's cluster pipeline refuses its ``evalsha``
     method, but routes the command itself by the script's first key)."""
     pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)

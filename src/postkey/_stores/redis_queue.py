@@ -435,11 +435,10 @@ class WorkQueue:
 
     def finish_args(
         self, shard: int, key: str, entry_id: bytes, owner: str, record: bytes, ttl: tuple[int, int]
-    ) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of `_FINISH`."""
-        names = self._names
-        keys = [*names.parts(key), self.streams[shard]]
-        return keys, [record, owner, ttl[0], ttl[1], GROUP, entry_id]
+    ) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+        """KEYS and ARGV of `_FINISH` (tuples: see WriteBehind.put)."""
+        keys = (*self._names.parts(key), self.streams[shard])
+        return keys, (record, owner, ttl[0], ttl[1], GROUP, entry_id)
 
     def handback_args(
         self, shard: int, key: str, entry_id: bytes, owner: str

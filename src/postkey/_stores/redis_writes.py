@@ -96,7 +96,7 @@ def _packs_for(client: Any) -> bool:
 
 
 def _to_send_again(
-    wire: list[tuple[Script, list[str], list[Any], list[int]]], got: list[Any]
+    wire: Sequence[tuple[Script, Sequence[str], Sequence[Any], list[int]]], got: list[Any]
 ) -> list[int]:
     """The calls to send again after some met NOSCRIPT: those, and every later call on a key
     of a call sent again (in order)."""
@@ -311,7 +311,7 @@ class WriteBehind:
         self._client = client
         self._held = HeldConnection(client) if _packs_for(client) else None
         self._give_up_s = give_up_s
-        self._ops: deque[tuple[Script, list[str], list[Any], Done | None, Any]] = deque()
+        self._ops: deque[tuple[Script, Sequence[str], Sequence[Any], Done | None, Any]] = deque()
         self._ready = threading.Condition(threading.Lock())
         self._busy = False  # a batch is on its way
         #: False after a batch met a connection error, until one goes through: callers then
@@ -326,12 +326,15 @@ class WriteBehind:
     def put(
         self,
         script: Script,
-        keys: list[str],
-        args: list[Any],
+        keys: Sequence[str],
+        args: Sequence[Any],
         done: Done | None = None,
         arg: Any = None,
     ) -> None:
-        """Queue one call of ``script``; ``done(arg, answer)`` runs on the writer's thread."""
+        """Queue one call of ``script``; ``done(arg, answer)`` runs on the writer's thread.
+        Tuples of ``keys`` and ``args`` rather than lists, where the caller can: a tuple of
+        str, int and bytes leaves the collector's sight at its first collection, and queued
+        writes outlive a few of them."""
         with self._ready:
             self._ops.append((script, keys, args, done, arg))
             if len(self._ops) == 1:
@@ -382,7 +385,9 @@ class WriteBehind:
                     self._busy = False
                     self._ready.notify_all()
 
-    def _send(self, batch: list[tuple[Script, list[str], list[Any], Done | None, Any]]) -> None:
+    def _send(
+        self, batch: list[tuple[Script, Sequence[str], Sequence[Any], Done | None, Any]]
+    ) -> None:
         deadline = time.monotonic() + self._give_up_s
         delay = 0.05
         try:
