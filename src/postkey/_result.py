@@ -139,6 +139,38 @@ class Result:
         #: The URL of the final response (after redirects), or the last one tried.
         self.url = url
 
+    @classmethod
+    def _restored(
+        cls,
+        key: str,
+        state: State,
+        status: int | None,
+        raw_head: bytes,
+        body: bytes,
+        error_kind: ErrorKind | None,
+        error: str | None,
+        packed_times: bytes,
+        attempts: int,
+        fingerprint: str | None,
+        url: str | None,
+    ) -> Result:
+        """A Result as a store keeps it, every field given (its times packed already): made
+        without `__init__`'s defaults, for readers that decode tens of thousands a second."""
+        result = cls.__new__(cls)
+        result.key = key
+        result.state = state
+        result.status = status
+        result._raw_head = raw_head
+        result._head = None
+        result.body = body
+        result.error_kind = error_kind
+        result.error = error
+        result._times = packed_times
+        result.attempts = attempts
+        result.fingerprint = fingerprint
+        result.url = url
+        return result
+
     def cache_size(self) -> int:
         """Approximate bytes this result holds in a memory cache (for the cache's byte bound)."""
         return len(self.body) + len(self._raw_head) + 300

@@ -207,20 +207,19 @@ def decode_result(key: str, record: bytes) -> Result:
         at += n_url
     except UnicodeDecodeError as exc:
         raise RecordError(f"a result record with bad text: {exc}") from None
-    result = Result(
+    return Result._restored(
         key,
         STATES[state],
-        status=None if status < 0 else status,
-        raw_head=record[at : at + n_head],
-        body=record[at + n_head :],
-        error_kind=ERROR_KINDS[kind - 1] if kind else None,
-        error=error,
-        attempts=attempts,
-        fingerprint=fingerprint,
-        url=url,
+        None if status < 0 else status,
+        record[at : at + n_head],
+        record[at + n_head :],
+        ERROR_KINDS[kind - 1] if kind else None,
+        error,
+        times,
+        attempts,
+        fingerprint,
+        url,
     )
-    result.packed_times = times
-    return result
 
 
 class QueuedRequest(NamedTuple):

@@ -264,13 +264,20 @@ class Replies:
             if result is not None and result.state in _NOT_ENDED:
                 result = None
         with self._lock:
-            if key not in self._waiters:
+            waiters = self._waiters.pop(key, None) if result is not None else None
+            if waiters is not None:  # the usual case: taken under one lock
+                self._mine.pop(key, None)
+                self._short_lived.discard(key)
+            elif key not in self._waiters:
                 ours = self._mine.pop(key, None) is not None
                 short_lived = key in self._short_lived
                 self._short_lived.discard(key)
                 if ours and not short_lived and result is not None:
                     self._keep_landed(key, note)
                 return
+        if waiters is not None:
+            wake_all(_wakes(waiters), result, "key", key)
+            return
         if result is None:  # announced without its record (too large), or unreadable: read it
             try:
                 result = self._lookup(key)
