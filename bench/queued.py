@@ -618,8 +618,9 @@ def write_doc(path: Path, args: argparse.Namespace, n: int, body: str, facts: di
         " both submits and sends.\n"
         "- Workers are started and probed (one job must round-trip) before each run, then left"
         " 1 s; they get SIGTERM after it. postkey workers: `postkey worker --store URL"
-        f" --concurrency C {' '.join(facts['worker_allow'])}` (its default destination policy"
-        " is public only);"
+        f" --concurrency C {' '.join(facts['worker_allow'])}` with `POSTKEY_MAX_PER_HOST=C`"
+        " (W1 has one host: as the embedded client's `max_per_host=256`; the worker's default"
+        " per-host limit is 64; its default destination policy is public only);"
         ' the client is `postkey.Client(store=URL, send="workers", max_queue=N)`.\n'
         "- arq and Celery: the team's peer harness (`peer-bench/queues/`), adapted in"
         " `bench/queues/` to this workload, in venvs of their own pinned by"
