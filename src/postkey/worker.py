@@ -8,13 +8,15 @@ entries it renews them (``XCLAIM ... JUSTID``) every third of ``claim_idle_ms``;
 worker that died go idle and are taken over by another (``XAUTOCLAIM``) after ``claim_idle_ms``.
 A key another process cancelled is noticed at the next renewal and its transfer stopped.
 
-A worker holds at most twice its concurrency of entries (at least one per shard): those on the
-wire, and as many started and waiting for a slot, so the engine never waits for a read.
+A worker holds up to twice its concurrency of entries: those on the wire, and as many started
+and waiting for a slot, so the engine never waits for a read. (A read takes at most one entry
+from each of the 16 shards' streams when it has room for fewer, so a worker with a concurrency
+under 16 may hold up to its concurrency plus 16.)
 
-`stop` (SIGTERM in the CLI) stops reading, hands back the entries not yet sent, lets in-flight
-requests finish for up to the drain time, then hands what is left back to the queue
-(at-least-once requests) or ends it as ``unknown_outcome`` (at-most-once requests: they may have
-been sent).
+`stop` (SIGTERM in the CLI) stops reading, lets the requests it holds finish for up to the drain
+time, then hands what is left back to the queue: every request that was never sent, and the
+at-least-once ones on the wire; an at-most-once request on the wire then ends as
+``unknown_outcome`` (it may have been sent).
 
 Redis errors never end the worker: it logs them and tries again with backoff (a restarted
 Redis that lost the consumer groups, NOGROUP, gets them made again), never in a hot loop.
@@ -78,7 +80,6 @@ class _Taken:
     job: Job
     tries: int = 0  # retries made (settings.retries)
     storing: bool = False  # its result (or hand-back) is on its way to Redis
-    recalled: bool = False  # taken back from the engine at stop, before it was sent
 
     def unsent(self) -> bool:
         """True if no attempt of this worker's has put the request on the wire."""
@@ -163,15 +164,20 @@ class Worker:
         self._taken: dict[str, _Taken] = {}
         # Entries held at once, besides those whose results are on their way to Redis (up to
         # `concurrency` of them): as many as are sent at once and as many again started and
-        # waiting for a slot, so the engine never waits for a read and its START. At least one
-        # per shard: a read asks every shard's stream for the same count (see WorkQueue.read).
-        self._may_hold = max(2 * concurrency, SHARDS)
+        # waiting for a slot, so the engine never waits for a read and its START. A read asks
+        # every shard's stream for the same count (WorkQueue.read): with room for 16 or more
+        # it takes no more than that room; with less (a concurrency under 16), up to 16.
+        self._may_hold = 2 * concurrency
+        self._read_from = min(SHARDS, concurrency)  # the room a read waits for
         self._storing = 0
         self._reader_waits = False  # the read loop waits for room (on _room)
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._stopping = threading.Event()
         self._cutting = False  # past the drain time: cancelled requests are handed back
+        # The engine is closed: nothing can be held any more (until then a retry can be, in the
+        # drain too, and the thread that releases held jobs must be there for it).
+        self._holding_over = False
         self._writes_closed = False
         self._recover_own = False  # after a failed read: read our own pending entries
         self._writes = WriteBehind(self._redis, give_up_s=settings.claim_idle_ms / 1000.0)
@@ -238,7 +244,7 @@ class Worker:
         while not self._stopping.is_set():
             with self._room:
                 room = self._room_left()
-                if room < SHARDS:
+                if room < self._read_from:
                     self._reader_waits = True
                     self._room.wait(0.2)
                     self._reader_waits = False
@@ -383,7 +389,7 @@ class Worker:
 
     def _release_held(self) -> None:
         """Ask again for held jobs as their time comes; end those whose deadline passed."""
-        while not self._stopping.is_set() or self._held:
+        while not self._holding_over or self._held:
             with self._held_ready:
                 now = time.monotonic()
                 due = self._held and (self._held[0][0] <= now or self._cutting)
@@ -421,9 +427,9 @@ class Worker:
         if self._should_retry(taken, result):
             return
         result.url = job.request.url
-        if result.error_kind is ErrorKind.CANCELLED and (self._cutting or taken.recalled):
-            # Cancelled by this worker's stop. Never sent (or free to be sent again): back to
-            # the queue for another worker.
+        if self._cutting and result.error_kind is ErrorKind.CANCELLED:
+            # Cut at the end of the drain. Never sent (it waited for a slot), or free to be
+            # sent again: back to the queue for another worker.
             if taken.delivery == AT_LEAST_ONCE or taken.unsent():
                 self._hand_back(taken)
                 return
@@ -523,7 +529,7 @@ class Worker:
         """(Under the lock) Wake the read loop if it may read now, and the drain when all
         is done: not at every result (the reader would wake for each, to find too little
         room)."""
-        if (self._reader_waits and self._room_left() >= SHARDS) or not self._taken:
+        if (self._reader_waits and self._room_left() >= self._read_from) or not self._taken:
             self._room.notify_all()
 
     # -- upkeep: renewals, takeovers, cancels --------------------------------------------------
@@ -594,7 +600,6 @@ class Worker:
     def _drain(self) -> None:
         """Let in-flight requests finish for up to drain_s; hand back or end the rest."""
         deadline = time.monotonic() + self.drain_s
-        self._recall_unsent()
         with self._room:
             while self._taken and time.monotonic() < deadline:
                 self._room.wait(min(0.2, max(0.0, deadline - time.monotonic())))
@@ -609,17 +614,10 @@ class Worker:
         while self._held and time.monotonic() < until:
             time.sleep(0.02)
         self._engine.close(0, reason="the worker stopped")
+        with self._held_ready:
+            self._holding_over = True
+            self._held_ready.notify_all()
         self._writes.flush(self._claim_idle_ms / 1000.0)
-
-    def _recall_unsent(self) -> None:
-        """Take back from the engine the entries still waiting for a slot (taken ahead, see
-        `_may_hold`): they go back to the queue now (`_sink`), not sent during the drain. One
-        the engine starts meanwhile is cancelled on the wire: at the cut, it would have been."""
-        with self._lock:
-            waiting = [t for t in self._taken.values() if t.job.waiting or t.job.queued]
-        for taken in waiting:
-            taken.recalled = True
-            self._engine.cancel(taken.job)
 
     def _close(self) -> None:
         self._writes_closed = True

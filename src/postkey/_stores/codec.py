@@ -34,6 +34,7 @@ VERSION = 1
 _MAGIC = b"pk" + bytes([VERSION])
 RECORD_MAGIC = _MAGIC  # how every record begins
 _HEX = re.compile(r"[0-9a-f]{1,128}")
+_REPLY_ID = re.compile(r"([0-9a-f]{1,128}\+b)?")  # a reply id (or none): nothing to escape
 
 
 class RecordError(ValueError):
@@ -51,16 +52,24 @@ def kind_of(record: bytes) -> bytes:
     return record[3:4]
 
 
-def encode_pending(owner: str, fingerprint: str | None, submitted_at: float, state: str) -> bytes:
+def encode_pending(
+    owner: str, fingerprint: str | None, submitted_at: float, state: str, reply: str = ""
+) -> bytes:
     """A pending (or running) key, owned by the process ``owner`` (a queued key's record is
-    made by the ENQUEUE script instead, with its queue fields)."""
-    if _HEX.fullmatch(owner) and (fingerprint is None or _HEX.fullmatch(fingerprint)):
-        # Every submit writes one: formatted directly (owner and fingerprint are hex digests,
-        # nothing to escape), several times cheaper than json.dumps.
+    made by the ENQUEUE script instead, with its queue fields). ``reply``: the id of the
+    owner's reply channels, on which a script that ends the key for someone else (a cancel)
+    announces it (`redis_queue` ``settle``)."""
+    if (
+        _HEX.fullmatch(owner)
+        and (fingerprint is None or _HEX.fullmatch(fingerprint))
+        and _REPLY_ID.fullmatch(reply)
+    ):
+        # Every submit writes one: formatted directly (owner, fingerprint and reply id are hex
+        # digests and a suffix, nothing to escape), several times cheaper than json.dumps.
         fp = "null" if fingerprint is None else f'"{fingerprint}"'
         text = (
             f'{{"owner":"{owner}","fingerprint":{fp},"submitted_at":{submitted_at!r},'
-            f'"state":"{state}"}}'
+            f'"state":"{state}","reply":"{reply}"}}'
         )
         return _MAGIC + b"P" + text.encode()
     meta = {
@@ -68,18 +77,19 @@ def encode_pending(owner: str, fingerprint: str | None, submitted_at: float, sta
         "fingerprint": fingerprint,
         "submitted_at": submitted_at,
         "state": state,
+        "reply": reply,
     }
     return _MAGIC + b"P" + json.dumps(meta, separators=(",", ":")).encode()
 
 
-def pending_record_of(owner: str) -> Callable[[float], bytes]:
+def pending_record_of(owner: str, reply: str = "") -> Callable[[float], bytes]:
     """`encode_pending` for ``owner``'s pending keys without a fingerprint, the record every
     submit of the shared store writes: its fixed parts made once (a quarter of the cost)."""
-    head, found, tail = encode_pending(owner, None, 0.5, "pending").partition(
+    head, found, tail = encode_pending(owner, None, 0.5, "pending", reply).partition(
         b'"submitted_at":0.5,'
     )
     if not found or not _HEX.fullmatch(owner):  # the general form: no fixed parts to reuse
-        return lambda submitted_at: encode_pending(owner, None, submitted_at, "pending")
+        return lambda submitted_at: encode_pending(owner, None, submitted_at, "pending", reply)
     head += b'"submitted_at":'
     tail = b"," + tail
     return lambda submitted_at: head + repr(submitted_at).encode() + tail

@@ -30,7 +30,7 @@ from .._settings import Settings
 from .._waits import check_wait_timeout, wake_all
 from . import codec
 from .base import MISSING
-from .names import Names
+from .names import Names, shard_of
 from .redis_connect import (
     STORE_ERRORS,
     UNAVAILABLE,
@@ -125,9 +125,11 @@ class RedisStore:
         self._cache_delete = self._redis.register_script(_CACHE_DELETE)
         self._queue = QueueScripts(self._redis)
         self.owner = secrets.token_hex(8)
-        self._pending_record = codec.pending_record_of(self.owner)
-        #: The id of this process's reply channels (`Replies`), in every key it queues.
+        #: The id of this process's reply channels (`Replies`), in every key it queues or
+        #: sends: the ends of its queued keys, and of keys it sends that another process ended
+        #: (a cancel), are announced there.
         self.reply_id = self.owner + BATCHED_REPLIES
+        self._pending_record = codec.pending_record_of(self.owner, self.reply_id)
         self._jobs: dict[str, Job] = {}
         self._caller_jobs = 0
         self._lock = threading.Lock()
@@ -157,8 +159,15 @@ class RedisStore:
         self._leases.start()
         self._hub = WaitHub(self._redis, self._names, self._check, _RECHECK_S)
         self._replies = Replies(
-            self._hub.listen, self._names, self.reply_id, self._read_many, self._lookup
+            self._hub.listen,
+            self._names,
+            self.reply_id,
+            self._read_many,
+            self._lookup,
+            sent_here=self._ended_elsewhere_heard,
+            confirmed=self._ended_elsewhere_missed,
         )
+        self._hearing_ends = False  # the reply channels subscribed (at the first submit)
         self._writes = WriteBehind(self._redis, give_up_s=self._lease_ms / 1000.0)
         # Bound once: an attribute lookup of a method makes a new object every time.
         self._when_written: Done = self._written
@@ -214,7 +223,9 @@ class RedisStore:
             return
         pipe = self._redis.pipeline(transaction=False)
         for job in jobs:
-            record = codec.encode_pending(self.owner, job.fingerprint, job.submitted_at, "pending")
+            record = codec.encode_pending(
+                self.owner, job.fingerprint, job.submitted_at, "pending", self.reply_id
+            )
             ttl = job.request.timeout_ms + 60_000 + self._lease_ms
             pipe.set(self._names.record(job.key), record, nx=True, px=ttl)
         restored = sum(1 for done in pipe.execute() if done)
@@ -239,6 +250,11 @@ class RedisStore:
             KeyConflict, IdempotencyKeysFull: see `Store.register`.
             StoreUnavailable: Redis did not answer.
         """
+        if not self._hearing_ends:
+            # Before the first key is visible: a cancel from another process is announced on
+            # these channels, and the transfer here stops at once (see _ended_elsewhere_heard).
+            self._hearing_ends = True
+            self._replies.listen()
         fingerprint = job.fingerprint if caller_key and job.fingerprint is not None else ""
         if fingerprint:
             with self._lock:
@@ -250,7 +266,9 @@ class RedisStore:
         if job.fingerprint is None:
             record = self._pending_record(job.submitted_at)
         else:
-            record = codec.encode_pending(self.owner, job.fingerprint, job.submitted_at, "pending")
+            record = codec.encode_pending(
+                self.owner, job.fingerprint, job.submitted_at, "pending", self.reply_id
+            )
         # The pending record outlives the request's own deadline: the engine ends it by then.
         pending_ttl = job.request.timeout_ms + 60_000 + self._lease_ms
         names = self._names
@@ -371,16 +389,54 @@ class RedisStore:
         args = [owner, codec.kind_code(kind), message, self._result_ttl_ms, self._tombstone_ttl_ms]
         return bool(self._call(self._queue.end_pending, keys, args))
 
-    def ended_elsewhere(self) -> list[Job]:
-        """This process's jobs whose keys another process ended (cancelled): stop sending them."""
+    def ended_elsewhere(self, shard: int | None = None) -> list[Job]:
+        """This process's jobs (of one ``shard``, or all) whose keys another process ended (a
+        cancel): stop sending them. Such an end is announced (`_ended_elsewhere_heard`); this
+        read finds those that were not heard (the lease thread's last resort)."""
         with self._lock:
-            jobs = [job for key, job in self._jobs.items() if key not in self._ending]
+            jobs = [
+                job
+                for key, job in self._jobs.items()
+                if key not in self._ending and (shard is None or shard_of(key) == shard)
+            ]
         records = self._records_of([job.key for job in jobs])
         return [
             job
             for job, record in zip(jobs, records, strict=True)
             if record is not None and record[3:4] != b"P"
         ]
+
+    def _ended_elsewhere_heard(self, key: str) -> None:
+        """(Hub thread) ``key`` was announced ended on our reply channels but is none of our
+        queued keys: if it is one we send, another process ended it (a cancel). Stop sending
+        it; the write of our own result is then dropped, and its waiters get what the store
+        holds. Checked in the store first: anyone may announce anything."""
+        hook = self.on_ended_elsewhere
+        with self._lock:
+            job = self._jobs.get(key)
+            if hook is None or job is None or key in self._ending:
+                return
+        try:
+            record = self._redis.get(self._names.record(key))
+        except STORE_ERRORS:
+            return  # the lease thread's read finds it
+        if record is not None and record[3:4] != b"P":
+            hook(job)
+
+    def _ended_elsewhere_missed(self, shard: int) -> None:
+        """(Hub thread) Our channel of ``shard`` is confirmed again after a reconnect: ends
+        announced meanwhile were not heard, so read them. (Before the first confirmation, a
+        few milliseconds after the first submit, no other process can know a key yet; the
+        lease thread's read covers even that.)"""
+        hook = self.on_ended_elsewhere
+        if hook is None:
+            return
+        try:
+            ended = self.ended_elsewhere(shard)
+        except STORE_ERRORS:
+            return  # the lease thread's read finds them
+        for job in ended:
+            hook(job)
 
     def _records_of(self, keys: list[str]) -> list[Any]:
         """The records of ``keys`` (None where there is none), one MGET per 512 keys."""
@@ -618,10 +674,8 @@ class RedisStore:
             for key in sent_here:
                 jobs[key].add_waiter(wake)
         try:
-            # One look at their records only (no tombstones, nothing decoded unless it ended):
-            # another process may have ended one already (a cancel, worker_lost).
-            for key, result in self._ended_among(sent_here):
-                settling.record(key, result)
+            # One another process ended (a cancel) is announced to us, and its transfer here
+            # stopped: its waiters get what the store holds when our own write is dropped.
             others = [k for k in keys if k not in sent_here] if sent_here else keys
             # Keys this process queued need no read if their results were heard already, or
             # if they cannot have ended unheard (see Replies.claim).
@@ -658,19 +712,6 @@ class RedisStore:
                 self._settled_or_pending(k, values[2 * i], values[2 * i + 1], mine[i])
                 for i, k in enumerate(chunk)
             ]
-        return out
-
-    def _ended_among(self, keys: set[str]) -> list[tuple[str, Result]]:
-        """Of ``keys`` (sent here), those whose record already holds a result, with it."""
-        ordered = list(keys)
-        out: list[tuple[str, Result]] = []
-        records: list[Any] = self._call(self._records_of, ordered)
-        for key, record in zip(ordered, records, strict=True):
-            if record is not None and record[3:4] == b"R":
-                try:
-                    out.append((key, codec.decode_result(key, record)))
-                except (codec.RecordError, ValueError):
-                    pass  # its own write, or the end of the wait, says what it is
         return out
 
     def _watch_all(

@@ -1,5 +1,9 @@
 """`Replies`: waits on the keys this process queued, woken from its own reply channels.
 
+The same channels carry the end of a key this process sends itself that another process ended
+(a cancel: its pending record names the reply id too); `Replies` hands such a key to its owner
+(``sent_here``), which checks the store and stops the transfer.
+
 Every terminal write of a queued key also announces ``<key>`` + newline + the result (or
 ``r``: read it) on its submitter's reply channel in the key's shard (`names.Names.reply`), so a
 submitter subscribes to 16 channels once instead of one channel per key it waits for. A worker
@@ -68,12 +72,19 @@ class Replies:
         reply_id: str,
         read_many: Callable[[list[str]], list[Result]],
         lookup: Callable[[str], Result],
+        sent_here: Callable[[str], None] = lambda key: None,
+        confirmed: Callable[[int], None] = lambda shard: None,
     ) -> None:
         self._listen = listen  # WaitHub.listen: subscribes the reply channels for good
         self._names = names
         self._reply_id = reply_id
         self._read_many = read_many
         self._lookup = lookup
+        # The owner's hooks, on the hub's thread: a key announced that is not one this process
+        # queued (one it sends itself, that another process ended: a cancel), and a shard whose
+        # channel was confirmed again after a reconnect (announcements meanwhile were lost).
+        self._sent_here = sent_here
+        self._confirmed_hook = confirmed
         self._lock = threading.Lock()
         # Queued here and not heard of (True: queued while its shard's channel was confirmed,
         # so its end cannot have been missed), the waiters, the shards confirmed.
@@ -82,6 +93,7 @@ class Replies:
         # (a wait_many of 20,000 keys would otherwise make 20,000 lists for the collector).
         self._waiters: dict[str, Wake | list[Wake]] = {}
         self._confirmed: set[int] = set()
+        self._ever_confirmed: set[int] = set()
         # Heard with nobody waiting: key -> (when, the announced record), oldest first.
         self._landed: dict[str, tuple[float, bytes]] = {}
         self._landed_bytes = 0
@@ -104,6 +116,13 @@ class Replies:
                 if len(self._short_lived) >= _MAX_MINE:  # never heard of (lost announcements)
                     self._short_lived.clear()
                 self._short_lived.add(key)
+            if self._listening:
+                return
+        self.listen()
+
+    def listen(self) -> None:
+        """Subscribe the reply channels, once (the first `remember` does it too)."""
+        with self._lock:
             if self._listening:
                 return
             self._listening = True
@@ -263,18 +282,23 @@ class Replies:
                 result = None
             if result is not None and result.state in _NOT_ENDED:
                 result = None
+        ours = False
         with self._lock:
             waiters = self._waiters.pop(key, None) if result is not None else None
+            unwaited = waiters is None and key not in self._waiters
             if waiters is not None:  # the usual case: taken under one lock
                 self._mine.pop(key, None)
                 self._short_lived.discard(key)
-            elif key not in self._waiters:
+            elif unwaited:
                 ours = self._mine.pop(key, None) is not None
                 short_lived = key in self._short_lived
                 self._short_lived.discard(key)
                 if ours and not short_lived and result is not None:
                     self._keep_landed(key, note)
-                return
+        if unwaited:
+            if not ours:
+                self._sent_here(key)  # it checks the store itself: anyone can announce
+            return
         if waiters is not None:
             wake_all(_wakes(waiters), result, "key", key)
             return
@@ -317,8 +341,12 @@ class Replies:
         shard = int(channel[channel.index("{s") + 2 : channel.index("}")])
         with self._lock:
             self._confirmed.add(shard)
+            again = shard in self._ever_confirmed
+            self._ever_confirmed.add(shard)
             keys = [k for k in self._waiters if shard_of(k) == shard]
         self.read_again(keys)
+        if again:
+            self._confirmed_hook(shard)
 
     def _lost(self) -> None:
         with self._lock:
