@@ -424,10 +424,9 @@ class RedisStore:
             hook(job)
 
     def _ended_elsewhere_missed(self, shard: int) -> None:
-        """(Hub thread) Our channel of ``shard`` is confirmed again after a reconnect: ends
-        announced meanwhile were not heard, so read them. (Before the first confirmation, a
-        few milliseconds after the first submit, no other process can know a key yet; the
-        lease thread's read covers even that.)"""
+        """(Hub thread) Our channel of ``shard`` is confirmed, first or after a reconnect: ends
+        announced before were not heard (a caller's key may be cancelled by another process
+        before the first confirmation), so read our keys of that shard, if there are any."""
         hook = self.on_ended_elsewhere
         if hook is None:
             return

@@ -82,7 +82,7 @@ class Replies:
         self._lookup = lookup
         # The owner's hooks, on the hub's thread: a key announced that is not one this process
         # queued (one it sends itself, that another process ended: a cancel), and a shard whose
-        # channel was confirmed again after a reconnect (announcements meanwhile were lost).
+        # channel was confirmed, first or after a reconnect (announcements before were lost).
         self._sent_here = sent_here
         self._confirmed_hook = confirmed
         self._lock = threading.Lock()
@@ -93,7 +93,6 @@ class Replies:
         # (a wait_many of 20,000 keys would otherwise make 20,000 lists for the collector).
         self._waiters: dict[str, Wake | list[Wake]] = {}
         self._confirmed: set[int] = set()
-        self._ever_confirmed: set[int] = set()
         # Heard with nobody waiting: key -> (when, the announced record), oldest first.
         self._landed: dict[str, tuple[float, bytes]] = {}
         self._landed_bytes = 0
@@ -341,12 +340,9 @@ class Replies:
         shard = int(channel[channel.index("{s") + 2 : channel.index("}")])
         with self._lock:
             self._confirmed.add(shard)
-            again = shard in self._ever_confirmed
-            self._ever_confirmed.add(shard)
             keys = [k for k in self._waiters if shard_of(k) == shard]
         self.read_again(keys)
-        if again:
-            self._confirmed_hook(shard)
+        self._confirmed_hook(shard)
 
     def _lost(self) -> None:
         with self._lock:

@@ -157,14 +157,14 @@ def _many_form(client: Any, script: Script) -> Script:
 
 def _batched(
     client: Any, calls: Sequence[tuple[Any, ...]]
-) -> list[tuple[Script, list[str], list[Any], list[int]]]:
+) -> list[tuple[Script, Sequence[str], Sequence[Any], list[int]]]:
     """``calls`` as fewer calls: those of one script (with as many KEYS and ARGV) together,
     as one call of its `many` form, with the positions of the calls each answers for.
 
     Calls are only put together within a stretch in which no key (KEYS[1]) comes twice: the
     calls of one key run in the order they were made (a key's pending record before its
     result), those of different keys in any order."""
-    wire: list[tuple[Script, list[str], list[Any], list[int]]] = []
+    wire: list[tuple[Script, Sequence[str], Sequence[Any], list[int]]] = []
     seen: set[str] = set()
     # (script, #KEYS, #ARGV) -> the script, all KEYS, all ARGV and the positions of its calls
     groups: dict[tuple[Script, int, int], tuple[Script, list[str], list[Any], list[int]]] = {}
