@@ -99,6 +99,14 @@ def pending_entries(redis_url: str, p: str) -> int:
         spy.close()
 
 
+def wait_until_sending(recorder: RecordingServer, count: int) -> None:
+    """Until ``count`` requests are on the wire at the recording server at once."""
+    deadline = time.monotonic() + 10
+    while recorder.active < count:
+        assert time.monotonic() < deadline, f"never {count} on the wire at once"
+        time.sleep(0.02)
+
+
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "postkey", *args],
@@ -356,10 +364,7 @@ def test_at_the_cut_requests_never_sent_go_back_to_the_queue_whatever_their_deli
         keys = [client.post_async(f"{recorder.url}/rec/p{i}?ms=1500") for i in range(12)]
         client.flush(10)
         first = spawn(p, "--concurrency", "4", "--drain", "0.5")
-        deadline = time.monotonic() + 10
-        while recorder.active < 4:
-            assert time.monotonic() < deadline, "the worker never sent 4 at once"
-            time.sleep(0.02)
+        wait_until_sending(recorder, 4)
         first.kill(signal.SIGTERM)
         assert len(recorder.arrivals) == 4
         on_the_wire = {rid for rid, _at in recorder.arrivals}
@@ -404,10 +409,7 @@ def test_a_retry_due_during_the_drain_is_sent_and_the_worker_stops(
     worker = spawn(p, "--drain", "10", retries=2)
     with queued(redis_url, p) as client:
         key = client.get_async(f"{recorder.url}/rec/r?ms=700&status=503&fail_first=1")
-        deadline = time.monotonic() + 10
-        while recorder.active < 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_until_sending(recorder, 1)
         stopped_at = time.monotonic()
         worker.kill(signal.SIGTERM)
         took = time.monotonic() - stopped_at
@@ -564,10 +566,7 @@ def test_a_worker_takes_no_more_entries_than_it_may_hold(
         keys = [client.get_async(f"{recorder.url}/rec/slow{i}?ms=3000") for i in range(120)]
         client.flush(10)
         spawn(p, "--concurrency", "4", "--drain", "0")  # its first read finds them all queued
-        deadline = time.monotonic() + 10
-        while recorder.active < 4:
-            assert time.monotonic() < deadline, "the worker never sent 4 at once"
-            time.sleep(0.02)
+        wait_until_sending(recorder, 4)
         time.sleep(0.5)  # reads that would take more have happened by now
         held = pending_entries(redis_url, p)
         for key in keys:

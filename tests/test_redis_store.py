@@ -4,6 +4,7 @@ dead sender's keys end as worker_lost, a Redis that is not there gives a clear e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import subprocess
@@ -12,6 +13,7 @@ import textwrap
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -411,6 +413,18 @@ def test_a_wait_on_an_own_key_another_process_cancelled_gets_the_stored_result(
     assert "another process" in (result.error or "")
 
 
+@contextlib.contextmanager
+def sender_and_other(redis_url: str) -> Iterator[tuple[Client, Client]]:
+    """Two clients on one store prefix: two owners, as two processes are (the other one
+    ends the sender's keys through the store)."""
+    p = prefix()
+    with (
+        Client(store=redis_url, store_prefix=p) as sender,
+        Client(store=redis_url, store_prefix=p) as other,
+    ):
+        yield sender, other
+
+
 def test_a_cancel_from_another_process_reaches_a_waiting_sender_at_once(
     redis_url: str, echo: str
 ) -> None:
@@ -418,11 +432,7 @@ def test_a_cancel_from_another_process_reaches_a_waiting_sender_at_once(
     # only every 3.3 s. The cancel is announced on the sender's reply channels instead: its
     # transfer stops and its waiters wake at once. (Another client is another owner, as
     # another process is: it cancels through the store.)
-    p = prefix()
-    with (
-        Client(store=redis_url, store_prefix=p) as sender,
-        Client(store=redis_url, store_prefix=p) as other,
-    ):
+    with sender_and_other(redis_url) as (sender, other):
         key = sender.get_async(echo + "/delay/8000", timeout_ms=10_000)
         sender.flush()
         woke: list[tuple[object, float]] = []
@@ -477,14 +487,14 @@ def test_an_end_announced_while_not_subscribed_is_read_at_the_next_confirmation(
     from postkey._stores import codec
     from postkey._stores.names import shard_of
 
-    p = prefix()
-    with (
-        Client(store=redis_url, store_prefix=p) as sender,
-        Client(store=redis_url, store_prefix=p) as other,
-    ):
+    with sender_and_other(redis_url) as (sender, other):
         key = sender.get_async(echo + "/delay/8000", timeout_ms=10_000)
         sender.flush()
         store = sender._store_
+        deadline = time.monotonic() + 10  # confirmed once: the next one is a re-confirmation
+        while len(store._replies._confirmed) < 16 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
         spy = spy_client(redis_url)
         try:
             spy.set(
@@ -525,18 +535,10 @@ def test_a_caller_key_cancelled_right_after_a_first_submit_stops_at_once(
 def test_every_confirmation_of_a_channel_asks_the_owner_to_read_what_it_missed() -> None:
     # The first one too: a key named by its caller may be cancelled by another process before
     # the reply channels are confirmed.
-    from postkey._result import Result
     from postkey._stores.names import Names
 
     asked: list[int] = []
-    replies = Replies(
-        lambda *subscription: None,
-        Names("p"),
-        "owner",
-        read_many=lambda keys: [Result(k, State.PENDING) for k in keys],
-        lookup=lambda key: Result(key, State.UNKNOWN),
-        confirmed=asked.append,
-    )
+    replies = replies_fed_by_hand(confirmed=asked.append)
     channel = Names("p").reply(5, "owner")
     replies._confirmed_channel(channel)
     replies._lost()
@@ -544,8 +546,9 @@ def test_every_confirmation_of_a_channel_asks_the_owner_to_read_what_it_missed()
     assert asked == [5, 5]
 
 
-def replies_fed_by_hand() -> Replies:
-    """A `Replies` that subscribes nothing: the tests hand it announcements themselves."""
+def replies_fed_by_hand(confirmed: Callable[[int], None] = lambda shard: None) -> Replies:
+    """A `Replies` that subscribes nothing: the tests hand it announcements (and channel
+    confirmations) themselves."""
     from postkey._result import Result
     from postkey._stores.names import Names
 
@@ -555,6 +558,7 @@ def replies_fed_by_hand() -> Replies:
         "owner",
         read_many=lambda keys: [Result(k, State.PENDING) for k in keys],
         lookup=lambda key: Result(key, State.UNKNOWN),
+        confirmed=confirmed,
     )
 
 

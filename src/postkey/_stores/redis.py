@@ -167,7 +167,6 @@ class RedisStore:
             sent_here=self._ended_elsewhere_heard,
             confirmed=self._ended_elsewhere_missed,
         )
-        self._hearing_ends = False  # the reply channels subscribed (at the first submit)
         self._writes = WriteBehind(self._redis, give_up_s=self._lease_ms / 1000.0)
         # Bound once: an attribute lookup of a method makes a new object every time.
         self._when_written: Done = self._written
@@ -204,10 +203,7 @@ class RedisStore:
             try:
                 if not self._renew_lease():
                     self._restore_pending()
-                hook = self.on_ended_elsewhere
-                if hook is not None:
-                    for job in self.ended_elsewhere():
-                        hook(job)
+                self._stop_ended_elsewhere()
             except STORE_ERRORS as exc:
                 log.warning("could not renew this process's lease in the store: %s", exc)
             except Exception:  # a bug here must not end the lease: keys would end as lost
@@ -250,11 +246,9 @@ class RedisStore:
             KeyConflict, IdempotencyKeysFull: see `Store.register`.
             StoreUnavailable: Redis did not answer.
         """
-        if not self._hearing_ends:
-            # Before the first key is visible: a cancel from another process is announced on
-            # these channels, and the transfer here stops at once (see _ended_elsewhere_heard).
-            self._hearing_ends = True
-            self._replies.listen()
+        # Before the first key is visible: a cancel from another process is announced on the
+        # reply channels, and the transfer here stops at once (see _ended_elsewhere_heard).
+        self._replies.listen()
         fingerprint = job.fingerprint if caller_key and job.fingerprint is not None else ""
         if fingerprint:
             with self._lock:
@@ -423,19 +417,26 @@ class RedisStore:
         if record is not None and record[3:4] != b"P":
             hook(job)
 
+    def _stop_ended_elsewhere(self, shard: int | None = None) -> None:
+        """Stop sending this process's jobs (of one ``shard``, or all) that another process
+        ended: `ended_elsewhere` read, each handed to `on_ended_elsewhere`.
+
+        Raises:
+            redis.RedisError: the read failed.
+        """
+        hook = self.on_ended_elsewhere
+        if hook is not None:
+            for job in self.ended_elsewhere(shard):
+                hook(job)
+
     def _ended_elsewhere_missed(self, shard: int) -> None:
         """(Hub thread) Our channel of ``shard`` is confirmed, first or after a reconnect: ends
         announced before were not heard (a caller's key may be cancelled by another process
         before the first confirmation), so read our keys of that shard, if there are any."""
-        hook = self.on_ended_elsewhere
-        if hook is None:
-            return
         try:
-            ended = self.ended_elsewhere(shard)
+            self._stop_ended_elsewhere(shard)
         except STORE_ERRORS:
-            return  # the lease thread's read finds them
-        for job in ended:
-            hook(job)
+            pass  # the lease thread's read finds them
 
     def _records_of(self, keys: list[str]) -> list[Any]:
         """The records of ``keys`` (None where there is none), one MGET per 512 keys."""

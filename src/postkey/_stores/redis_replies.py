@@ -120,7 +120,10 @@ class Replies:
         self.listen()
 
     def listen(self) -> None:
-        """Subscribe the reply channels, once (the first `remember` does it too)."""
+        """Subscribe the reply channels, once (the first `remember` does it too). Cheap once
+        done: a sender calls it at every submit."""
+        if self._listening:  # read without the lock: it only ever goes from False to True
+            return
         with self._lock:
             if self._listening:
                 return
