@@ -23,6 +23,7 @@ from postkey import Client, ErrorKind, State
 from postkey._stores import codec
 from postkey._stores.names import GROUP, SHARDS, Names
 
+from .gateway_process import free_port
 from .recording import RecordingServer
 from .spy import spy_client
 from .test_redis_store import run_python
@@ -254,6 +255,53 @@ def test_a_worker_without_a_store_is_a_usage_error() -> None:
     assert "Redis store" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("claim_idle_ms", 1), ("claim_idle_ms", 499), ("lease_ms", 5), ("lease_ms", 10**12)],
+)
+def test_lease_times_that_would_spin_or_never_lapse_are_refused(name: str, value: int) -> None:
+    # claim_idle_ms=1 made an idle worker renew in a hot loop (37,700 commands in 6 s).
+    with pytest.raises(postkey.InvalidValue, match=f"{name} must be from"):
+        postkey.Settings(**{name: value})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTKEY_")}
+    env[f"POSTKEY_{name.upper()}"] = str(value)
+    done = cli("worker", "--store", "redis://127.0.0.1:1/0", env=env)
+    assert done.returncode == 2 and f"{name} must be from" in done.stderr, done
+
+
+def test_a_store_that_is_not_there_or_not_redis_is_exit_4_in_one_line(echo: str) -> None:
+    # Exit 2 says "bad input, nothing sent": a script must tell a typo from an outage. A server
+    # that does not speak Redis was a redis-py traceback (InvalidResponse).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTKEY_")}
+    http_port = echo.rsplit(":", 1)[1].split("/", maxsplit=1)[0]
+    for url in (f"redis://127.0.0.1:{free_port()}/0", f"redis://127.0.0.1:{http_port}/0"):
+        for args in (("get", "k"), ("wait", "k", "--timeout", "1"), ("cancel", "k")):
+            done = cli(*args, "--store", url, env=env)
+            assert done.returncode == 4, (url, args, done)
+            assert done.stderr.startswith("postkey: error: the store "), done.stderr
+            assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
+
+
+def test_a_key_holding_what_postkey_did_not_write_is_a_key_conflict(redis_url: str) -> None:
+    # Another application (or a hostile one) shares the Redis and put a hash under a postkey
+    # record's name: cancel and a submit under that key raised redis-py's WRONGTYPE error.
+    p = prefix()
+    spy = spy_client(redis_url)
+    spy.hset(Names(p).record("victim"), "f", "v")
+    spy.close()
+    with Client(store=redis_url, store_prefix=p) as client:
+        assert client.status("victim") == "unknown"
+        with pytest.raises(postkey.KeyConflict, match="postkey did not write"):
+            client.cancel("victim")
+        with pytest.raises(postkey.KeyConflict, match="names a different request"):
+            client.get_async("http://127.0.0.1:9/", key="victim")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTKEY_")}
+    env["POSTKEY_STORE_PREFIX"] = p
+    done = cli("cancel", "victim", "--store", redis_url, env=env)
+    assert done.returncode == 2 and "postkey did not write" in done.stderr, done
+    assert "Traceback" not in done.stderr
+
+
 @BOTH
 def test_cancel_from_another_process_ends_a_queued_key_and_it_is_never_sent(
     redis_url: str, recorder: RecordingServer, spawn: Callable[..., WorkerProcess]
@@ -442,6 +490,59 @@ def test_a_request_that_keeps_killing_its_worker_ends_in_the_dead_letter_stream(
     dead = [e for s in range(SHARDS) for e in spy.xrange(Names(p).dead(s))]
     spy.close()
     assert len(dead) == 1 and dead[0][1][b"k"].decode() == key
+    assert pending_entries(redis_url, p) == 0
+
+
+def test_a_worker_restarted_under_its_name_never_sends_an_at_most_once_request_again(
+    redis_url: str, recorder: RecordingServer, spawn: Callable[..., WorkerProcess]
+) -> None:
+    # A supervisor (systemd, a StatefulSet) restarts a killed worker under the same --name. The
+    # new one must not take the dead one's started entry for one of its own: that sent an
+    # at-most-once POST twice.
+    p = prefix()
+    settings = {"claim_idle_ms": 600}
+    worker = spawn(p, "--name", "fixed", **settings)
+    with queued(redis_url, p) as client:
+        key = client.post_async(recorder.url + "/rec/pay?ms=3000", "charge", timeout_ms=30_000)
+        wait_until_sending(recorder, 1)
+        worker.kill()
+        spawn(p, "--name", "fixed", **settings)
+        result = client.wait(key, 20)
+    assert result.error_kind == "unknown_outcome", result.describe()
+    time.sleep(3.5)  # a second send would have reached the server by now
+    assert recorder.hits["pay"] == 1
+    assert pending_entries(redis_url, p) == 0
+
+
+@pytest.mark.parametrize("name", ["w#2", "", "a b", "x" * 101, "é"])
+def test_a_worker_name_that_could_pass_for_another_is_refused(redis_url: str, name: str) -> None:
+    # '#' ends the worker's name in the owner of a request it started (<name>#<attempt>).
+    done = cli("worker", "--store", redis_url, "--name", name, env=dict(os.environ))
+    assert done.returncode == 2, done
+    assert "name is 1 to 100 letters, digits and '._-'" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_request_that_kills_workers_restarted_under_one_name_is_dead_lettered(
+    redis_url: str, recorder: RecordingServer, spawn: Callable[..., WorkerProcess]
+) -> None:
+    # The same restart, for an idempotent request: each restart is a new delivery, counted, so
+    # max_deliveries still ends it (it was sent again and again as the same attempt).
+    p = prefix()
+    settings = {"claim_idle_ms": 600, "max_deliveries": 2}
+    with queued(redis_url, p) as client:
+        key = client.get_async(recorder.url + "/rec/poison?ms=60000", timeout_ms=120_000)
+        for attempt in (1, 2):
+            worker = spawn(p, "--name", "fixed", **settings)
+            deadline = time.monotonic() + 15
+            while recorder.hits["poison"] < attempt:
+                assert time.monotonic() < deadline, worker.output()
+                time.sleep(0.02)
+            worker.kill()
+        spawn(p, "--name", "fixed", **settings)
+        result = client.wait(key, 15)
+    assert result.error_kind == "worker_lost", result.describe()
+    assert recorder.hits["poison"] == 2
     assert pending_entries(redis_url, p) == 0
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from redis import exceptions as redis_errors
 
 import postkey
 from postkey import Client, State
@@ -758,3 +759,76 @@ def test_an_async_wait_released_at_exit_returns_a_result(redis_url: str, echo: s
 
     result = asyncio.run(main())
     assert isinstance(result, postkey.Result) and not result.state.terminal
+
+
+@pytest.mark.parametrize("send", ["local", "workers"])
+def test_no_wait_blocks_once_its_client_is_closed(redis_url: str, echo: str, send: str) -> None:
+    # Waits blocked at close() return what the store holds, and waits that begin after it
+    # return at once, as with a timeout of 0: nothing can wake them any more. They used to
+    # block for ever on a queued client (its reply channels were never released), and after
+    # close() on any Redis client, whatever ended the key elsewhere.
+    p = prefix()
+    client = Client(store=redis_url, store_prefix=p, send=send)
+    # Queued with no worker, or sent to a server that answers in 30 s: pending throughout.
+    key = client.get_async(f"{echo}/delay/30000", timeout_ms=60_000)
+    client.flush()
+    got: dict[str, object] = {}
+    blocked = threading.Thread(
+        target=lambda: got.setdefault("early", client.wait(key)), daemon=True
+    )
+    blocked.start()
+    value_wait = threading.Thread(
+        target=lambda: got.setdefault("value", client.cache_wait(f"v-{key}", None, "none")),
+        daemon=True,
+    )
+    value_wait.start()
+    time.sleep(0.3)
+    client.close(drain=False) if send == "local" else client.close()
+    blocked.join(10)
+    value_wait.join(10)
+    assert not blocked.is_alive() and not value_wait.is_alive()
+    assert got["value"] == "none"
+    late: dict[str, Any] = {}
+
+    def wait_late() -> None:
+        late["one"] = client.wait(key)
+        late["many"] = client.wait_many([key, key])
+        late["value"] = client.cache_wait(f"v-{key}", None, "none")
+
+    after = threading.Thread(target=wait_late, daemon=True)
+    after.start()
+    after.join(5)
+    assert not after.is_alive(), "a wait after close() blocked"
+    assert late["one"].key == key and late["many"][0].state is late["one"].state
+    assert late["value"] == "none"
+    if send == "workers":  # still queued: nobody ended it
+        assert isinstance(got["early"], postkey.Result)
+        assert got["early"].state is State.PENDING and late["one"].state is State.PENDING
+
+
+def test_a_full_redis_can_still_be_read_and_a_submit_says_it_refused_the_write(
+    echo: str,
+) -> None:
+    # With maxmemory and noeviction (the policy the README recommends), a full Redis refuses
+    # writes but still reads. Every client wrote its lease when made, so a reader could not
+    # even start: "store URL ...: Redis refused it", as if the URL were wrong.
+    with LocalRedis("--maxmemory", "3mb", "--maxmemory-policy", "noeviction") as url:
+        p = prefix()
+        with Client(store=url, store_prefix=p) as sender:
+            key = sender.get_async(f"{echo}/get")
+            assert sender.wait(key, 10).status == 200
+        spy = spy_client(url)
+        filler = b"x" * 100_000
+        for size in (len(filler), 1_000, 10):  # full, to the last few bytes
+            with contextlib.suppress(redis_errors.OutOfMemoryError):
+                for i in itertools.count():
+                    spy.set(f"filler:{size}:{i}", filler[:size])
+        with pytest.raises(redis_errors.OutOfMemoryError, match="maxmemory"):
+            spy.set("one-more", "x")
+        with Client(store=url, store_prefix=p) as reader:
+            assert reader.get(key).status == 200
+            assert reader.exists(key)
+            assert reader.wait(key, 1).status == 200
+            with pytest.raises(postkey.StoreUnavailable, match=r"refused a write: .*maxmemory"):
+                reader.get_async(f"{echo}/get")
+        spy.close()  # not before: its buffers freed would make room for a few writes

@@ -84,7 +84,8 @@ class InvalidKey(PostkeyError, ValueError):
 
 
 class KeyConflict(PostkeyError, ValueError):
-    """The key already names a different request, or a cache write would overwrite a request."""
+    """The key already names a different request, or a cache write would overwrite a request,
+    or (a shared store) a name under postkey's prefix holds a value postkey did not write."""
 
 
 class QueueFull(PostkeyError):
@@ -106,7 +107,8 @@ class ClientClosed(PostkeyError):
 
 class StoreUnavailable(PostkeyError):
     """The shared store (Redis) could not be reached or did not answer within
-    ``store_timeout_ms`` (after one retry); the message names the store and the cause."""
+    ``store_timeout_ms`` (after one retry), what answered is not a Redis, or it refused a write
+    (full, read-only); the message names the store and the cause."""
 
 
 class ResultError(PostkeyError):

@@ -190,6 +190,14 @@ class Settings:
         for name, most in (("retries", 100), ("max_deliveries", 1000)):
             if getattr(self, name) > most:
                 raise InvalidValue(f"{name} must be <= {most}, got {getattr(self, name)}")
+        # Renewed every third of it: below these, renewals would be a hot loop on Redis (1 ms
+        # made an idle worker send thousands of commands a second) and a live worker's entries
+        # would go idle between two of them and be taken over.
+        for name, least in (("lease_ms", 300), ("claim_idle_ms", 500)):
+            if not least <= getattr(self, name) <= 86_400_000:
+                raise InvalidValue(
+                    f"{name} must be from {least} to 86400000 (a day), got {getattr(self, name)}"
+                )
         if self.send not in SEND_MODES:
             raise InvalidValue(f"send must be 'local' or 'workers', not {self.send!r}")
         if self.send == "workers" and self.store == "memory://":

@@ -18,7 +18,7 @@ from ._batch import run_batch
 from ._client import Client
 from ._demo import run_demo
 from ._encoders import load_json
-from ._errors import PostkeyError
+from ._errors import PostkeyError, StoreUnavailable
 from ._gc import tune_for_serving
 from ._policy import DestinationPolicy
 from ._request import check_timeout
@@ -29,6 +29,7 @@ EXIT_FAILED = 1  # a request ended as failed (no response)
 EXIT_USAGE = 2  # bad input: nothing was sent
 EXIT_HTTP_ERROR = 22  # --fail and a status of 400 or more (curl --fail's code)
 EXIT_NO_RESULT = 3  # get / wait: the key has no result (yet, or any more)
+EXIT_STORE_UNAVAILABLE = 4  # the shared store did not answer (or is not a Redis)
 EXIT_ABORTED = 130  # Ctrl-C
 
 EXIT_CODES_HELP = """\b
@@ -38,6 +39,8 @@ Exit codes:
        demo: not every response was read back)
   2    bad input or usage: one line on stderr, nothing sent
   3    get / wait: the key has no result (pending, running, unknown or expired)
+  4    the shared store did not answer (down, unreachable, not a Redis, or
+       refusing writes)
   22   with --fail: the response's status was 400 or more
   130  interrupted"""
 
@@ -57,6 +60,8 @@ def main() -> None:
         _die(exc.format_message(), EXIT_USAGE)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except StoreUnavailable as exc:  # an outage, not a typo: a script may try again
+        _die(str(exc), EXIT_STORE_UNAVAILABLE)
     except (PostkeyError, OSError) as exc:
         _die(str(exc), EXIT_USAGE)
 

@@ -29,6 +29,7 @@ import itertools
 import logging
 import os
 import random
+import re
 import secrets
 import socket
 import threading
@@ -63,6 +64,7 @@ from ._transport import Transport
 
 log = logging.getLogger("postkey.worker")
 
+_NAME = re.compile(r"[A-Za-z0-9._-]+")  # a --name: no '#', which ends it in an owner
 _READ_BATCH = 512  # entries asked for per read, at most
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _RETRY_KINDS = frozenset({ErrorKind.DNS, ErrorKind.CONNECT, ErrorKind.NETWORK})
@@ -152,7 +154,16 @@ class Worker:
         self.settings = settings.replace(
             max_in_flight=concurrency, max_queue=max(2 * concurrency, 1024), send="local"
         )
-        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        if name is not None and (
+            not isinstance(name, str) or not 1 <= len(name) <= 100 or not _NAME.fullmatch(name)
+        ):
+            raise InvalidValue(
+                f"a worker's name is 1 to 100 letters, digits and '._-', not {name!r}"
+            )
+        # A random part in every run's name, given or not: a worker restarted under the same
+        # name (by a supervisor) must never be taken for the one it replaces, whose started
+        # requests are not its own (an at-most-once request would be sent again).
+        self.name = f"{name or f'{socket.gethostname()}-{os.getpid()}'}-{secrets.token_hex(3)}"
         self.stats = WorkerStats()
         self._names = Names(settings.store_prefix)
         self._redis = connect(settings)

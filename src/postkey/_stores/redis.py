@@ -145,11 +145,15 @@ class RedisStore:
         #: process ended, e.g. cancelled: the client stops sending it.
         self.on_ended_elsewhere: Callable[[Job], None] | None = None
         self._closing = threading.Event()
+        self._leased = False  # see _take_lease
         # Fails here, clearly, if Redis is not there or is a Cluster node named as one Redis,
         # or refuses what the URL asks (a database it does not have, say).
         try:
             self._call(check_not_a_cluster_node, self._redis, self._url)
-            self._call(self._renew_lease)
+            # A read, not the lease: a process that only reads must work on a Redis that
+            # refuses writes (full under noeviction, a read-only replica). The lease is
+            # taken at the first send (see _take_lease).
+            self._call(self._redis.ping)
         except ResponseError as exc:
             disconnect(self._redis)
             raise InvalidValue(
@@ -189,6 +193,13 @@ class RedisStore:
             raise StoreUnavailable(
                 f"the store {self._redacted_url()} did not answer: {exc}"
             ) from None
+        except ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise
+            # Another application sharing the Redis wrote under postkey's prefix.
+            raise KeyConflict(
+                f"a name under the store's prefix holds a value postkey did not write: {exc}"
+            ) from None
 
     def _redacted_url(self) -> str:
         return redacted_url(self._url)
@@ -198,10 +209,25 @@ class RedisStore:
         old = self._redis.set(self._names.owner(self.owner), b"1", px=self._lease_ms, get=True)
         return old is not None
 
+    def _take_lease(self) -> None:
+        """Before this process's first key is written: its lease, which every pending record
+        it writes names (a record whose owner has none ends as worker_lost for readers).
+
+        Raises:
+            StoreUnavailable: Redis did not answer, or refused the write.
+        """
+        try:
+            self._call(self._renew_lease)
+        except ResponseError as exc:  # full (noeviction), a read-only replica, an ACL
+            raise StoreUnavailable(
+                f"the store {self._redacted_url()} refused a write: {exc}"
+            ) from None
+        self._leased = True
+
     def _keep_lease(self) -> None:
         while not self._closing.wait(self._lease_ms / 3000.0):
             try:
-                if not self._renew_lease():
+                if self._leased and not self._renew_lease():
                     self._restore_pending()
                 self._stop_ended_elsewhere()
             except STORE_ERRORS as exc:
@@ -249,6 +275,8 @@ class RedisStore:
         # Before the first key is visible: a cancel from another process is announced on the
         # reply channels, and the transfer here stops at once (see _ended_elsewhere_heard).
         self._replies.listen()
+        if not self._leased:
+            self._take_lease()
         fingerprint = job.fingerprint if caller_key and job.fingerprint is not None else ""
         if fingerprint:
             with self._lock:
@@ -688,7 +716,7 @@ class RedisStore:
                 self._replies.read_again(again)
                 # The hub hands each key's terminal Result to its waiter: only keys it did not
                 # settle (the wait timed out) are read again.
-                settled = settling.wait(len(waiting) + len(sent_here), seconds)
+                settled = settling.wait(len(waiting) + len(sent_here), self._asleep_for(seconds))
             finally:
                 for unwatch in undo:
                     unwatch()
@@ -729,6 +757,11 @@ class RedisStore:
         for key in others:
             undo.append(self._hub.watch(key, "result", settling.waker(key)))
         return undo, again
+
+    def _asleep_for(self, seconds: float | None) -> float | None:
+        """How long a wait, its watches in place, may sleep: not at all once the store is
+        closing (close() released the waiters before, or is about to: it set the flag first)."""
+        return 0.0 if self._closing.is_set() else seconds
 
     def _unwatch_here(self, keys: set[str], wake: Callable[[Result], object]) -> None:
         # The waker of a wait that ended, off the jobs it did not hear from (a timeout).
@@ -864,7 +897,7 @@ class RedisStore:
         if found is not MISSING:
             return found
         try:
-            gate.wait(seconds)
+            gate.wait(self._asleep_for(seconds))
         finally:
             self.cache_unwatch(key, wake)
         return box[0] if box and box[0] is not MISSING else default
@@ -900,6 +933,9 @@ class RedisStore:
             return
         self._closing.set()
         self._writes.close(self._lease_ms / 1000.0)  # what is queued lands first
+        # Nothing can wake a wait any more: those asleep return what the store holds (a
+        # wait that begins from now on returns at once, see _asleep_for).
+        self.release_waiters()
         self._hub.close()
         try:
             self._redis.delete(self._names.owner(self.owner))

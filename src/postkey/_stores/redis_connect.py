@@ -28,6 +28,8 @@ CLUSTER_SUFFIX = "+cluster"
 #: every command's keys share a slot, which the Cluster tests check).
 UNAVAILABLE: tuple[type[Exception], ...] = (
     redis.ConnectionError,
+    # What answered is not a Redis (an HTTP server on that port, say), or the stream broke.
+    redis.exceptions.InvalidResponse,
     redis.TimeoutError,
     ClusterDownError,
     SlotNotCoveredError,

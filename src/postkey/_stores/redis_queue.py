@@ -156,8 +156,7 @@ for i = 1, (#KEYS - 2) / 3 do
   if ok and type(meta) == 'table' and type(meta['timeout_ms']) == 'number' then
     local ttl = ttl_of(meta, default_ttl)
     local left = tonumber(string.match(id, '^(%d+)')) + meta['timeout_ms'] - now_ms
-    local mine = ARGV[2] .. '#'
-    if meta['entry'] == id and string.sub(meta['owner'], 1, string.len(mine)) == mine then
+    if meta['entry'] == id and meta['owner'] == ARGV[2] .. '#' .. tostring(meta['attempt']) then
       -- This worker started this entry already (its answer was lost, or the entry came back
       -- from its own pending list): the same attempt, not a new delivery.
       verdict = {'go', math.max(left, 1), meta['owner']}
