@@ -612,6 +612,21 @@ def test_on_done_and_the_async_client_work_in_queued_mode(
     assert asyncio.run(main()) == [200] * 20
 
 
+def test_a_queued_requests_on_done_is_never_called_with_anything_but_a_result(
+    redis_url: str, echo: str
+) -> None:
+    # close() wakes every wait of its client: the watch behind a queued request's on_done was
+    # woken too, and the callback got postkey's internal "nothing" marker, not a Result (the
+    # gateway, stopping, logged AttributeErrors from it).
+    seen: list[object] = []
+    client = queued(redis_url, prefix())
+    client.get_async(echo + "/get", on_done=seen.append)  # no worker: still queued at close
+    client.flush()
+    client.close()
+    time.sleep(0.3)
+    assert seen == []
+
+
 def test_a_queued_key_with_no_worker_at_all_ends_after_its_deadline(redis_url: str) -> None:
     from postkey._stores import redis as redis_store
 

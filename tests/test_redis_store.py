@@ -21,6 +21,8 @@ from redis import exceptions as redis_errors
 
 import postkey
 from postkey import Client, State
+from postkey._stores import codec
+from postkey._stores.names import Names
 from postkey._stores.redis_replies import Replies
 from postkey.testing import LocalRedis
 
@@ -812,17 +814,25 @@ def test_a_full_redis_can_still_be_read_and_a_submit_says_it_refused_the_write(
     # With maxmemory and noeviction (the policy the README recommends), a full Redis refuses
     # writes but still reads. Every client wrote its lease when made, so a reader could not
     # even start: "store URL ...: Redis refused it", as if the URL were wrong.
-    with LocalRedis("--maxmemory", "3mb", "--maxmemory-policy", "noeviction") as url:
+    with LocalRedis("--maxmemory-policy", "noeviction") as url:
         p = prefix()
         with Client(store=url, store_prefix=p) as sender:
             key = sender.get_async(f"{echo}/get")
             assert sender.wait(key, 10).status == 200
         spy = spy_client(url)
-        filler = b"x" * 100_000
-        for size in (len(filler), 1_000, 10):  # full, to the last few bytes
-            with contextlib.suppress(redis_errors.OutOfMemoryError):
-                for i in itertools.count():
-                    spy.set(f"filler:{size}:{i}", filler[:size])
+        # A key whose sender died (its lease is gone): a reader ends it as worker_lost, a
+        # write, which a full Redis refuses (that read raised redis-py's OutOfMemoryError).
+        orphan_record = codec.encode_pending("0badc0de" * 2, None, time.time(), "pending")
+        spy.set(Names(p).record("orphan"), orphan_record, px=600_000)
+        # A sending process that has its lease already (it sent before the Redis filled up).
+        busy = Client(store=url, store_prefix=p, lease_ms=1000)
+        busy.get_async(f"{echo}/get")
+        busy.flush()
+        for i in range(20):
+            spy.set(f"filler:{i}", b"x" * 100_000)
+        # Full for good: maxmemory half a megabyte below what is used (filled to the brim, a
+        # few bytes freed by a client's buffers let some writes through again).
+        spy.config_set("maxmemory", int(spy.info("memory")["used_memory"]) - 500_000)
         with pytest.raises(redis_errors.OutOfMemoryError, match="maxmemory"):
             spy.set("one-more", "x")
         with Client(store=url, store_prefix=p) as reader:
@@ -831,4 +841,37 @@ def test_a_full_redis_can_still_be_read_and_a_submit_says_it_refused_the_write(
             assert reader.wait(key, 1).status == 200
             with pytest.raises(postkey.StoreUnavailable, match=r"refused a write: .*maxmemory"):
                 reader.get_async(f"{echo}/get")
-        spy.close()  # not before: its buffers freed would make room for a few writes
+            assert reader.status("orphan") == "pending"  # what is known; a later read ends it
+            with pytest.raises(postkey.StoreUnavailable, match="refused a write"):
+                reader.cache_set("v", "1")
+            # Its key was handed out before the refusal came back: flush() says it is not
+            # visible elsewhere (its write was sent again for a lease, then given up on); the
+            # next submit is refused at once.
+            busy.get_async(f"{echo}/get")
+            with pytest.raises(postkey.StoreUnavailable):
+                busy.flush(5)
+            with pytest.raises(postkey.StoreUnavailable, match="refused a write"):
+                busy.get_async(f"{echo}/get")
+        busy.close()
+        spy.close()
+
+
+@pytest.mark.parametrize("send", ["local", "workers"])
+def test_no_async_wait_blocks_once_its_client_is_closed(
+    redis_url: str, echo: str, send: str
+) -> None:
+    # The AsyncClient's own waits (a future per key, woken through the loop) after aclose():
+    # they blocked for ever where the sync client's returned at once.
+    async def main() -> tuple[postkey.Result, list[postkey.Result], object]:
+        client = postkey.AsyncClient(store=redis_url, store_prefix=prefix(), send=send)
+        key = await client.get_async(f"{echo}/delay/30000", timeout_ms=60_000)
+        await client.aclose(drain=False)
+        return await asyncio.wait_for(
+            asyncio.gather(
+                client.wait(key), client.wait_many([key]), client.cache_wait("none", None, "-")
+            ),
+            5,
+        )
+
+    one, many, value = asyncio.run(main())
+    assert many[0].state is one.state and value == "-"

@@ -176,6 +176,8 @@ class AsyncClient(_ClientCore):
         if found is not None:
             return found
         assert unwatch is not None
+        if self._store.closing:  # watched first: a close() from now on wakes it anyway
+            seconds = 0.0
         try:
             woken: object = await asyncio.wait_for(asyncio.shield(future), seconds)
         except TimeoutError:
@@ -222,6 +224,8 @@ class AsyncClient(_ClientCore):
         found = await self._off_loop(store.cache_watch, _str_key(key), wake)
         if found is not MISSING:
             return found
+        if store.closing:  # as in _wait
+            seconds = 0.0
         try:
             found = await asyncio.wait_for(asyncio.shield(future), seconds)
         except TimeoutError:

@@ -387,7 +387,10 @@ class _ClientCore:
         callbacks = self._callbacks_
 
         def wake(result: Result) -> None:
-            callbacks.call(on_done, result)
+            # Not a Result: the watch was released (close, interpreter exit) before the key
+            # ended here; no result, so no call.
+            if isinstance(result, Result):
+                callbacks.call(on_done, result)
 
         found, _unwatch = self._store_.watch(key, wake)
         if found is not None:

@@ -46,6 +46,11 @@ class Store(Protocol):
     remote: bool
 
     @property
+    def closing(self) -> bool:
+        """True once close() began: nothing will wake a wait any more (a store whose results
+        come from elsewhere), so a wait begun from then on returns what is known at once."""
+
+    @property
     def max_ttl_ms(self) -> int:
         """The longest TTL a result or cache value may be given, in ms."""
 

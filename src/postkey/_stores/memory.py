@@ -49,6 +49,7 @@ class MemoryStore:
 
     #: Calls may wait on a server: AsyncClient makes them off the event loop.
     remote = False
+    closing = False  # results land here, in this process: its waits can always be woken
 
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._settings = settings

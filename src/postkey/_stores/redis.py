@@ -32,6 +32,7 @@ from . import codec
 from .base import MISSING
 from .names import Names, shard_of
 from .redis_connect import (
+    REFUSED_WRITE,
     STORE_ERRORS,
     UNAVAILABLE,
     check_not_a_cluster_node,
@@ -193,6 +194,10 @@ class RedisStore:
             raise StoreUnavailable(
                 f"the store {self._redacted_url()} did not answer: {exc}"
             ) from None
+        except REFUSED_WRITE as exc:
+            raise StoreUnavailable(
+                f"the store {self._redacted_url()} refused a write: {exc}"
+            ) from None
         except ResponseError as exc:
             if not str(exc).startswith("WRONGTYPE"):
                 raise
@@ -216,12 +221,7 @@ class RedisStore:
         Raises:
             StoreUnavailable: Redis did not answer, or refused the write.
         """
-        try:
-            self._call(self._renew_lease)
-        except ResponseError as exc:  # full (noeviction), a read-only replica, an ACL
-            raise StoreUnavailable(
-                f"the store {self._redacted_url()} refused a write: {exc}"
-            ) from None
+        self._call(self._renew_lease)  # refused (full, a read-only replica): StoreUnavailable
         self._leased = True
 
     def _keep_lease(self) -> None:
@@ -618,7 +618,15 @@ class RedisStore:
             kind, message = ErrorKind.WORKER_LOST, _NO_WORKER_FINISHED
         else:
             kind, message = ErrorKind.TIMEOUT, _NO_WORKER_TOOK
-        if not self.end_pending(key, kind, message, owner=meta["owner"]):
+        try:
+            ended = self._queue.end_pending(
+                list(self._names.parts(key)),
+                [meta["owner"], codec.kind_code(kind), message]
+                + [self._result_ttl_ms, self._tombstone_ttl_ms],
+            )
+        except REFUSED_WRITE:  # a reader answers with what it knows; a later one ends it
+            return Result(key, state, submitted_at=submitted)
+        if not ended:
             with self._lock:
                 self.dropped_writes += 1
         return self._lookup(key)
@@ -635,7 +643,11 @@ class RedisStore:
             fingerprint=meta.get("fingerprint"),
         )
         keys, args = self._terminal_write(key, lost, meta["owner"], None)
-        if not self._finish(keys, args):
+        try:
+            written = self._finish(keys, args)
+        except REFUSED_WRITE:  # a reader answers with what it knows; a later one ends it
+            return Result(key, State.PENDING, submitted_at=meta["submitted_at"])
+        if not written:
             with self._lock:
                 self.dropped_writes += 1  # the owner's late result (or another reader) won
         return self._lookup(key)  # whatever won: this failure, or the owner's late result
@@ -757,6 +769,11 @@ class RedisStore:
         for key in others:
             undo.append(self._hub.watch(key, "result", settling.waker(key)))
         return undo, again
+
+    @property
+    def closing(self) -> bool:
+        """See `Store.closing`: close() sets it before it releases the waiters."""
+        return self._closing.is_set()
 
     def _asleep_for(self, seconds: float | None) -> float | None:
         """How long a wait, its watches in place, may sleep: not at all once the store is

@@ -35,6 +35,11 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     SlotNotCoveredError,
     RedisClusterException,
 )
+#: A Redis that answers but will not write: full under noeviction (OOM), a read-only replica.
+REFUSED_WRITE: tuple[type[Exception], ...] = (
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+)
 #: Everything talking to the store may raise (redis-py's Cluster errors are not RedisErrors).
 STORE_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException)
 
@@ -188,7 +193,10 @@ def disconnect(client: Any) -> None:
     if is_cluster(client):
         client.disconnect_connection_pools()
     else:
-        client.close()
+        # Not the connections in use: a wait that close() just woke may be reading on one
+        # (closed under it, redis-py raised a TypeError from deep in its parser). Those are
+        # closed when the pool is collected.
+        client.connection_pool.disconnect(inuse_connections=False)
 
 
 def redacted_url(url: str) -> str:

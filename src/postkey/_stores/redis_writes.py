@@ -20,7 +20,7 @@ from typing import Any
 import redis
 from redis.commands.core import Script
 
-from .redis_connect import UNAVAILABLE, evalsha, is_cluster
+from .redis_connect import REFUSED_WRITE, UNAVAILABLE, evalsha, is_cluster
 from .redis_queue import REPLY_BATCH
 
 _pack: Callable[[tuple[Any, ...]], bytes] | None
@@ -37,6 +37,9 @@ log = logging.getLogger("postkey")
 Done = Callable[[Any, Any], None]
 
 _BATCH = 512
+# Writes sent again, with backoff, for up to give_up_s: a Redis that did not answer, and one
+# that refused to write (full: its TTLs or an operator may make room; a replica promoted).
+_AGAIN = UNAVAILABLE + REFUSED_WRITE
 
 
 def call_scripts(
@@ -398,7 +401,7 @@ class WriteBehind:
         failed = any(map(isinstance, answers, repeat(Exception)))
         # Sent again: the calls that met a store that did not answer (all of them on one
         # Redis; on a Cluster, those whose node is down, "the cluster is down" included).
-        todo = [i for i, a in enumerate(answers) if isinstance(a, UNAVAILABLE)] if failed else []
+        todo = [i for i, a in enumerate(answers) if isinstance(a, _AGAIN)] if failed else []
         while todo:
             self.healthy = False
             if time.monotonic() + delay > deadline or self._stopping:
@@ -418,7 +421,7 @@ class WriteBehind:
                 got = [exc] * len(todo)
             for i, answer in zip(todo, got, strict=True):
                 answers[i] = answer
-            todo = [i for i in todo if isinstance(answers[i], UNAVAILABLE)]
+            todo = [i for i in todo if isinstance(answers[i], _AGAIN)]
         else:  # every write went through (none given up on)
             self.healthy = True
         for op, raw in zip(batch, answers, strict=True):
