@@ -619,11 +619,9 @@ class RedisStore:
         else:
             kind, message = ErrorKind.TIMEOUT, _NO_WORKER_TOOK
         try:
-            ended = self._queue.end_pending(
-                list(self._names.parts(key)),
-                [meta["owner"], codec.kind_code(kind), message]
-                + [self._result_ttl_ms, self._tombstone_ttl_ms],
-            )
+            ttls = (self._result_ttl_ms, self._tombstone_ttl_ms)
+            args = [meta["owner"], codec.kind_code(kind), message, *ttls]
+            ended = self._queue.end_pending(list(self._names.parts(key)), args)
         except REFUSED_WRITE:  # a reader answers with what it knows; a later one ends it
             return Result(key, state, submitted_at=submitted)
         if not ended:
