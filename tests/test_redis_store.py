@@ -142,7 +142,9 @@ def test_a_dead_senders_keys_end_as_worker_lost_when_its_lease_lapses(
         """
     )
     key = sender.stdout.strip()
-    with Client(store=redis_url, store_prefix=p) as client:
+    # The same lease_ms as the sender's: a reader ends a key whose sender has no lease only
+    # once its record is older than a lease (its own lease_ms: a deployment-wide setting).
+    with Client(store=redis_url, store_prefix=p, lease_ms=2500) as client:
         # The lease has not lapsed yet (2.5 s: 0.6 s was not enough on a loaded machine to
         # start the sender and this client between its last renewal and this read).
         assert client.status(key) is State.PENDING
@@ -292,6 +294,35 @@ def test_waits_survive_a_redis_restart(echo: str) -> None:
             # The sender writes its result even though the record was lost, and the waiter,
             # resubscribed after the reconnect, is woken by it.
             assert got and got[0].state is State.DONE and got[0].status == 200
+    finally:
+        server.stop()
+
+
+def test_a_key_submitted_right_after_a_redis_restart_is_pending_not_lost(echo: str) -> None:
+    # Redis restarted empty: the sender's lease is gone until its next renewal (a third of
+    # lease_ms), and a key it submits meanwhile was ended as worker_lost by the first reader
+    # (then the sender's own result was dropped: the request ran, and everyone read it lost).
+    server = LocalRedis()
+    url = server.start().url
+    try:
+        p = prefix()
+        with Client(store=url, store_prefix=p, lease_ms=6_000) as sender:
+            assert sender.wait(sender.get_async(echo + "/get"), 10).status == 200
+            server.kill()
+            server.start()
+            key = None
+            deadline = time.monotonic() + 10
+            while key is None:  # the first submits may meet the restart
+                try:
+                    key = sender.get_async(echo + "/delay/1000", timeout_ms=10_000)
+                except postkey.StoreUnavailable:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+            sender.flush()
+            with Client(store=url, store_prefix=p, lease_ms=6_000) as reader:
+                assert reader.status(key) is State.PENDING
+                assert reader.wait(key, 10).status == 200
+            assert sender.wait(key, 1).status == 200
     finally:
         server.stop()
 
@@ -822,7 +853,7 @@ def test_a_full_redis_can_still_be_read_and_a_submit_says_it_refused_the_write(
         spy = spy_client(url)
         # A key whose sender died (its lease is gone): a reader ends it as worker_lost, a
         # write, which a full Redis refuses (that read raised redis-py's OutOfMemoryError).
-        orphan_record = codec.encode_pending("0badc0de" * 2, None, time.time(), "pending")
+        orphan_record = codec.encode_pending("0badc0de" * 2, None, time.time() - 3600, "pending")
         spy.set(Names(p).record("orphan"), orphan_record, px=600_000)
         # A sending process that has its lease already (it sent before the Redis filled up).
         busy = Client(store=url, store_prefix=p, lease_ms=1000)

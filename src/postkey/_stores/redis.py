@@ -602,8 +602,12 @@ class RedisStore:
             # Ours, and not in the table taken before the read: ended since (the next read
             # finds the result). Never a lease check against ourselves.
             return Result(key, State.PENDING, submitted_at=meta["submitted_at"])
-        if self._owner_alive(meta["owner"]):
-            return Result(key, State.PENDING, submitted_at=meta["submitted_at"])
+        # A record younger than a lease may be a live sender's whose lease is not back yet
+        # (Redis restarted empty: the sender takes it again at its next renewal, within a
+        # third of lease_ms); a dead sender's ends once it is older.
+        submitted = meta["submitted_at"]
+        if time.time() - submitted < self._lease_ms / 1000.0 or self._owner_alive(meta["owner"]):
+            return Result(key, State.PENDING, submitted_at=submitted)
         return self._end_as_lost(key, meta)
 
     def _queued_state(self, key: str, meta: dict[str, Any]) -> Result:
