@@ -361,3 +361,40 @@ def test_every_key_goes_away_with_its_ttl(
         for name in baseline:
             assert name.endswith(b":queue") or (b":owner:" in name and spy.pttl(name) > 0), name
     spy.close()
+
+
+def test_a_redis_stalled_past_claim_idle_never_makes_a_worker_send_again(
+    recorder: RecordingServer, workers: list[WorkerProcess]
+) -> None:
+    # Redis stops answering (SIGSTOP: a stall, a failover) for longer than claim_idle_ms while
+    # an at-most-once POST is on the wire. The worker gave its result write up after
+    # claim_idle_ms and forgot the request; reading its own pending entries once Redis was
+    # back, it found the entry under its own attempt, took it for one it had never started,
+    # and sent the POST again.
+    p = prefix()
+    with LocalRedis() as url:
+        server_pid = _redis_pid(url)
+        worker = WorkerProcess(url, p, claim_idle_ms=1000, store_timeout_ms=500).start()
+        workers.append(worker)
+        worker.wait_ready()
+        with queued(url, p) as client:
+            key = client.post_async(recorder.url + "/rec/pay?ms=1500", "charge", timeout_ms=30_000)
+            deadline = time.monotonic() + 10
+            while recorder.active < 1:
+                assert time.monotonic() < deadline, worker.output()
+                time.sleep(0.02)
+            os.kill(server_pid, signal.SIGSTOP)
+            time.sleep(4)
+            os.kill(server_pid, signal.SIGCONT)
+            result = client.wait(key, 20)
+        time.sleep(2.5)  # a second send would have reached the server by now
+    assert recorder.hits["pay"] == 1, worker.output()
+    assert result.state is State.DONE or result.error_kind == "unknown_outcome", result.describe()
+
+
+def _redis_pid(url: str) -> int:
+    spy = spy_client(url)
+    try:
+        return int(spy.info("server")["process_id"])
+    finally:
+        spy.close()

@@ -82,6 +82,8 @@ class _Taken:
     job: Job
     tries: int = 0  # retries made (settings.retries)
     storing: bool = False  # its result (or hand-back) is on its way to Redis
+    #: Its result's FINISH call (KEYS, ARGV), kept until Redis has answered it: see _stored.
+    finish: tuple[Any, Any] | None = None
 
     def unsent(self) -> bool:
         """True if no attempt of this worker's has put the request on the wire."""
@@ -495,11 +497,21 @@ class Worker:
             (ttl, self._ttls[1]),
         )
 
+        taken.finish = (keys, args)
         self._on_its_way(taken)
         self._writes.put(self._queue.scripts.finish, keys, args, self._when_stored, taken)
 
     def _stored(self, taken: _Taken, answer: Any) -> None:
         """(Writer thread) The result of ``taken`` was stored (1), dropped (0) or lost."""
+        if answer is None and taken.finish is not None and not self._stopping.is_set():
+            # Redis did not answer for claim_idle_ms. The entry is still ours unless another
+            # worker took it over (then FINISH answers 0): held, and written again, it is
+            # never taken for an entry we did not start (reading our own pending entries
+            # after an outage), which would send the request a second time.
+            log.warning("worker %s: the result of %s is written again", self.name, taken.job.key)
+            keys, args = taken.finish
+            self._writes.put(self._queue.scripts.finish, keys, args, self._when_stored, taken)
+            return
         if answer == 1:
             self.stats.stored += 1
         elif answer == 0:
