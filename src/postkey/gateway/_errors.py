@@ -90,7 +90,7 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 
 #: Said instead of a StoreUnavailable's own message, which names the store's URL (and so
 #: possibly its password).
-STORE_DOWN = "the store did not answer; try again shortly"
+STORE_DOWN = "the store did not answer, or refused the write (full, read-only); try again shortly"
 
 
 async def _postkey_error(request: Request, exc: Exception) -> Response:
