@@ -646,14 +646,20 @@ def test_a_wait_on_keys_sent_here_reads_nothing(echo: str) -> None:
     # process makes (a cancel) is announced to this one: the wait reads nothing from Redis (a
     # wait on 20,000 keys once read 40,000 names, later their 20,000 records, then waited).
     with LocalRedis() as url, Client(store=url, store_prefix=prefix(), lease_ms=60_000) as c:
-        keys = [c.get_async(echo + f"/delay/{200 + i}") for i in range(100)]
+        # Still on the wire when the wait begins, even on a loaded machine: a key that ended
+        # before is read from Redis (what it holds then), and would count here.
+        keys = [c.get_async(echo + f"/delay/{2000 + i}") for i in range(100)]
         deadline = time.monotonic() + 10  # its reply channels confirmed (each reads its keys)
         while len(c._store_._replies._confirmed) < 16 and time.monotonic() < deadline:
             time.sleep(0.01)
-        time.sleep(0.1)
         spy = spy_client(url)
         try:
-            reads_before = _reads(spy)
+            # Until the confirmations' own reads are done (a channel counts as confirmed just
+            # before its read, which a loaded machine can delay past a fixed pause).
+            reads_before = -1
+            while reads_before != _reads(spy) and time.monotonic() < deadline:
+                reads_before = _reads(spy)
+                time.sleep(0.3)
             results = c.wait_many(keys + keys[:3], 10)  # a key twice is answered twice
             reads_after = _reads(spy)
         finally:
