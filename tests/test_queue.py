@@ -467,21 +467,27 @@ def test_a_retry_due_during_the_drain_is_sent_and_the_worker_stops(
     assert pending_entries(redis_url, p) == 0
 
 
+@pytest.mark.parametrize("names", [(), ("--name", "fixed")], ids=["own-names", "one-name"])
 def test_a_request_that_keeps_killing_its_worker_ends_in_the_dead_letter_stream(
-    redis_url: str, recorder: RecordingServer, spawn: Callable[..., WorkerProcess]
+    redis_url: str,
+    recorder: RecordingServer,
+    spawn: Callable[..., WorkerProcess],
+    names: tuple[str, ...],
 ) -> None:
+    # "one-name": a supervisor restarts each killed worker under the same --name. Each restart
+    # is still a new delivery, counted (it was sent again and again as the same attempt).
     p = prefix()
     settings = {"claim_idle_ms": 600, "max_deliveries": 2}
     with queued(redis_url, p) as client:
         key = client.get_async(recorder.url + "/rec/poison?ms=60000", timeout_ms=120_000)
         for attempt in (1, 2):
-            worker = spawn(p, **settings)
+            worker = spawn(p, *names, **settings)
             deadline = time.monotonic() + 15
             while recorder.hits["poison"] < attempt:
                 assert time.monotonic() < deadline, worker.output()
                 time.sleep(0.02)
             worker.kill()  # as if the request crashed it
-        spawn(p, **settings)  # takes the entry over: its third delivery
+        spawn(p, *names, **settings)  # takes the entry over: its third delivery
         result = client.wait(key, 15)
     assert result.state is State.FAILED and result.error_kind == "worker_lost"
     assert "dead-letter" in (result.error or "")
@@ -521,29 +527,6 @@ def test_a_worker_name_that_could_pass_for_another_is_refused(redis_url: str, na
     assert done.returncode == 2, done
     assert "name is 1 to 100 letters, digits and '._-'" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
-
-
-def test_a_request_that_kills_workers_restarted_under_one_name_is_dead_lettered(
-    redis_url: str, recorder: RecordingServer, spawn: Callable[..., WorkerProcess]
-) -> None:
-    # The same restart, for an idempotent request: each restart is a new delivery, counted, so
-    # max_deliveries still ends it (it was sent again and again as the same attempt).
-    p = prefix()
-    settings = {"claim_idle_ms": 600, "max_deliveries": 2}
-    with queued(redis_url, p) as client:
-        key = client.get_async(recorder.url + "/rec/poison?ms=60000", timeout_ms=120_000)
-        for attempt in (1, 2):
-            worker = spawn(p, "--name", "fixed", **settings)
-            deadline = time.monotonic() + 15
-            while recorder.hits["poison"] < attempt:
-                assert time.monotonic() < deadline, worker.output()
-                time.sleep(0.02)
-            worker.kill()
-        spawn(p, "--name", "fixed", **settings)
-        result = client.wait(key, 15)
-    assert result.error_kind == "worker_lost", result.describe()
-    assert recorder.hits["poison"] == 2
-    assert pending_entries(redis_url, p) == 0
 
 
 def test_a_malformed_entry_is_dropped_and_a_bad_payload_ends_its_key(

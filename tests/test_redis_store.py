@@ -518,7 +518,6 @@ def test_an_end_announced_while_not_subscribed_is_read_at_the_next_confirmation(
     # hub confirms a channel again, the sender reads the records of its keys in that shard.
     # Here the announcement is never made (a pending record written without a reply id, as
     # by an earlier version); the hub's re-confirmation is called as the hub calls it.
-    from postkey._stores import codec
     from postkey._stores.names import shard_of
 
     with sender_and_other(redis_url) as (sender, other):
@@ -569,7 +568,6 @@ def test_a_caller_key_cancelled_right_after_a_first_submit_stops_at_once(
 def test_every_confirmation_of_a_channel_asks_the_owner_to_read_what_it_missed() -> None:
     # The first one too: a key named by its caller may be cancelled by another process before
     # the reply channels are confirmed.
-    from postkey._stores.names import Names
 
     asked: list[int] = []
     replies = replies_fed_by_hand(confirmed=asked.append)
@@ -584,7 +582,6 @@ def replies_fed_by_hand(confirmed: Callable[[int], None] = lambda shard: None) -
     """A `Replies` that subscribes nothing: the tests hand it announcements (and channel
     confirmations) themselves."""
     from postkey._result import Result
-    from postkey._stores.names import Names
 
     return Replies(
         lambda *subscription: None,
@@ -600,7 +597,7 @@ def test_results_heard_with_nobody_waiting_are_kept_within_bounds(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from postkey._result import Result
-    from postkey._stores import codec, redis_replies
+    from postkey._stores import redis_replies
 
     monkeypatch.setattr(redis_replies, "_LANDED_BYTES", 10_000)
     replies = replies_fed_by_hand()
@@ -624,7 +621,7 @@ def test_one_message_of_several_announcements_wakes_each_waiter() -> None:
     import struct
 
     from postkey._result import Result
-    from postkey._stores import codec, redis_replies
+    from postkey._stores import redis_replies
 
     replies = replies_fed_by_hand()
     woken: dict[str, Result] = {}

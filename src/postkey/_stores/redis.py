@@ -406,10 +406,13 @@ class RedisStore:
         """
         if key in self._queuing:  # queued here, its record not written yet: write it first
             self._writes.flush(self._lease_ms / 1000.0)
-        names = self._names
-        keys = list(names.parts(key))
+        return bool(self._call(self._end_pending, key, kind, message, owner))
+
+    def _end_pending(self, key: str, kind: ErrorKind, message: str, owner: str) -> Any:
+        """`end_pending`'s script call, its errors as redis-py raises them."""
+        keys = list(self._names.parts(key))
         args = [owner, codec.kind_code(kind), message, self._result_ttl_ms, self._tombstone_ttl_ms]
-        return bool(self._call(self._queue.end_pending, keys, args))
+        return self._queue.end_pending(keys, args)
 
     def ended_elsewhere(self, shard: int | None = None) -> list[Job]:
         """This process's jobs (of one ``shard``, or all) whose keys another process ended (a
@@ -623,9 +626,7 @@ class RedisStore:
         else:
             kind, message = ErrorKind.TIMEOUT, _NO_WORKER_TOOK
         try:
-            ttls = (self._result_ttl_ms, self._tombstone_ttl_ms)
-            args = [meta["owner"], codec.kind_code(kind), message, *ttls]
-            ended = self._queue.end_pending(list(self._names.parts(key)), args)
+            ended = self._end_pending(key, kind, message, meta["owner"])
         except REFUSED_WRITE:  # a reader answers with what it knows; a later one ends it
             return Result(key, state, submitted_at=submitted)
         if not ended:
@@ -780,7 +781,7 @@ class RedisStore:
     def _asleep_for(self, seconds: float | None) -> float | None:
         """How long a wait, its watches in place, may sleep: not at all once the store is
         closing (close() released the waiters before, or is about to: it set the flag first)."""
-        return 0.0 if self._closing.is_set() else seconds
+        return 0.0 if self.closing else seconds
 
     def _unwatch_here(self, keys: set[str], wake: Callable[[Result], object]) -> None:
         # The waker of a wait that ended, off the jobs it did not hear from (a timeout).
