@@ -6,6 +6,9 @@ interleaved, each in a process of its own:
 
 - ``embedded``: the memory store;
 - ``shared``: the Redis store, as the benchmark runs it;
+- ``shared-unregistered``: the Redis store with its pending records left out (a key is not
+  written at the submit), its results written as in ``shared``: the most that any cheaper way of
+  making a key visible as pending could gain;
 - ``shared-unwritten``: the Redis store with its writes left out: a pending record is not
   written, a result counts as landed at once (its waiters woken, its job forgotten) without
   being encoded or sent. Everything else (the client, the engine, the store's own bookkeeping,
@@ -31,7 +34,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-FORMS = ("embedded", "shared", "shared-unwritten")
+FORMS = ("embedded", "shared", "shared-unregistered", "shared-unwritten")
 _CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -62,6 +65,19 @@ def _leave_writes_out(client: object) -> None:
     store._read_many = lambda keys: [landed[k] for k in keys]
 
 
+def _leave_registers_out(client: object) -> None:
+    """The ``shared-unregistered`` form: the store's write queue drops the pending records
+    (`RedisStore.register`'s writes); results go to Redis as in ``shared``."""
+    store = client._store_
+    put = store._writes.put
+
+    def put_but_registers(script, keys, args, done=None, arg=None) -> None:
+        if script is not store._register:
+            put(script, keys, args, done, arg)
+
+    store._writes.put = put_but_registers
+
+
 def client(form: str) -> None:
     """One W1 run in this process; prints a JSON line."""
     sys.path.insert(0, str(HERE))
@@ -76,6 +92,8 @@ def client(form: str) -> None:
     c = postkey.Client(max_in_flight=CONCURRENCY, max_per_host=CONCURRENCY, max_queue=N, store=url)
     if form == "shared-unwritten":
         _leave_writes_out(c)
+    elif form == "shared-unregistered":
+        _leave_registers_out(c)
     before = _thread_cpu()
     started = time.perf_counter()
     keys = [c.post_async(URL, BODY, HEADERS, 30000) for _ in range(N)]
@@ -113,7 +131,7 @@ def main() -> None:
                 row = json.loads(out.stdout.strip().splitlines()[-1])
                 if i:
                     rows[form].append(row)
-                print(f"round {i} {form:17s} {row['rps']:>8,.0f} req/s", file=sys.stderr)
+                print(f"round {i} {form:20s} {row['rps']:>8,.0f} req/s", file=sys.stderr)
     threads = ("MainThread", "engine", "redis-writes")
     print(
         "| form | req/s (median) | vs embedded | CPU µs per request: submitting thread"

@@ -14,6 +14,8 @@
 /many-headers    1,000 header lines
 /huge-header     one 1 MiB header line
 /bad-status      an invalid status line
+/status-2000     a four-digit status code ("2000"), which libcurl 8.23 reads as 200
+/status-700      a three-digit code outside 100-599
 /continue-flood  endless "100 Continue" interim responses
 /forever         a chunked body that never ends
 Any TLS handshake (https:// to this port) is never answered: the server waits for a request line.
@@ -144,6 +146,10 @@ class HostileServer:
             writer.write(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (1024 * 1024) + b"\r\n\r\n")
         elif path.startswith("/bad-status"):
             writer.write(b"HTTP/1.1 abc Nope\r\nContent-Length: 0\r\n\r\n")
+        elif path.startswith("/status-2000"):
+            writer.write(b"HTTP/1.1 2000 WHAT\r\nContent-Length: 2\r\n\r\nok")
+        elif path.startswith("/status-700"):
+            writer.write(b"HTTP/1.1 700 Odd\r\nContent-Length: 2\r\n\r\nok")
         elif path.startswith("/continue-flood"):
             while True:
                 writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" * 100)

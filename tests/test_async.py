@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+
+import pytest
 
 import postkey
 from postkey import AsyncClient, State
@@ -176,3 +179,23 @@ def test_an_async_submit_without_a_running_loop_returns_its_key(echo: str) -> No
         assert result.status == 200
     finally:
         asyncio.run(client.aclose())
+
+
+def test_an_async_on_done_is_refused_rather_than_never_run(echo: str) -> None:
+    # The callback thread would call it, get a coroutine back and drop it unrun.
+    async def on_done(result: postkey.Result) -> None:
+        pass
+
+    class Awaiting:
+        async def __call__(self, result: postkey.Result) -> None:
+            pass
+
+    async def main() -> None:
+        async with AsyncClient() as ac:
+            for callback in (on_done, Awaiting(), functools.partial(on_done)):
+                with pytest.raises(postkey.InvalidRequest, match="on_done is a coroutine"):
+                    await ac.get_async(echo + "/get", on_done=callback)
+
+    asyncio.run(main())
+    with postkey.Client() as c, pytest.raises(postkey.InvalidRequest, match="coroutine"):
+        c.get_async(echo + "/get", on_done=on_done)

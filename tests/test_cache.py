@@ -411,3 +411,30 @@ def test_partitions_share_the_tombstone_bound_and_the_idempotency_key_bound(echo
             c.get_async(echo, timeout_ms=5000, key="b~one-more")
         # b's keys fill b's share only: a still has its own.
         assert c.wait(c.get_async(echo, timeout_ms=5000, key="a~mine"), 5).state is State.DONE
+
+
+def test_a_result_larger_than_the_cache_is_handed_over_but_evicts_nothing_else(echo: str) -> None:
+    # One result over cache_max_bytes used to evict every other result, then itself.
+    with Client(cache_max_bytes=1 << 20, max_response_bytes=4 << 20) as c:
+        small = [c.get_async(echo + "/bytes/1000", timeout_ms=5000) for _ in range(20)]
+        assert all(r.status == 200 for r in c.wait_many(small, 10))
+        got: list[postkey.Result] = []
+        big = c.get_async(echo + "/bytes/2000000", timeout_ms=5000, on_done=got.append)
+        result = c.wait(big, 10)
+        assert result.status == 200 and len(result.body) == 2_000_000  # its waiter has it
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(got) == 1 and len(got[0].body) == 2_000_000  # and its callback
+        assert all(c.exists(k) for k in small)  # the others stay
+        assert c.get(big).state is State.EXPIRED  # it alone could not be kept
+        assert c.cache_count() == 20
+
+
+def test_a_value_over_the_byte_bound_set_directly_leaves_the_others() -> None:
+    cache = make(FakeClock(), max_bytes=10_000)
+    for i in range(10):
+        cache.set(f"k{i}", b"v" * 10)
+    cache.set("huge", b"x" * (cache.max_bytes + 1))
+    assert all(cache.get(f"k{i}") == b"v" * 10 for i in range(10))
+    assert cache.get("huge") is None and cache.evictions == 1

@@ -273,6 +273,8 @@ HOSTILE: list[tuple[str, str, bytes | None, str]] = [
     ("/br-bomb", "GET", None, "too_large"),
     ("/stacked", "GET", None, "protocol"),
     ("/bad-status", "GET", None, "protocol"),
+    ("/status-2000", "GET", None, "protocol"),
+    ("/status-700", "GET", None, "protocol"),
     ("/continue-flood", "GET", None, "too_large"),
     ("/huge-header", "GET", None, "too_large"),
     ("/many-headers", "GET", None, "too_large"),

@@ -213,3 +213,28 @@ def test_script_sleep_takes_whole_milliseconds_only() -> None:
     ScriptSleep(-5)  # no pause, as MyChat does for a time already past
     ScriptSleep(0)
     assert time.monotonic() - started < 0.5
+
+
+def test_a_var_passes_its_value_as_it_is_not_as_its_repr(echo: str) -> None:
+    # A Var holding bytes sent "b'{...}'" (its str()), and Var(None) was stored as "None".
+    key = mychat.HTTPSendPostMessageAsync(
+        echo + "/post", mychat.Var(b'{"a": 1}'), "Content-Type: application/json", 3000
+    )
+    assert postkey.wait(key, 5).json()["data"] == '{"a": 1}'
+    with pytest.raises(postkey.InvalidValue):
+        mychat.MemCacheSet("var-none", mychat.Var(None))
+    assert not mychat.MemCacheExists("var-none")
+    with pytest.raises(postkey.InvalidURL, match="NoneType"):
+        mychat.HTTPSendPostMessageAsync(mychat.Var(None), "", "", 3000)
+    with pytest.raises(postkey.InvalidValue, match="JSON text"):
+        mychat.JSONSetString(mychat.Var(5), "a", "b")
+
+
+def test_bad_by_reference_and_ttl_arguments_are_clear_errors() -> None:
+    with pytest.raises(postkey.InvalidValue, match="AValue must be a Var"):
+        mychat.JSONGetString('{"a": "b"}', "a", None)  # type: ignore[arg-type]
+    with pytest.raises(postkey.InvalidValue, match="ATimeToLive"):
+        mychat.MemCacheSet("ttl-bool", "v", False)
+    with pytest.raises(postkey.InvalidValue, match="ATimeToLive"):
+        mychat.MemCacheSet("ttl-bool", "v", -5)
+    assert not mychat.MemCacheExists("ttl-bool")

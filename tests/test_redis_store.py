@@ -909,3 +909,102 @@ def test_no_async_wait_blocks_once_its_client_is_closed(
 
     one, many, value = asyncio.run(main())
     assert many[0].state is one.state and value == "-"
+
+
+@pytest.mark.parametrize("send", ["local", "workers"])
+def test_a_wait_on_a_store_that_went_down_raises_store_unavailable(hostile: str, send: str) -> None:
+    # It reconnected forever: `postkey wait KEY` never exited while Redis was down.
+    server = LocalRedis().start()
+    waiter = Client(store=server.url, store_timeout_ms=500, lease_ms=1000)
+    try:
+        with Client(store=server.url, send=send, store_timeout_ms=500, lease_ms=1000) as sender:
+            # local: another process's key (this client reads, the sender sends); workers: a
+            # queued key no worker takes (this client's reply channels).
+            key = sender.get_async(hostile + "/silent", timeout_ms=60_000)
+            sender.flush()
+            outcomes: list[object] = []
+
+            def wait(call: Callable[[], object]) -> None:
+                try:
+                    outcomes.append(call())
+                except postkey.StoreUnavailable as exc:
+                    outcomes.append(exc)
+
+            waits = [
+                threading.Thread(target=wait, args=(lambda: waiter.wait(key, 60),)),
+                threading.Thread(target=wait, args=(lambda: waiter.cache_wait("nothing", 60),)),
+            ]
+            if send == "workers":
+                waits.append(threading.Thread(target=wait, args=(lambda: sender.wait(key, 60),)))
+            for t in waits:
+                t.start()
+            time.sleep(0.5)
+            started = time.monotonic()
+            server.kill()
+            for t in waits:
+                t.join(20)
+            assert len(outcomes) == len(waits), outcomes
+            assert all(isinstance(o, postkey.StoreUnavailable) for o in outcomes), outcomes
+            assert time.monotonic() - started < 10
+            sender.close(drain=False)
+    finally:
+        waiter.close(drain=False)
+        server.stop()
+
+
+def test_an_async_wait_on_a_store_that_went_down_raises_store_unavailable(hostile: str) -> None:
+    server = LocalRedis().start()
+
+    async def main() -> None:
+        async with postkey.AsyncClient(
+            store=server.url, store_timeout_ms=500, lease_ms=1000
+        ) as waiter:
+            other = Client(store=server.url, store_timeout_ms=500, lease_ms=1000)
+            key = other.get_async(hostile + "/silent", timeout_ms=60_000)
+            other.flush()
+            waits = asyncio.gather(
+                waiter.wait(key, 60), waiter.cache_wait("nothing", 60), return_exceptions=True
+            )
+            await asyncio.sleep(0.5)
+            started = time.monotonic()
+            server.kill()
+            outcomes = await asyncio.wait_for(waits, 20)
+            assert all(isinstance(o, postkey.StoreUnavailable) for o in outcomes), outcomes
+            assert time.monotonic() - started < 10
+            other.close(drain=False)
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.stop()
+
+
+def test_an_outage_releases_waits_but_not_the_watches_of_on_done(hostile: str) -> None:
+    from postkey._stores.base import STORE_DOWN
+
+    heard: list[object] = []
+
+    class OnDoneWatch:  # what Client's on_done watch is: not a wait
+        outlives_outages = True
+
+        def __call__(self, value: object) -> None:
+            heard.append(value)
+
+    waits: list[object] = []
+    with LocalRedis() as url:
+        reader = Client(store=url, lease_ms=1000)
+        sender = Client(store=url, lease_ms=1000)
+        key = sender.get_async(hostile + "/hold", timeout_ms=5000)
+        sender.flush()
+        store = reader._store  # type: ignore[attr-defined]
+        store._hub.watch(key, "result", OnDoneWatch())
+        store._hub.watch(key, "result", waits.append)
+        store._hub.release_all(STORE_DOWN)  # as the hub does after give_up_s without Redis
+        assert waits == [STORE_DOWN] and heard == []
+        assert sender.wait(key, 5).status == 200
+        deadline = time.monotonic() + 5
+        while not heard and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(heard) == 1 and getattr(heard[0], "status", None) == 200
+        sender.close()
+        reader.close()

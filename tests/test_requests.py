@@ -333,3 +333,18 @@ def test_http2_is_used_when_the_server_offers_it(tmp_path: Path) -> None:
     assert {r.http_version for r in results} == {"2"}
     assert {r.body for r in results} == {b"http/2"}
     assert results[0].headers["x-app"] == "h2"
+
+
+@pytest.mark.parametrize(
+    "body", [b'{"x": NaN}', b"[-Infinity]", b"[" * 100_000, b"\xff\xfe{", b"{} x"]
+)
+def test_result_json_is_rfc_8259_and_raises_only_value_error(body: bytes) -> None:
+    # It was json.loads: NaN and Infinity parsed (while JSONValid said False), and a hostile
+    # server's deep nesting raised RecursionError, not the documented ValueError.
+    raw = b"HTTP/1.1 200 OK\r\nContent-Type: application/json"
+    result = postkey.Result("k", postkey.State.DONE, status=200, raw_head=raw, body=body)
+    with pytest.raises(ValueError):
+        result.json()
+    assert postkey.Result("k", postkey.State.DONE, status=200, body=b'{"a": [1]}').json() == {
+        "a": [1]
+    }

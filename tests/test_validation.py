@@ -444,3 +444,58 @@ def test_bad_arguments_to_reads_waits_flush_close_and_cancel_raise_postkey_error
                 c.close(timeout=bad_timeout)  # type: ignore[arg-type]
         assert not c.closed
         assert c.cancel(key)
+
+
+@pytest.mark.parametrize("body", ["x", b"\0", '{"a": 1}'])
+def test_a_head_request_with_a_body_is_refused(client: Client, body: str | bytes) -> None:
+    # libcurl would send it and then wait for a response body that a HEAD answer never has,
+    # until the deadline: a clear error instead, and nothing sent.
+    with pytest.raises(InvalidBody, match="HEAD request cannot carry a body"):
+        client.request_async("HEAD", "http://127.0.0.1:9/", body)
+    with pytest.raises(InvalidBody, match="HEAD"):
+        client.request_async("head", "http://127.0.0.1:9/", json={"a": 1})
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "says"),
+    [
+        ("user_agent", "postkey\r\nX-Injected: yes", "user_agent"),
+        ("user_agent", "a\x00b", "user_agent"),
+        ("user_agent", "x" * 3000, "user_agent"),
+        ("user_agent", 42, "user_agent"),
+        ("proxy", "http://proxy:3128/\r\nX: y", "proxy"),
+        ("proxy", "http://pro xy:3128", "proxy"),
+        ("ca_file", "/nonexistent/ca.pem", "ca_file"),
+        ("ca_file", 42, "ca_file"),
+        ("max_response_bytes", 10**20, "max_response_bytes"),
+        ("max_request_bytes", 10**20, "max_request_bytes"),
+        ("cache_max_bytes", 10**20, "cache_max_bytes"),
+        ("max_timeout_ms", 10**30, "max_timeout_ms"),
+        ("queue_wait_ms", 10**20, "queue_wait_ms"),
+        ("result_ttl_ms", 10**20, "result_ttl_ms"),
+        ("exit_grace_ms", 10**20, "exit_grace_ms"),
+        ("store_timeout_ms", 10**20, "store_timeout_ms"),
+        ("max_in_flight", 10**20, "max_in_flight"),
+        ("max_queue", 10**20, "max_queue"),
+        ("resolver_cache_ms", 10**20, "resolver_cache_ms"),
+    ],
+)
+def test_settings_the_transport_cannot_take_are_refused_when_the_client_is_made(
+    setting: str, value: object, says: str
+) -> None:
+    # Each was accepted, and then every request failed as `internal`, a submit to a full
+    # queue raised a raw OverflowError, or a user agent put its own header lines on the wire.
+    with pytest.raises(postkey.InvalidValue, match=says):
+        Client(**{setting: value})
+
+
+def test_settings_at_their_documented_limits_are_accepted() -> None:
+    Client(
+        max_timeout_ms=31 * 86_400_000,
+        default_timeout_ms=31 * 86_400_000,
+        queue_wait_ms=31 * 86_400_000,
+        max_response_bytes=1 << 40,
+        cache_max_bytes=1 << 40,
+        user_agent="my-app/1.0 (+https://example.com/bot; contact@example.com)",
+        proxy="http://user:pass@proxy.example:3128",
+    ).close()

@@ -8,11 +8,11 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from ._client import _check_take, _ClientCore, _str_key, _str_keys, _Submit
-from ._errors import IdempotencyKeysFull, QueueFull
+from ._errors import IdempotencyKeysFull, QueueFull, StoreUnavailable
 from ._headers import HeadersInput
 from ._request import Body
 from ._result import Result
-from ._stores import MISSING
+from ._stores import MISSING, STORE_DOWN
 from ._waits import check_wait_timeout
 
 _T = TypeVar("_T")
@@ -186,6 +186,8 @@ class AsyncClient(_ClientCore):
             unwatch()
         if isinstance(woken, Result):
             return woken
+        if woken is STORE_DOWN:
+            raise StoreUnavailable(f"the store did not answer: the wait on {key!r} gave up")
         # MISSING: the store released its waiters (interpreter exit): what is known now.
         return await self._off_loop(self._store.lookup, key)
 
@@ -232,6 +234,8 @@ class AsyncClient(_ClientCore):
             return default
         finally:
             await self._off_loop(store.cache_unwatch, key, wake)
+        if found is STORE_DOWN:
+            raise StoreUnavailable(f"the store did not answer: the wait on {key!r} gave up")
         return default if found is MISSING else found  # MISSING: released at exit
 
     async def aclose(self, drain: bool = True, timeout: float | None = None) -> None:

@@ -7,6 +7,7 @@ that ask for a callback are refused (`check_room`), so results cannot pile up wi
 from __future__ import annotations
 
 import _thread
+import inspect
 import logging
 import threading
 from collections import deque
@@ -14,10 +15,30 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _lifecycle
-from ._errors import QueueFull
+from ._errors import InvalidRequest, QueueFull
 from ._result import Result
 
 log = logging.getLogger(__name__)
+
+
+def check_on_done(on_done: object) -> None:
+    """Refuse what cannot be an ``on_done``: it runs on the callback thread, where an ``async
+    def`` function would only make a coroutine that nothing ever runs.
+
+    Raises:
+        InvalidRequest: not callable, or a coroutine function (or an object whose ``__call__``
+            is one).
+    """
+    if not callable(on_done):
+        raise InvalidRequest(f"on_done must be callable, not {type(on_done).__name__}")
+    if inspect.iscoroutinefunction(on_done) or inspect.iscoroutinefunction(
+        getattr(on_done, "__call__", None)  # noqa: B004 (an instance's async __call__)
+    ):
+        raise InvalidRequest(
+            "on_done is a coroutine function (async def): it would run on postkey's callback"
+            " thread, where nothing awaits it. Give a plain function, or await"
+            " client.wait(key) in your event loop instead"
+        )
 
 
 class Inline:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, NamedTuple
 
 from . import _lifecycle
-from ._callbacks import CallbackRunner
+from ._callbacks import CallbackRunner, check_on_done
 from ._encoders import FORM_TYPE, JSON_TYPE, add_params, encode_form, encode_json, with_content_type
 from ._engine import Engine
 from ._errors import (
@@ -236,8 +236,8 @@ class _ClientCore:
             options.get("client_cert"), options.get("client_key"), options.get("http_version")
         )
         on_done = options.get("on_done")
-        if on_done is not None and not callable(on_done):
-            raise InvalidRequest(f"on_done must be callable, not {type(on_done).__name__}")
+        if on_done is not None:
+            check_on_done(on_done)
         delivery = options.get("delivery")
         if delivery is not None and delivery not in DELIVERIES:
             raise InvalidRequest(
@@ -385,14 +385,7 @@ class _ClientCore:
 
     def _call_back_when_done(self, key: str, on_done: OnDone) -> None:
         callbacks = self._callbacks_
-
-        def wake(result: Result) -> None:
-            # Not a Result: the watch was released (close, interpreter exit) before the key
-            # ended here; no result, so no call.
-            if isinstance(result, Result):
-                callbacks.call(on_done, result)
-
-        found, _unwatch = self._store_.watch(key, wake)
+        found, _unwatch = self._store_.watch(key, _CallBack(callbacks, on_done))
         if found is not None:
             callbacks.call(on_done, found)
 
@@ -680,6 +673,24 @@ def _held_wakes(store: Store) -> tuple[Callable[[], None], Callable[[], None]] |
     if isinstance(store, MemoryStore):
         return store.hold_wakes, store.wake_held
     return None
+
+
+class _CallBack:
+    """Calls a queued key's ``on_done`` when the key ends (a watch, not a wait: a store outage
+    does not release it)."""
+
+    __slots__ = ("_callbacks", "_on_done")
+    outlives_outages = True
+
+    def __init__(self, callbacks: CallbackRunner, on_done: OnDone) -> None:
+        self._callbacks = callbacks
+        self._on_done = on_done
+
+    def __call__(self, result: object) -> None:
+        # Not a Result: the watch was released (close, interpreter exit) before the key ended
+        # here; no result, so no call.
+        if isinstance(result, Result):
+            self._callbacks.call(self._on_done, result)
 
 
 class _ResultSink:

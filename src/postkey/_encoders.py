@@ -21,7 +21,7 @@ def load_json(text: str | bytes) -> Any:
     """Parse JSON as RFC 8259 has it: NaN and Infinity, which Python's parser accepts, are not.
 
     Raises:
-        ValueError: not JSON.
+        ValueError: not JSON (nested too deeply for the parser included).
     """
     # What json.loads does before it decodes, with its errors.
     if not isinstance(text, str):
@@ -32,7 +32,10 @@ def load_json(text: str | bytes) -> Any:
         text = text.decode(jsonlib.detect_encoding(text), "surrogatepass")
     elif text.startswith("\ufeff"):
         raise jsonlib.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
-    return _DECODER.decode(text)
+    try:
+        return _DECODER.decode(text)
+    except RecursionError:  # a body from anywhere: "[" * 100_000 is a parse error like any other
+        raise ValueError("the JSON is nested too deeply to parse") from None
 
 
 def _no_constants(name: str) -> Any:

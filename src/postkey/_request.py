@@ -93,10 +93,19 @@ def build_request(
         InvalidMethod, InvalidURL, InvalidHeader, InvalidBody, InvalidTimeout: what is wrong, said
             in the message. Nothing is sent and no key is issued.
     """
+    checked_method = check_method(method)
+    checked_body = check_body(body, max_body_bytes)
+    if checked_body and checked_method == "HEAD":
+        # libcurl would send it, then wait until the deadline for a response body that an
+        # answer to HEAD never has.
+        raise InvalidBody(
+            f"a HEAD request cannot carry a body (got {len(checked_body)} bytes):"
+            " send it without one, or use GET"
+        )
     return Request(
-        check_method(method),
+        checked_method,
         check_url(url),
-        check_body(body, max_body_bytes),
+        checked_body,
         parse_headers(headers),
         check_timeout(timeout_ms, max_timeout_ms),
         bool(follow_redirects),

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import codecs
-import json
 import math
 import re
 import struct
 from enum import StrEnum
 from typing import Any, NamedTuple
 
+from ._encoders import load_json
 from ._errors import HTTPStatusError, NoResponse, RequestFailed
 from ._headers import parse_response_head
 from ._response_headers import Headers
@@ -274,10 +274,11 @@ class Result:
 
         Raises:
             RequestFailed, NoResponse: as for `text`.
-            ValueError: the body is not valid JSON.
+            ValueError: the body is not valid JSON (RFC 8259: no NaN or Infinity; nested too
+                deeply to parse included).
         """
         self._check_response()
-        return json.loads(self.body)
+        return load_json(self.body)
 
     def raise_for_status(self) -> Result:
         """Return this Result if a response arrived with a status below 400; raise otherwise.

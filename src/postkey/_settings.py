@@ -169,8 +169,21 @@ class Settings:
                 lowest = 0 if f.name in zero_ok else 1
                 if value < lowest:
                     raise InvalidValue(f"{f.name} must be >= {lowest}, got {value}")
+                most = _most(f.name)
+                if value > most and f.name not in _OWN_RANGE:
+                    raise InvalidValue(
+                        f"{f.name} must be <= {most} ({_MOST_WHY[most]}), got {value}"
+                    )
             elif f.type == "bool" and not isinstance(value, bool):
                 raise InvalidValue(f"{f.name} must be a bool, not {type(value).__name__}")
+        _check_transport_text("user_agent", self.user_agent, _BAD_HEADER_VALUE, optional=False)
+        _check_transport_text("proxy", self.proxy, _BAD_URL_CHAR, optional=True)
+        if self.ca_file is not None and (
+            not isinstance(self.ca_file, str)
+            or not os.path.isfile(self.ca_file)
+            or not os.access(self.ca_file, os.R_OK)
+        ):
+            raise InvalidValue(f"ca_file {self.ca_file!r} is not a readable file")
         if not isinstance(self.policy, DestinationPolicy):
             raise InvalidValue("policy must be a DestinationPolicy")
         if self.resolver is not None and not callable(self.resolver):
@@ -282,6 +295,58 @@ class Settings:
         deny = tuple(r for r in env.get("POSTKEY_DENY", "").split(",") if r.strip())
         changes["policy"] = DestinationPolicy(mode, allow, deny)  # type: ignore[arg-type]
         return cls(**changes)
+
+
+# Upper bounds, so that what a client accepts the transport can take (libcurl's options are C
+# longs; a wait on a lock takes at most a few hundred years of seconds) and a typo of a few
+# digits is an error, not a setting that makes every request fail.
+_DAY_MS = 86_400_000
+_MOST_MS = 31 * _DAY_MS
+_MOST_TTL_MS = 365 * _DAY_MS
+_MOST_BYTES = 1 << 40
+_MOST_COUNT = (1 << 31) - 1
+_MOST_WHY = {
+    _MOST_MS: "31 days",
+    _MOST_TTL_MS: "365 days",
+    _MOST_BYTES: "1 TiB",
+    _MOST_COUNT: "2**31 - 1",
+}
+
+
+_OWN_RANGE = ("lease_ms", "claim_idle_ms", "retries", "max_deliveries")  # narrower, below
+
+
+def _most(name: str) -> int:
+    """The largest value the int setting ``name`` may take."""
+    if name in ("result_ttl_ms", "tombstone_ttl_ms"):
+        return _MOST_TTL_MS
+    if name.endswith("_ms"):
+        return _MOST_MS
+    if name.endswith("_bytes"):
+        return _MOST_BYTES
+    return _MOST_COUNT
+
+
+# What libcurl would put on the wire as it is: a user agent is a header value (no CR, LF, NUL
+# or other control character), a proxy a URL (nothing to escape either).
+_BAD_HEADER_VALUE = re.compile(r"[^\t\x20-\x7e\x80-\xff]")
+_BAD_URL_CHAR = re.compile(r"[^\x21-\x7e]")
+_MOST_TEXT = 2048
+
+
+def _check_transport_text(name: str, value: object, bad: re.Pattern[str], optional: bool) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str):
+        raise InvalidValue(f"{name} must be a str, not {type(value).__name__}")
+    if len(value) > _MOST_TEXT:
+        raise InvalidValue(f"{name} is {len(value)} characters long; the maximum is {_MOST_TEXT}")
+    found = bad.search(value)
+    if found is not None:
+        raise InvalidValue(
+            f"{name} contains {found.group()!r} at position {found.start()}:"
+            " control characters, line breaks and (in a proxy URL) spaces are not allowed"
+        )
 
 
 _PEM_CERT = b"-----BEGIN CERTIFICATE-----"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from typing import TYPE_CHECKING, Any
@@ -371,8 +372,13 @@ class Transport:
                 # A server that chose HTTP/1.1 by ALPN although only h2 was offered.
                 problem = (ErrorKind.PROTOCOL, f"{_NO_H2}: it answered over another version")
         if errno == 0 and problem is None:
-            body = b"".join(handle.body_parts)
             raw_head = _final_head(handle.head_lines)
+            if _STATUS_LINE.match(raw_head) is None:
+                # libcurl 8.23 reads "HTTP/1.1 2000" as 200; RFC 9110 has three digits, 1xx-5xx.
+                line = raw_head.split(b"\r\n", 1)[0][:80].decode("latin-1")
+                problem = (ErrorKind.PROTOCOL, f"invalid status line {line!r}")
+        if errno == 0 and problem is None:
+            body = b"".join(handle.body_parts)
             # Emptied now, not at the next prepare: an idle handle must not pin a large body.
             del handle.body_parts[:]
             del handle.head_lines[:]
@@ -469,6 +475,10 @@ def _connection(
 
 
 _NO_OPTIONS = ConnectionOptions()
+
+
+# A final response's status line as libcurl hands it over (HTTP/2 and 3 as "HTTP/2 200").
+_STATUS_LINE = re.compile(rb"HTTP/[0-9](?:\.[0-9])? [1-5][0-9][0-9](?:[ \r]|$)")
 
 
 def _final_head(lines: list[bytes]) -> bytes:

@@ -92,8 +92,10 @@ class Var:
         return f"Var({self.value!r})"
 
 
-def _text(value: str | Var) -> str:
-    return str(value.value) if isinstance(value, Var) else value
+def _text(value: str | Var) -> Any:
+    """A `Var`'s value as it is (never its str(): bytes would go out as "b'...'" and None as
+    "None"); the checks it then meets say what is wrong with it."""
+    return value.value if isinstance(value, Var) else value
 
 
 def _client() -> Client:
@@ -205,6 +207,10 @@ def MemCacheSet(AKey: str | Var, AValue: str | Var, ATimeToLive: int = 0) -> Non
     Raises:
         InvalidKey, InvalidValue, KeyConflict: see `Client.cache_set`.
     """
+    if type(ATimeToLive) is not int or ATimeToLive < 0:
+        raise InvalidValue(
+            f"ATimeToLive must be an int of milliseconds (0: the default), not {ATimeToLive!r}"
+        )
     _client().cache_set(_text(AKey), _text(AValue), ATimeToLive or None)
 
 
@@ -235,6 +241,11 @@ def JSONValid(AJSON: str | Var) -> bool:
 
 
 def _json_get(AJSON: str | Var, AName: str, AValue: Var, kind: type) -> int:
+    if not isinstance(AValue, Var):
+        raise InvalidValue(
+            "AValue must be a Var (MyChat's var parameter) to receive the value, not"
+            f" {type(AValue).__name__}"
+        )
     try:
         data = _load(AJSON)
     except (ValueError, TypeError, RecursionError):
@@ -251,10 +262,13 @@ def _json_get(AJSON: str | Var, AName: str, AValue: Var, kind: type) -> int:
 
 
 def _json_set(AJSON: str | Var, AName: str, AValue: object) -> str:
+    text = _text(AJSON)
+    if not isinstance(text, str):
+        raise InvalidValue(f"AJSON must be JSON text (a str), not {type(text).__name__}")
     try:
-        data = _load(AJSON) if _text(AJSON).strip() else {}
+        data = load_json(text) if text.strip() else {}
     except (ValueError, RecursionError):
-        raise InvalidValue(f"not valid JSON: {_text(AJSON)[:80]!r}") from None
+        raise InvalidValue(f"not valid JSON: {text[:80]!r}") from None
     if not isinstance(data, dict):
         raise InvalidValue("JSONSet* needs a JSON object")
     if AName in data:

@@ -8,10 +8,18 @@ from __future__ import annotations
 
 from .._errors import InvalidValue
 from .._settings import Settings
-from .base import MISSING, CacheValue, QueueingStore, Store
+from .base import MISSING, STORE_DOWN, CacheValue, QueueingStore, Store
 from .memory import MemoryStore
 
-__all__ = ["MISSING", "CacheValue", "MemoryStore", "QueueingStore", "Store", "open_store"]
+__all__ = [
+    "MISSING",
+    "STORE_DOWN",
+    "CacheValue",
+    "MemoryStore",
+    "QueueingStore",
+    "Store",
+    "open_store",
+]
 
 
 def open_store(settings: Settings) -> Store:

@@ -39,6 +39,25 @@ class _Missing:
 MISSING: Final = _Missing()
 
 
+class _StoreDown:
+    """What a shared store wakes its waiters with when it stopped answering (a wait then raises
+    StoreUnavailable rather than sleep on, or reconnect, for ever)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "STORE_DOWN"
+
+
+STORE_DOWN: Final = _StoreDown()
+
+
+def outlives_outages(wake: object) -> bool:
+    """True for a watch that is not a wait (an ``on_done`` waiting for its key): an outage does
+    not release it; it hears its key once the store answers again."""
+    return getattr(wake, "outlives_outages", False) is True
+
+
 class Store(Protocol):
     """Where keys, results and cache values live. Thread-safe."""
 

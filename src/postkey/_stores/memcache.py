@@ -199,8 +199,10 @@ class MemCache:
         the TTL plus the tombstone TTL has passed, whatever happens to the value.
 
         An existing value is replaced. If the cache is over its bounds afterwards, the least
-        recently used entries are evicted (possibly this one, if it alone exceeds the byte bound).
-        A waiter that raises is logged; it cannot stop the store or the other waiters.
+        recently used entries are evicted. A value that alone exceeds the byte bound is not kept
+        (its waiters still get it; the key reads as evicted): stored, it would evict every other
+        entry, then itself. A waiter that raises is logged; it cannot stop the store or the
+        other waiters.
         """
         ttl = self._default_ttl if ttl_ms is None else ttl_ms / 1000.0
         size = (value_size(value) if size is None else size) + len(key) + ENTRY_OVERHEAD
@@ -211,20 +213,24 @@ class MemCache:
             old = entries.pop(key, None)
             if old is not None:
                 self._drop(old)
-            entries[key] = _Entry(key, value, expires_at, size)
-            self._bytes += size
-            heap = self._heap
-            heappush(heap, (expires_at, key))
-            if self._tombs and self._tombs.pop(key, None) is not None:
-                self._tomb_bytes -= len(key) + TOMBSTONE_OVERHEAD
-            if fingerprint:
-                self._remember(key, expires_at + self._tombstone_ttl, fingerprint)
-            # Writes pay for expiry and for a pending heap rebuild, a bounded amount each.
-            if heap[0][0] <= now or self._old:
-                self._reap(now, REAP_PER_WRITE)
-                if self._old:
-                    self._compact(COMPACT_PER_WRITE)
-            over = self._evict(now, EVICT_PER_HOLD)
+            if size > self._max_bytes:
+                self._refuse(key, expires_at, fingerprint, now)
+                over = False
+            else:
+                entries[key] = _Entry(key, value, expires_at, size)
+                self._bytes += size
+                heap = self._heap
+                heappush(heap, (expires_at, key))
+                if self._tombs and self._tombs.pop(key, None) is not None:
+                    self._tomb_bytes -= len(key) + TOMBSTONE_OVERHEAD
+                if fingerprint:
+                    self._remember(key, expires_at + self._tombstone_ttl, fingerprint)
+                # Writes pay for expiry and for a pending heap rebuild, a bounded amount each.
+                if heap[0][0] <= now or self._old:
+                    self._reap(now, REAP_PER_WRITE)
+                    if self._old:
+                        self._compact(COMPACT_PER_WRITE)
+                over = self._evict(now, EVICT_PER_HOLD)
             waiters = self._waiters.pop(key, None) if self._waiters else None
         while over:  # a large value displacing many small ones: in bounded steps, not one hold
             time.sleep(0)  # let a thread waiting for the lock have it (locks are not fair)
@@ -232,6 +238,14 @@ class MemCache:
                 over = self._evict(self._clock(), EVICT_PER_HOLD)
         if waiters:
             wake_all(waiters, value, "cache key", key)
+
+    def _refuse(self, key: str, expires_at: float, fingerprint: str | None, now: float) -> None:
+        """(Under _lock) A value over the whole byte bound: not kept, counted as evicted at
+        once, its key buried as any evicted key is."""
+        if fingerprint:
+            self._remember(key, expires_at + self._tombstone_ttl, fingerprint)
+        self._bury(_Entry(key, None, expires_at, 0), now)
+        self.evictions += 1
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; True if it held a live value. Leaves no plain tombstone (a remembered

@@ -29,7 +29,7 @@ from .._result import ErrorKind, Result, State
 from .._settings import Settings
 from .._waits import check_wait_timeout, wake_all
 from . import codec
-from .base import MISSING
+from .base import MISSING, STORE_DOWN
 from .names import Names, shard_of
 from .redis_connect import (
     REFUSED_WRITE,
@@ -162,7 +162,11 @@ class RedisStore:
             ) from None
         self._leases = threading.Thread(target=self._keep_lease, name="postkey-lease", daemon=True)
         self._leases.start()
-        self._hub = WaitHub(self._redis, self._names, self._check, _RECHECK_S)
+        # A wait gives up on a Redis that stopped answering as a call does: after its socket
+        # timeout and one retry.
+        self._give_up_s = 2 * settings.store_timeout_ms / 1000.0
+        self._hub = WaitHub(self._redis, self._names, self._check, _RECHECK_S, self._give_up_s)
+        self._hub.on_down = self._release_for_outage
         self._replies = Replies(
             self._hub.listen,
             self._names,
@@ -208,6 +212,18 @@ class RedisStore:
 
     def _redacted_url(self) -> str:
         return redacted_url(self._url)
+
+    def _release_for_outage(self) -> None:
+        """(The hub's thread) Redis stopped answering: the waits on reply channels give up too
+        (the hub released its own waiters). Keys this process sends are woken by their own
+        results, which the engine makes without Redis."""
+        self._replies.release_all(STORE_DOWN)
+
+    def _gave_up(self) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"the store {self._redacted_url()} did not answer for {self._give_up_s:g} s:"
+            " the wait gave up"
+        )
 
     def _renew_lease(self) -> bool:
         """Renew the lease; False if it was gone (first time, or Redis lost it)."""
@@ -738,6 +754,8 @@ class RedisStore:
         finally:
             if sent_here:
                 self._unwatch_here(sent_here, wake)
+        if settling.down:
+            raise self._gave_up()
         again = [k for k in sent_here | waiting if k not in settled]
         settled.update(zip(again, self._read_many(again), strict=True))
         return [settled[k] if k in settled else known[k] for k in keys]
@@ -920,6 +938,8 @@ class RedisStore:
             gate.wait(self._asleep_for(seconds))
         finally:
             self.cache_unwatch(key, wake)
+        if box and box[0] is STORE_DOWN:
+            raise self._gave_up()
         return box[0] if box and box[0] is not MISSING else default
 
     # -- upkeep ----------------------------------------------------------------------------------
@@ -988,13 +1008,15 @@ class _Settling:
     """The keys one wait sleeps on: each waker records its key's terminal Result; the sleep
     ends when every awaited key has one, or waiters are released (exit)."""
 
-    __slots__ = ("_expected", "_gate", "_lock", "settled")
+    __slots__ = ("_expected", "_gate", "_lock", "down", "settled")
 
     def __init__(self) -> None:
         self._gate = threading.Event()
         self._lock = threading.Lock()
         self._expected: int | None = None
         self.settled: dict[str, Result] = {}
+        #: Woken because Redis stopped answering (STORE_DOWN): the wait raises.
+        self.down = False
 
     def waker(self, key: str) -> _Waker:
         return _Waker(self, key)
@@ -1007,8 +1029,14 @@ class _Settling:
         with self._lock:
             if isinstance(value, Result):
                 self.settled[key] = value
+            elif value is STORE_DOWN:
+                self.down = True
             expected = self._expected
-            if value is MISSING or (expected is not None and len(self.settled) >= expected):
+            if (
+                value is MISSING
+                or value is STORE_DOWN
+                or (expected is not None and len(self.settled) >= expected)
+            ):
                 self._gate.set()
 
     def wait(self, expected: int, seconds: float | None) -> dict[str, Result]:

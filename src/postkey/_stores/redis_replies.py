@@ -32,7 +32,7 @@ from .._errors import StoreUnavailable
 from .._result import Result, State
 from .._waits import wake_all
 from . import codec
-from .base import MISSING
+from .base import MISSING, STORE_DOWN, outlives_outages
 from .names import SHARDS, Names, shard_of
 from .redis_queue import REPLY_BATCH
 
@@ -248,12 +248,19 @@ class Replies:
             if waiters is not None:
                 wake_all(_wakes(waiters), result, "key", key)
 
-    def release_all(self) -> None:
-        """Wake every waiter with MISSING (interpreter exit)."""
+    def release_all(self, marker: object = MISSING) -> None:
+        """Wake every waiter with ``marker``: MISSING (interpreter exit), or STORE_DOWN (then
+        watches that outlive outages stay)."""
         with self._lock:
             waiters, self._waiters = self._waiters, {}
+            if marker is STORE_DOWN:
+                for key, wakes in waiters.items():
+                    kept = [w for w in _wakes(wakes) if outlives_outages(w)]
+                    if kept:
+                        self._waiters[key] = kept if len(kept) > 1 else kept[0]
         for key, wakes in waiters.items():
-            wake_all(_wakes(wakes), MISSING, "key", key)
+            gone = [w for w in _wakes(wakes) if marker is not STORE_DOWN or not outlives_outages(w)]
+            wake_all(gone, marker, "key", key)
 
     # -- on the hub's thread ---------------------------------------------------------------------
 

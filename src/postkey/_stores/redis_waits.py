@@ -22,7 +22,7 @@ from typing import Any
 import redis
 
 from .._waits import wake_all
-from .base import MISSING
+from .base import MISSING, STORE_DOWN, outlives_outages
 from .codec import RECORD_MAGIC
 from .names import Names
 from .redis_connect import UNAVAILABLE
@@ -44,8 +44,17 @@ _RECHECK_MAX = 1_000  # keys read per last-resort recheck
 class WaitHub:
     """Waiters of one store, woken from one pub/sub connection on one thread."""
 
-    def __init__(self, client: Any, names: Names, check: Check, recheck_s: float) -> None:
+    def __init__(
+        self, client: Any, names: Names, check: Check, recheck_s: float, give_up_s: float
+    ) -> None:
         self._client = client
+        # Redis unreachable for this long: every waiter is woken with STORE_DOWN (and raises
+        # StoreUnavailable) while the hub goes on reconnecting for the waits to come.
+        self._give_up_s = give_up_s
+        self._down_since: float | None = None
+        self._down_told = False
+        #: Called (on the hub's thread) when the waiters were released for an outage.
+        self.on_down: Callable[[], None] | None = None
         self._names = names
         self._check = check
         self._recheck_s = recheck_s
@@ -124,15 +133,22 @@ class WaitHub:
         with self._lock:
             return len(self._subscribed)
 
-    def release_all(self) -> None:
-        """Wake every waiter with MISSING (interpreter exit, or the store closing)."""
+    def release_all(self, marker: object = MISSING) -> None:
+        """Wake every waiter with ``marker``: MISSING (interpreter exit, or the store closing),
+        or STORE_DOWN (then watches that outlive outages stay)."""
         with self._lock:
             everything = list(self._waiters.items())
             self._waiters.clear()
+            if marker is STORE_DOWN:
+                for pair, wakes in everything:
+                    kept = {w: None for w in wakes if outlives_outages(w)}
+                    if kept:
+                        self._waiters[pair] = kept
             for key in list(self._subscribed):
                 self._drop_if_idle(key)
         for (key, _kind), gone in everything:
-            wake_all(list(gone), MISSING, "key", key)
+            told = [w for w in gone if marker is not STORE_DOWN or not outlives_outages(w)]
+            wake_all(told, marker, "key", key)
 
     def close(self) -> None:
         """Release every waiter and stop the thread."""
@@ -159,6 +175,7 @@ class WaitHub:
                     break
                 log.warning("redis wait connection lost (%s); reconnecting in %.2fs", exc, backoff)
                 self._reset_connection()
+                self._down(exc)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
                 continue
@@ -170,6 +187,28 @@ class WaitHub:
                 continue
             backoff = 0.05
         self._reset_connection()
+
+    def _down(self, exc: BaseException) -> None:
+        """The connection failed: once that has lasted ``give_up_s``, release the waiters."""
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            return
+        if self._down_told or now - self._down_since < self._give_up_s:
+            return
+        self._down_told = True
+        log.error(
+            "redis did not answer for %.1f s (%s): the waits on it give up",
+            now - self._down_since,
+            exc,
+        )
+        self.release_all(STORE_DOWN)
+        if self.on_down is not None:
+            self.on_down()
+
+    def _up(self) -> None:
+        self._down_since = None
+        self._down_told = False
 
     def _reset_connection(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
@@ -192,13 +231,15 @@ class WaitHub:
         pubsub = self._pubsub
         next_recheck = time.monotonic() + self._recheck_s
         while not self._stopping:
-            self._send_requests(pubsub)
+            if self._send_requests(pubsub):
+                self._up()
             ready: set[str] = set()
             known: dict[str, bytes] = {}
             while True:  # drain what hiredis has buffered as well as what the socket holds
                 message = pubsub.get_message()
                 if message is None:
                     break
+                self._up()
                 channel = message.get("channel")
                 if message["type"] in ("ssubscribe", "smessage") and channel is not None:
                     name = channel.decode() if isinstance(channel, bytes) else str(channel)
@@ -246,7 +287,9 @@ class WaitHub:
         except Exception:  # a bug in a handler must not stop the hub
             log.exception("a reply handler raised")
 
-    def _send_requests(self, pubsub: Channels | ClusterChannels) -> None:
+    def _send_requests(self, pubsub: Channels | ClusterChannels) -> bool:
+        """Send the (un)subscriptions asked for since the last call; True if there were any
+        (and so Redis took them)."""
         with self._lock:
             listen, self._listen_requests = self._listen_requests, []
             requests, self._requests = self._requests, deque()
@@ -258,6 +301,7 @@ class WaitHub:
             pubsub.ssubscribe(subscribe)
         if unsubscribe:
             pubsub.sunsubscribe(unsubscribe)
+        return bool(listen or subscribe or unsubscribe)
 
     def _sleep(self, pubsub: Channels | ClusterChannels, timeout: float) -> None:
         watched = [self._wake_r, *pubsub.fds()]
