@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -84,6 +85,83 @@ def test_data_from_a_file_and_stdin(echo: str, tmp_path: Path) -> None:
     assert json.loads(json.loads(out.stdout)["body"])["data"] == "from stdin"
 
 
+MAX_BODY = 16 * 1024 * 1024  # max_request_bytes' default
+
+
+@pytest.mark.parametrize("source", ["@/dev/zero", "@-"])
+def test_an_endless_data_source_is_refused_after_the_maximum_body_size(source: str) -> None:
+    # Read no more than one byte past max_request_bytes: /dev/zero never ends. The address
+    # space is capped so that a command reading it all fails fast rather than filling memory.
+    def cap_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTKEY_")}
+    with open("/dev/zero", "rb") as zeros:
+        out = subprocess.run(
+            [*CLI, "post", "http://127.0.0.1:9/", "-d", source, "--wait"],
+            stdin=zeros,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+            preexec_fn=cap_memory,  # only sets a limit
+        )
+    assert out.returncode == 2, out.stderr[-500:]
+    shown = "stdin" if source == "@-" else "/dev/zero"
+    assert out.stderr == (
+        f"postkey: error: body read from {shown} is over the maximum of {MAX_BODY} bytes"
+        " (max_request_bytes)\n"
+    )
+    assert out.stdout == ""
+
+
+@pytest.mark.parametrize("source", ["/dev/zero", "-"])
+def test_a_batch_line_without_end_is_refused_not_read_whole(source: str) -> None:
+    # A batch file may be large; one line of it (one request) may not: /dev/zero has no
+    # newline, and reading it as one line filled memory (MemoryError, exit 1).
+    def cap_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTKEY_")}
+    with open("/dev/zero", "rb") as zeros:
+        out = subprocess.run(
+            [*CLI, "batch", source],
+            stdin=zeros,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+            preexec_fn=cap_memory,  # only sets a limit
+        )
+    assert out.returncode == 2, out.stderr[-500:]
+    shown = "stdin" if source == "-" else source
+    assert out.stderr.strip().startswith(f"postkey: error: {shown} line 1 is over ")
+    assert "bytes" in out.stderr and out.stdout == ""
+
+
+def test_data_up_to_the_configured_maximum_is_sent_and_one_byte_more_is_refused(
+    echo: str, tmp_path: Path
+) -> None:
+    env = {"POSTKEY_MAX_REQUEST_BYTES": "1000"}
+    f = tmp_path / "body.bin"
+    f.write_bytes(b"a" * 1000)
+    out = run("post", echo, "-d", f"@{f}", "--wait", "--format", "json", env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(json.loads(out.stdout)["body"])["data"] == "a" * 1000
+    f.write_bytes(b"a" * 1001)
+    out = run("post", echo, "-d", f"@{f}", "--wait", env=env)
+    assert out.returncode == 2
+    assert out.stderr == (
+        f"postkey: error: body read from {f} is over the maximum of 1000 bytes"
+        " (max_request_bytes)\n"
+    )
+    out = run("post", echo, "-d", "@-", "--wait", stdin="a" * 1001, env=env)
+    assert out.returncode == 2
+    assert "body read from stdin is over the maximum of 1000 bytes" in out.stderr
+
+
 def test_a_failed_request_exits_1_with_one_line() -> None:
     out = run("request", "GET", "http://127.0.0.1:9/", "--wait", "--timeout-ms", "2000")
     assert out.returncode == 1
@@ -101,6 +179,7 @@ def test_a_failed_request_exits_1_with_one_line() -> None:
         (["post", "http://127.0.0.1:9/", "-d", "a", "--json", "{}"], "not both"),
         (["post", "http://127.0.0.1:9/", "--key", "bad key"], "key contains"),
         (["request", "get me", "http://127.0.0.1:9/"], "method"),
+        (["request", "head", "http://127.0.0.1:9/", "-d", "x"], "HEAD request cannot carry"),
         (["post", "http://127.0.0.1:9/", "-d", "@/no/such/file"], "No such file"),
         (["nosuchcommand"], "No such command"),
         (["post", "http://127.0.0.1:9/", "--format", "json"], "add --wait"),
@@ -441,3 +520,21 @@ def test_reading_keys_without_a_shared_store_is_a_usage_error() -> None:
     for args in (("get", "k"), ("exists", "k"), ("wait", "k")):
         out = run(*args)
         assert out.returncode == 2 and "needs a shared store" in out.stderr
+
+
+@pytest.mark.parametrize("command", ["get", "exists", "wait", "cancel"])
+@pytest.mark.parametrize(
+    ("key", "says"),
+    [
+        ("bad key", "key contains ' '; allowed are letters, digits and _ - . : ~ { }"),
+        ("k" * 300, "key is 300 characters long; the maximum is 250"),
+        ("", "key must not be empty"),
+    ],
+)
+def test_a_malformed_key_is_bad_input_exit_2_saying_what_is_wrong(
+    single_redis_url: str, command: str, key: str, says: str
+) -> None:
+    wait = ["--timeout", "1"] if command == "wait" else []
+    out = run(command, key, "--store", single_redis_url, *wait)
+    assert (out.returncode, out.stdout) == (2, ""), out
+    assert out.stderr == f"postkey: error: {says}\n"

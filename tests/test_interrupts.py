@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -17,6 +18,8 @@ import pytest
 from postkey import Client, ErrorKind, InvalidRequest, InvalidValue, State, _client
 from postkey._stores import memcache
 from postkey._stores.memcache import MemCache
+
+from .servers import HostileServer
 
 
 def test_a_ttl_the_cache_cannot_hold_is_refused_at_submit(echo: str) -> None:
@@ -243,3 +246,55 @@ def test_a_client_closed_before_fork_touches_nothing_it_inherited() -> None:
     finally:
         lock.release()
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+# -- Ctrl-C in the postkey command -----------------------------------------------------------
+
+
+def _default_sigint() -> None:
+    # A test runner may ignore SIGINT, and a child inherits that: Python then never raises
+    # KeyboardInterrupt. Ctrl-C in a shell arrives with the default disposition.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["post", "/silent", "-d", "x", "--wait"],
+        ["request", "get", "/silent", "--wait", "--format", "json"],
+        ["post", "/silent", "-d", "x"],  # no --wait: Ctrl-C while the command waits to exit
+    ],
+)
+def test_ctrl_c_stops_a_command_with_a_request_in_flight_at_once_with_exit_130(
+    hostile_server: HostileServer, hostile: str, command: list[str]
+) -> None:
+    # The server reads the request and never answers: without the interrupt the command would
+    # wait out the 10-minute deadline.
+    args = [a if a != "/silent" else hostile + a for a in command]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTKEY_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "postkey", *args, "--allow-private", "--timeout-ms", "600000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=_default_sigint,  # noqa: PLW1509  # only resets a signal
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while hostile_server.requests == 0:  # the request is on the wire
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        time.sleep(0.1)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert took < 5, f"exited {took:.1f} s after Ctrl-C"
+    assert err.strip() == "postkey: error: aborted"
+    assert out == ""

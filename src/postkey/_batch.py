@@ -62,19 +62,32 @@ def parse_line(text: str) -> dict[str, Any]:
     return spec
 
 
-def _lines(path: str) -> Iterator[tuple[int, str]]:
+def line_limit(settings: Settings) -> int:
+    """The longest line a batch reads: one request, whose body may come JSON-escaped (up to six
+    bytes a byte, as \\u00XX), with room for its URL and headers. A file may be as long as it
+    likes; a line past this (a file with no newline, such as /dev/zero) is refused rather than
+    read whole into memory."""
+    return 6 * settings.max_request_bytes + (1 << 20)
+
+
+def _lines(path: str, limit: int) -> Iterator[tuple[int, str]]:
     """(line number, text) of every non-blank line.
 
     Raises:
-        InvalidValue: a line that is not UTF-8 (a file is checked whole before anything is sent).
+        InvalidValue: a line that is not UTF-8, or longer than ``limit`` bytes (a file is checked
+            whole before anything is sent).
     """
+    shown = "stdin" if path == "-" else path
     handle = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
     try:
-        for number, raw in enumerate(handle, 1):
+        number = 0
+        while raw := handle.readline(limit + 1):
+            number += 1
+            if len(raw) > limit:
+                raise InvalidValue(f"{shown} line {number} is over {limit} bytes long")
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                shown = "stdin" if path == "-" else path
                 raise InvalidValue(
                     f"{shown} line {number} is not UTF-8 ({exc.reason} at byte {exc.start})"
                 ) from None
@@ -87,7 +100,8 @@ def _lines(path: str) -> Iterator[tuple[int, str]]:
 
 def run_batch(path: str, output: str, settings: Settings) -> BatchOutcome:
     """Run the batch, write a result per line to ``output`` and print a summary."""
-    total = None if path == "-" else sum(1 for _ in _lines(path))
+    limit = line_limit(settings)
+    total = None if path == "-" else sum(1 for _ in _lines(path, limit))
     # Submitting waits for room in the queue instead of failing: a batch is bounded by its file.
     client = Client(settings.replace(queue_wait_ms=settings.max_timeout_ms))
     summary = Summary()
@@ -126,7 +140,7 @@ def run_batch(path: str, output: str, settings: Settings) -> BatchOutcome:
         writer = threading.Thread(target=write_results, name="postkey-batch-writer")
         writer.start()
         try:
-            for number, line in _lines(path):
+            for number, line in _lines(path, limit):
                 try:
                     spec = parse_line(line)
                     key = client.request_async(

@@ -20,6 +20,7 @@ from ._demo import run_demo
 from ._encoders import load_json
 from ._errors import PostkeyError, StoreUnavailable
 from ._gc import tune_for_serving
+from ._keys import check_key
 from ._policy import DestinationPolicy
 from ._request import check_timeout
 from ._result import Result, State
@@ -208,7 +209,9 @@ def request(method: str, url: str, **options: Any) -> None:
     _send(method, url, **options)  # any case: the library checks and upper-cases it
 
 
-def _read_data(data: str | None, json_data: str | None) -> bytes | str | None:
+def _read_data(data: str | None, json_data: str | None, max_bytes: int) -> bytes | str | None:
+    """The body --data or --json gives; @FILE and @- read at most ``max_bytes`` (the client's
+    max_request_bytes) plus one, so an endless or huge source is refused at once."""
     if data is not None and json_data is not None:
         raise click.UsageError("give either --data or --json, not both")
     if json_data is not None:
@@ -217,9 +220,18 @@ def _read_data(data: str | None, json_data: str | None) -> bytes | str | None:
         except ValueError as exc:
             raise click.UsageError(f"--json is not valid JSON: {exc}") from None
         return json_data
-    if data is not None and data.startswith("@"):
-        return sys.stdin.buffer.read() if data == "@-" else Path(data[1:]).read_bytes()
-    return data
+    if data is None or not data.startswith("@"):
+        return data
+    if data == "@-":
+        body, where = sys.stdin.buffer.read(max_bytes + 1), "stdin"
+    else:
+        with Path(data[1:]).open("rb") as source:
+            body, where = source.read(max_bytes + 1), data[1:]
+    if len(body) > max_bytes:
+        raise click.UsageError(
+            f"body read from {where} is over the maximum of {max_bytes} bytes (max_request_bytes)"
+        )
+    return body
 
 
 def _send(
@@ -243,7 +255,8 @@ def _send(
 ) -> None:
     if fmt is not None and not wait_:
         raise click.UsageError("--format says how --wait prints the result: add --wait")
-    body = _read_data(data, json_data)
+    settings = _guarded_settings(allow_private, allow, deny)
+    body = _read_data(data, json_data, settings.max_request_bytes)
     header_lines = list(headers)
     if json_data is not None:
         names = {h.partition(":")[0].strip().lower() for h in header_lines}
@@ -251,9 +264,9 @@ def _send(
             header_lines.append("Content-Type: application/json")
         if "accept" not in names:
             header_lines.append("Accept: application/json")
-    settings = _guarded_settings(allow_private, allow, deny)
     changes = {k: v for k, v in (("store", store), ("send", send)) if v}
     client = Client(settings.replace(**changes) if changes else settings)
+    drain = True
     try:
         issued = client.request_async(
             method,
@@ -273,9 +286,13 @@ def _send(
             click.echo(issued)
             sys.exit(0)
         result = client.wait(issued) if wait_ else client.get(issued)
+    except KeyboardInterrupt:
+        drain = False
+        raise
     finally:
-        # Sent here: the request ends (response, failure or deadline) before the process does.
-        client.close()
+        # Sent here: the request ends (response, failure or deadline) before the process does;
+        # unless Ctrl-C said to stop.
+        _close(client, drain)
     if not queued:
         result = client.get(issued)
     if wait_:
@@ -283,6 +300,16 @@ def _send(
     else:
         _report_without_wait(issued, result, client.settings.store != "memory://")
     sys.exit(_exit_code(result, fail))
+
+
+def _close(client: Client, drain: bool) -> None:
+    """Close ``client``: after Ctrl-C (before or during the drain) cancel what is in flight at
+    once, so the command exits 130 now rather than at the request's deadline."""
+    try:
+        client.close(drain=drain)
+    except KeyboardInterrupt:
+        client.close(drain=False)
+        raise
 
 
 def _exit_code(result: Result, fail: bool) -> int:
@@ -325,8 +352,14 @@ def _store_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
-def _shared_client(store: str | None) -> Client:
-    """A client on the shared store that get / exists / wait read from."""
+def _shared_client(store: str | None, key: str) -> Client:
+    """A client on the shared store that get / exists / wait / cancel use for ``key``.
+
+    Raises:
+        InvalidKey: ``key`` is malformed (exit 2, as the gateway's 422): checked first, so it
+            is never read as a key that merely has no result.
+    """
+    check_key(key)
     settings = _settings(store=store)
     if settings.store == "memory://":
         raise click.UsageError(
@@ -359,7 +392,7 @@ _FORMAT = click.option(
 @_FORMAT
 def get(key: str, store: str | None, fmt: str) -> None:
     """Print KEY's result (status line, headers, body; or JSON) from the shared store, now."""
-    with _shared_client(store) as client:
+    with _shared_client(store, key) as client:
         result = client.get(key)
     _show(result, fmt)
 
@@ -369,7 +402,7 @@ def get(key: str, store: str | None, fmt: str) -> None:
 @_store_option
 def exists(key: str, store: str | None) -> None:
     """Print true and exit 0 if KEY has a result (done or failed); else print false, exit 1."""
-    with _shared_client(store) as client:
+    with _shared_client(store, key) as client:
         found = client.exists(key)
     click.echo("true" if found else "false")
     sys.exit(0 if found else 1)
@@ -382,7 +415,7 @@ def exists(key: str, store: str | None) -> None:
 @_FORMAT
 def wait(key: str, timeout: float | None, store: str | None, fmt: str) -> None:
     """Wait until KEY has a result (woken by the store, no polling), then print it like get."""
-    with _shared_client(store) as client:
+    with _shared_client(store, key) as client:
         result = client.wait(key, timeout)
     _show(result, fmt)
 
@@ -394,7 +427,7 @@ def cancel(key: str, store: str | None) -> None:
     """End KEY as failed / cancelled if it has not ended yet, whichever process or worker
     sends it (a worker stops sending it within a third of claim_idle_ms). Prints true and
     exits 0 if this call cancelled it; else prints false and exits 1."""
-    with _shared_client(store) as client:
+    with _shared_client(store, key) as client:
         done = client.cancel(key)
     click.echo("true" if done else "false")
     sys.exit(0 if done else 1)
