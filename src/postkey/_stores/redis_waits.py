@@ -53,6 +53,7 @@ class WaitHub:
         self._give_up_s = give_up_s
         self._down_since: float | None = None
         self._down_told = False
+        self._last_failure = 0.0
         #: Called (on the hub's thread) when the waiters were released for an outage.
         self.on_down: Callable[[], None] | None = None
         self._names = names
@@ -191,8 +192,12 @@ class WaitHub:
     def _down(self, exc: BaseException) -> None:
         """The connection failed: once that has lasted ``give_up_s``, release the waiters."""
         now = time.monotonic()
-        if self._down_since is None:
+        last, self._last_failure = self._last_failure, now
+        if self._down_since is None or now - last > _BACKOFF_MAX_S + 2 * self._give_up_s:
+            # A first failure, or one long after the last (an outage in between ended without
+            # anything to send that would have said so): a new outage starts.
             self._down_since = now
+            self._down_told = False
             return
         if self._down_told or now - self._down_since < self._give_up_s:
             return
