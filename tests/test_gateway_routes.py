@@ -196,6 +196,8 @@ BAD_SUBMITS: list[tuple[object, int, str, str]] = [
     ({"url": "http://127.0.0.1/", "body": "x", "json": 1}, 422, "invalid_body", "one of"),
     ({"url": "http://127.0.0.1/", "body": "x", "body_base64": "eA=="}, 422, "invalid_body", ""),
     ({"url": "http://127.0.0.1/", "body_base64": "%%%"}, 422, "invalid_body", "base64"),
+    ({"url": "http://127.0.0.1/", "method": "HEAD", "body": "x"}, 422, "invalid_body", "HEAD"),
+    ({"url": "http://127.0.0.1/", "method": "head", "json": {}}, 422, "invalid_body", "HEAD"),
     ({"url": "http://127.0.0.1/", "key": "bad key"}, 422, "invalid_key", ""),
     ({"url": "http://127.0.0.1/", "key": "k" * 201}, 422, "invalid_key", "maximum"),
     ({"url": "http://127.0.0.1/", "key_format": "uuid"}, 422, "invalid", "key_format"),
