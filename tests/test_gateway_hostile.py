@@ -342,11 +342,15 @@ def long_polls(server: ServeProcess) -> float:
     return float(line.split()[1])
 
 
-def open_long_poll(server: ServeProcess, key: str, seconds: int) -> socket.socket:
+def open_long_poll(
+    server: ServeProcess, key: str, seconds: int, then: bytes = b""
+) -> socket.socket:
+    """A long-poll on a raw socket, once it waits; ``then``: bytes sent in the same write."""
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
     sock.sendall(
         f"GET /v1/requests/{key}?wait={seconds} HTTP/1.1\r\nHost: x\r\n"
         f"Authorization: Bearer {KEY}\r\n\r\n".encode()
+        + then
     )
     assert until(lambda: long_polls(server) >= 1), "the long-poll never started"
     return sock
@@ -382,6 +386,54 @@ def test_a_long_poll_whose_client_hangs_up_stops_waiting(served: ServeProcess, e
     # The waiter goes when its caller does, not when its 30 s are up.
     assert until(lambda: long_polls(served) == 0), "the long-poll outlived its client"
     assert call(served, "GET", f"/v1/requests/{key}")[0] == 202  # still pending meanwhile
+    assert call(served, "DELETE", f"/v1/requests/{key}")[0] == 200
+
+
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("with_the_poll", "later"),
+    [
+        (HEALTHZ, b""),  # in the same write: uvicorn queues it and stops reading
+        (b"", HEALTHZ),  # in a write of its own, once the poll waits
+        (b"", HEALTHZ * 3 + b"GET /hea"),  # several, and the start of one more
+        (b"", b"NOT HTTP\r\n\r\n"),  # a malformed one: its 400 waits for the poll's answer
+    ],
+    ids=["same-write", "later-write", "several", "malformed"],
+)
+def test_a_long_poll_with_requests_pipelined_behind_it_stops_when_its_client_hangs_up(
+    served: ServeProcess, echo: str, with_the_poll: bytes, later: bytes
+) -> None:
+    item = {"url": echo + "/delay/30000", "timeout_ms": 30000}
+    status, answer = call(served, "POST", "/v1/requests", item)
+    assert status == 202, answer
+    key = json.loads(answer)["key"]
+    assert until(lambda: long_polls(served) == 0)  # from an earlier test
+    sock = open_long_poll(served, key, 30, then=with_the_poll)
+    if later:
+        sock.sendall(later)
+        time.sleep(0.2)  # read by the server before the hang-up
+    sock.close()
+    # Its place is freed when its caller goes, not when its 30 s are up.
+    assert until(lambda: long_polls(served) == 0, 5), "the long-poll outlived its client"
+    assert call(served, "DELETE", f"/v1/requests/{key}")[0] == 200
+
+
+def test_a_long_poll_with_a_request_pipelined_behind_it_is_still_answered_in_order(
+    served: ServeProcess, echo: str
+) -> None:
+    # Reading on behind a queued request (to see a hang-up) changes nothing for a client that
+    # stays: the poll's answer, then the pipelined ones, in order.
+    item = {"url": echo + "/delay/30000", "timeout_ms": 30000}
+    key = json.loads(call(served, "POST", "/v1/requests", item)[1])["key"]
+    with open_long_poll(served, key, 1, then=HEALTHZ) as sock:
+        sock.sendall(HEALTHZ + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 202"), answer
+    assert answer.count(b"HTTP/1.1 200") == 3 and answer.count(b"HTTP/1.1 ") == 4, answer
     assert call(served, "DELETE", f"/v1/requests/{key}")[0] == 200
 
 
