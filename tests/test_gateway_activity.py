@@ -109,3 +109,35 @@ def test_a_result_recorded_before_its_submit_still_shows_in_recent() -> None:
     (entry,) = activity.snapshot("t")["recent"]
     assert entry["state"] == "failed" and entry["error_kind"] == "blocked"
     assert activity.snapshot("t")["counters"]["in_flight"] == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("http://[::ffff:127.0.0.1]:18788/x", "[::ffff:127.0.0.1]:18788"),
+        ("http://[::1]:8080/", "[::1]:8080"),
+        ("https://[2001:DB8::1]/", "[2001:db8::1]"),  # the scheme's port: none shown
+        ("http://127.0.0.1:8080/", "127.0.0.1:8080"),
+        ("https://example.com:443/", "example.com"),
+    ],
+)
+def test_hosts_are_shown_as_in_a_url_with_ipv6_addresses_bracketed(url: str, host: str) -> None:
+    activity = Activity(Clock())
+    activity.submitted("t", "k", "GET", url)
+    activity.finished("t", "k", url, done("k", 200, 5))
+    assert [h["host"] for h in activity.snapshot("t")["slowest_hosts"]] == [host]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://h/app;jsessionid=SECRET", "http://h/app;…"),
+        ("http://h/a;token=SECRET/b;v=SECRET/c?q=SECRET", "http://h/a;…/b;…/c?…"),
+        ("http://u:SECRET@h:81/p;", "http://h:81/p;…"),
+        ("http://h/a%3Bkept/b", "http://h/a%3Bkept/b"),  # an encoded ';' is data, not a parameter
+    ],
+)
+def test_recent_urls_hide_path_parameters_as_they_hide_queries(url: str, shown: str) -> None:
+    activity = Activity(Clock())
+    activity.submitted("t", "k", "GET", url)
+    assert activity.snapshot("t")["recent"][0]["url"] == shown

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +13,8 @@ from typing import Any
 import pytest
 
 from .gateway_fixtures import PLAIN, A, TestClient, gateway_client
+
+_JSON = "application/json"
 
 
 @pytest.fixture(scope="module")
@@ -138,9 +141,21 @@ def test_unknown_is_404_and_expired_is_410(gw: TestClient, echo: str) -> None:
     assert_error(response, 410, "expired")
 
 
-@pytest.mark.parametrize("wait", ["abc", "-1", "61", "nan", "inf", ""])
+@pytest.mark.parametrize(
+    "wait",
+    [
+        *["abc", "-1", "61", "nan", "inf", ""],
+        # float() takes all of these; the API takes plain ASCII decimals only, as for ttl_ms.
+        *["1_0", "%D9%A1", "%EF%BC%91", "%201", "1%20", "%091", "0x10", "1e1", "+1", "-0", "1."],
+    ],
+)
 def test_a_bad_wait_is_422(gw: TestClient, wait: str) -> None:
     assert_error(gw.get(f"/v1/requests/k?wait={wait}", headers=A), 422, "invalid_wait")
+
+
+@pytest.mark.parametrize("wait", ["0", "00", "0.05", "1", "0.5", ".5", "60", "60.0"])
+def test_a_plain_decimal_wait_is_taken(gw: TestClient, wait: str) -> None:
+    assert_error(gw.get(f"/v1/requests/never-issued?wait={wait}", headers=A), 404, "unknown_key")
 
 
 def test_a_batch_is_validated_whole_then_submitted(gw: TestClient, echo: str) -> None:
@@ -218,6 +233,57 @@ def test_bad_submits_are_refused_in_one_format(
     assert_error(gw.post("/v1/requests", json=document, headers=A), status, code, says)
 
 
+#: Words of Python, not of the API: type names, keyword-argument forms, the sys module.
+PYTHON_WORDS = re.compile(r"\b(str|int|float|bool|NoneType|dict|list|tuple|sys)\b|\w=[ ,]")
+
+
+@pytest.mark.parametrize(
+    ("document", "code", "says"),
+    [
+        ({"headers": {"X": 1}}, "invalid_header", "header 'X' must be a string, not a number"),
+        ({"headers": {"X": None}}, "invalid_header", "header 'X' must be a string, not null"),
+        ({"headers": {"X": ["a"]}}, "invalid_header", "not an array"),
+        ({"headers": [["X", 1]]}, "invalid_header", "headers[0] must be [name, value]"),
+        ({"headers": [[1, 2]]}, "invalid_header", "a number and a number"),
+        ({"headers": [[None, {}]]}, "invalid_header", "null and an object"),
+        ({"data": {"a": {"b": 1}}}, "invalid_body", "data 'a' must be a string, number"),
+        ({"data": {"a": None}}, "invalid_body", "not null"),
+        ({"data": [["a", [[1]]]]}, "invalid_body", "not an array"),
+        ({"params": {"a": {"b": 1}}}, "invalid_url", "params 'a' must be a string, number"),
+        ({"params": [[["a"], 1]]}, "invalid_url", "params[0] name must be a string"),
+        ({"json": 1, "body": "x"}, "invalid_body", "one of body, json and data"),
+        ({"data": {"\ud800": "x"}}, "invalid_body", "data holds text"),
+    ],
+)
+def test_refusals_name_what_is_wrong_in_json_terms_not_python_ones(
+    gw: TestClient, document: dict[str, Any], code: str, says: str
+) -> None:
+    body = json.dumps({"url": "http://127.0.0.1/", **document}).encode()
+    response = gw.post("/v1/requests", content=body, headers={**A, "content-type": _JSON})
+    assert_error(response, 422, code, says)
+    assert not PYTHON_WORDS.search(response.json()["error"]["message"]), response.text
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b'{"url": "http://127.0.0.1/", "timeout_ms": ' + b"9" * 5000 + b"}", "4300 digits"),
+        (b'{"url": "http://127.0.0.1/", "json": -' + b"1" * 4301 + b"}", "4300 digits"),
+        (b"\xef\xbb\xbf{}", "byte order mark"),
+        (b'{"url": "\xff"}', "not UTF-8"),
+    ],
+    ids=["huge-integer", "huge-negative-integer", "bom", "not-utf8"],
+)
+def test_unreadable_json_is_refused_in_the_apis_terms(
+    gw: TestClient, body: bytes, says: str
+) -> None:
+    response = gw.post("/v1/requests", content=body, headers={**A, "content-type": _JSON})
+    assert_error(response, 400, "invalid_json", says)
+    message = response.json()["error"]["message"]
+    assert not PYTHON_WORDS.search(message) and "utf-8-sig" not in message, message
+    assert "codec" not in message, message
+
+
 @pytest.mark.parametrize(
     ("body", "content_type", "status", "code"),
     [
@@ -275,6 +341,25 @@ def test_cache_refusals(gw: TestClient, echo: str) -> None:
     got = gw.get(f"/v1/cache/{key}", headers=A)  # a request's key: MemCacheGet's text
     assert got.status_code == 200 and got.headers["content-type"].startswith("text/plain")
     assert '"cache": "1"' in got.text
+
+
+def assert_inert(response: Any) -> None:
+    """Stored or target-chosen bytes: a browser must neither sniff them into HTML nor run them."""
+    assert response.status_code == 200, response.text
+    assert response.headers["x-content-type-options"] == "nosniff"
+    csp = response.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "sandbox" in csp
+
+
+def test_values_and_response_bodies_are_served_inert(gw: TestClient, echo: str) -> None:
+    page = b"<html><script>alert(1)</script></html>"
+    assert gw.put("/v1/cache/page", content=page, headers=A).status_code == 204
+    assert_inert(gw.get("/v1/cache/page", headers=A))
+    key = submit(gw, url=echo + "/anything")
+    result(gw, key)
+    assert_inert(gw.get(f"/v1/cache/{key}", headers=A))  # a response's text
+    assert_inert(gw.get(f"/v1/mychat/get/{key}", headers=A))
+    assert_inert(gw.get("/v1/mychat/get/never", headers=A))  # '' too
 
 
 # -- the MyChat route ----------------------------------------------------------------------------
@@ -392,6 +477,15 @@ def test_dashboard_stats_have_the_documented_shape(gw: TestClient, echo: str) ->
         "elapsed_ms",
         "submitted_at",
     }
+
+
+def test_recent_requests_on_the_dashboard_hide_path_parameters(gw: TestClient, echo: str) -> None:
+    key = submit(gw, url=echo + "/anything;jsessionid=SECRET/x")
+    result(gw, key)
+    (entry,) = [
+        e for e in gw.get("/v1/dashboard/stats", headers=A).json()["recent"] if e["key"] == key
+    ]
+    assert entry["url"] == echo + "/anything;…/x"
 
 
 def test_metrics_count_every_submit_and_result_and_bucket_their_latency(

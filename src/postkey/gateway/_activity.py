@@ -4,6 +4,7 @@ dashboard reads it through `Activity.snapshot`."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -23,9 +24,26 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def host_of(url: str) -> str:
-    """``host`` or ``host:port`` (when not the scheme's default) of a validated URL."""
+    """``host`` or ``host:port`` (when not the scheme's default) of a validated URL, an IPv6
+    address in brackets as in the URL (``[::1]:8080``)."""
     scheme, host, port = origin_of(url)
+    if ":" in host:  # only an IPv6 address has one
+        host = f"[{host}]"
     return host if _DEFAULT_PORTS.get(scheme) == port else f"{host}:{port}"
+
+
+# A path segment's parameters (``;jsessionid=...``): up to the next segment, query or fragment.
+_PATH_PARAMETERS = re.compile(r";[^/?#]*")
+
+
+def shown_url(url: str) -> str:
+    """``url`` as the dashboard shows it: no user info, ``?…`` for the query and ``;…`` for
+    each path segment's parameters (session ids and tokens live there too)."""
+    shown = redacted(url)  # scheme://host/path?…: no ';' before the path
+    start = shown.find("/", shown.find("//") + 2)
+    if start < 0 or ";" not in shown:
+        return shown
+    return shown[:start] + _PATH_PARAMETERS.sub(";…", shown[start:])
 
 
 class _Second:
@@ -101,7 +119,7 @@ class Activity:
         if shown is None:  # most submits repeat a few URLs: each is redacted once
             if len(self._shown_urls) >= _SHOWN_URLS:
                 self._shown_urls.clear()
-            shown = self._shown_urls[url] = redacted(url)
+            shown = self._shown_urls[url] = shown_url(url)
         entry = {
             "key": key,
             "method": method,

@@ -16,6 +16,13 @@ from ._submit import key_in, refusal_of
 
 _MISSING = object()
 
+#: Sent with bytes that a caller stored or a target answered: a browser that opens them must
+#: neither sniff them into a page (HTML, script) nor run anything in them.
+INERT = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+}
+
 
 def text_of(value: object) -> str:
     """What MyChat's MemCacheGet gives for a cached value: a response's body text (any status),
@@ -41,8 +48,8 @@ async def get_value(request: Request) -> Response:
             raise ApiError(410, f"the value under key {key!r} has expired", "expired")
         raise ApiError(404, f"no value under key {key!r}", "unknown_key")
     if isinstance(value, bytes):
-        return Response(value, media_type="application/octet-stream")
-    return Response(text_of(value), media_type="text/plain; charset=utf-8")
+        return Response(value, media_type="application/octet-stream", headers=INERT)
+    return Response(text_of(value), media_type="text/plain; charset=utf-8", headers=INERT)
 
 
 def _ttl(request: Request) -> int | None:

@@ -8,7 +8,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ._auth import require_tenant
-from ._cache import text_of
+from ._cache import INERT, text_of
 from ._gateway import gateway_of
 from ._requests import json_body, submit
 from ._submit import key_in, prepare
@@ -35,7 +35,7 @@ async def get(request: Request) -> Response:
     gateway.limiter.take(tenant)
     stored = key_in(tenant, request.path_params["key"])
     value = await gateway.call(gateway.client(tenant).cache_get, stored)
-    return Response("" if value is None else text_of(value), media_type=_TEXT)
+    return Response("" if value is None else text_of(value), media_type=_TEXT, headers=INERT)
 
 
 async def exists(request: Request) -> Response:

@@ -17,6 +17,9 @@ from ._body import SERVER_BODY_DEADLINE
 HEADER_TIMEOUT_S = 10.0
 #: Default bytes a request's line and headers may take.
 MAX_HEADER_BYTES = 64 * 1024
+#: Bytes read and held, unparsed, behind a request that waits for an earlier one's answer; past
+#: this, reading stops until that answer is sent (and a hang-up is seen only then).
+MAX_HELD_BYTES = 64 * 1024
 
 
 def _refusal(status: int, reason: str, code: str, message: str) -> bytes:
@@ -124,6 +127,12 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._refusal_after: bytes | None = None
         self._begun_here = 0  # requests begun in the current data_received call
         self._idle_since: float | None = None  # since the last answer, if nothing came since
+        # The request whose answer is being made (uvicorn's `cycle` is the last one parsed).
+        self._serving: Any = None
+        # Bytes read while a pipelined request waits (or a refusal does), parsed once it runs.
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+        self._replay_due = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         # Every write goes through OneSendPerTurn, the protocol's own (refusals) as well as the
@@ -165,9 +174,9 @@ class GuardedHttpTools(HttpToolsProtocol):
         body = body or in_body
         if not body and cycle is not None and not cycle.response_complete:
             # A new request's head, while the answer to the one before it is still to come (a
-            # pipelined long-poll): that answer goes first, then this refusal.
+            # pipelined long-poll): that answer goes first, then this refusal. What comes
+            # meanwhile is held, never parsed (`data_received`).
             self._refusal_after = refusal
-            self.flow.pause_reading()
             return
         if not body or (cycle is not None and not cycle.response_started and not self.pipeline):
             self.transport.write(refusal)
@@ -195,6 +204,9 @@ class GuardedHttpTools(HttpToolsProtocol):
             self._body_deadline = self.loop.call_later(self.body_timeout_s, self._body_too_slow)
 
     def data_received(self, data: bytes) -> None:
+        if self.pipeline or self._held or self._refusal_after is not None:
+            self._hold(data)
+            return
         reading_head = self._head_pending
         # Idle between requests: these bytes start the next head (after any blank lines).
         idle = not reading_head and (self.cycle is None or self.cycle.response_complete)
@@ -222,6 +234,28 @@ class GuardedHttpTools(HttpToolsProtocol):
                 message = f"the request head is over {self.max_header_bytes} bytes"
                 self._refuse(431, "Request Header Fields Too Large", "headers_too_large", message)
 
+    def _hold(self, data: bytes) -> None:
+        # uvicorn stops reading while a pipelined request waits for the answers before it, and
+        # a socket that is not read never tells of its peer's hang-up: a long-poll whose client
+        # pipelined a request and left would keep its place until its wait ended. So reading
+        # goes on, into a bounded buffer parsed once the waiting request runs (`_replay`).
+        self._held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes >= MAX_HELD_BYTES:
+            self.flow.pause_reading()
+
+    def _replay(self) -> None:
+        self._replay_due = False
+        if self._refusal_after is not None or self.pipeline or not self._held:
+            return
+        data = b"".join(self._held)
+        self._held.clear()
+        self._held_bytes = 0
+        if self.transport.is_closing() or self.parser is None:
+            return
+        self.flow.resume_reading()  # if the buffer filled
+        self.data_received(data)
+
     def _refused(self) -> bool:
         return self._refusal_after is not None or self.transport.is_closing()
 
@@ -247,6 +281,12 @@ class GuardedHttpTools(HttpToolsProtocol):
             extension: dict[object, object] = {"seconds": self.body_timeout_s}
             self.scope.setdefault("extensions", {})[SERVER_BODY_DEADLINE] = extension
         super().on_headers_complete()
+        if self.pipeline and self.pipeline[0][0] is self.cycle:
+            # Queued behind an answer still to come: uvicorn stopped reading; reading goes on
+            # into `_hold` instead, so that a hang-up is seen.
+            self.flow.resume_reading()
+        else:
+            self._serving = self.cycle
 
     def on_message_complete(self) -> None:
         self._disarm_body()
@@ -268,15 +308,18 @@ class GuardedHttpTools(HttpToolsProtocol):
         self.flow.resume_reading()
         if self.pipeline:
             cycle, app = self.pipeline.pop()
+            self._serving = cycle
             self._start_asgi_task(cycle, app)  # the next pipelined request
+            if not self.pipeline and self._held and not self._replay_due:
+                # What came meanwhile is parsed as if read now (not inside this answer's send).
+                self._replay_due = True
+                self.loop.call_soon(self._replay)
         else:
             self._idle_since = self.loop.time()
             if self.timeout_keep_alive_task is None:
                 self.timeout_keep_alive_task = self.loop.call_later(
                     self.timeout_keep_alive, self._keep_alive_due
                 )
-        if refusal is not None:
-            self.flow.pause_reading()  # resumed above: nothing is read after the refused head
         self._arm_body()
 
     def _unset_keepalive_if_required(self) -> None:
@@ -297,10 +340,17 @@ class GuardedHttpTools(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self._disarm_body()
+        self._held.clear()
         if self.timeout_keep_alive_task is not None:
             self.timeout_keep_alive_task.cancel()
             self.timeout_keep_alive_task = None
+        serving = self._serving
         super().connection_lost(exc)
+        # uvicorn tells only the last request parsed; the one being served, if another, is the
+        # one waiting on its client (a long-poll with a request pipelined behind it).
+        if serving is not None and serving is not self.cycle and not serving.response_complete:
+            serving.disconnected = True
+            serving.message_event.set()
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(400, "Bad Request", "bad_request", msg)

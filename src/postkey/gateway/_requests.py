@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from typing import Any
 
 from starlette.requests import Request
@@ -23,6 +24,7 @@ from ._submit import key_in, parse_json, prepare, refusal_of
 from ._tenants import Tenant
 
 _JSON = "application/json"
+_DECIMAL = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,20})?|\.[0-9]{1,20}", re.ASCII)
 
 
 def admitted(request: Request) -> tuple[Tenant, Gateway]:
@@ -193,10 +195,9 @@ def _wait_seconds(request: Request, gateway: Gateway) -> float | None:
     if raw is None:
         return None
     most = gateway.config.max_wait_s
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = math.nan
+    # Plain ASCII decimals only: float() also takes '1_0', ' 1 ', '1e1', 'inf' and non-ASCII
+    # digits (Arabic-Indic, fullwidth).
+    seconds = float(raw) if _DECIMAL.fullmatch(raw) else math.nan
     if not 0 <= seconds <= most:  # NaN too
         raise ApiError(422, f"wait must be a number of seconds from 0 to {most:g}", "invalid_wait")
     return seconds

@@ -6,7 +6,10 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
+import json
+import math
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,6 +57,20 @@ _TYPE_NAMES = {
     int: "an integer",
     bool: "a boolean",
 }
+#: What a parsed JSON value was on the wire, for messages.
+_JSON_KINDS = {
+    str: "a string",
+    dict: "an object",
+    list: "an array",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
+
+
+def _kind(value: object) -> str:
+    return _JSON_KINDS.get(type(value), "a value")
 
 
 #: The most strings and separators (``, : [ {`` outside strings) a JSON body may hold: about its
@@ -79,8 +96,22 @@ def parse_json(raw: bytes) -> Any:
         )
     try:
         return load_json(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ApiError(400, f"the body is not valid JSON: {exc}", "invalid_json") from None
+    except UnicodeDecodeError as exc:
+        message = (
+            f"the body is not UTF-8 (byte {exc.start + 1} cannot start or continue a character)"
+        )
+    except json.JSONDecodeError as exc:
+        if exc.msg.startswith("Unexpected UTF-8 BOM"):
+            message = "the body starts with a byte order mark (BOM); send JSON without one"
+        else:
+            message = f"the body is not valid JSON: {exc}"
+    except (ValueError, RecursionError) as exc:
+        text = str(exc)
+        if "integer string conversion" in text:  # Python's own bound on int() of a string
+            limit = sys.get_int_max_str_digits()
+            text = f"an integer has more than {limit} digits"
+        message = f"the body is not valid JSON: {text}"
+    raise ApiError(400, message, "invalid_json")
 
 
 def _values_at_most(raw: bytes, limit: int) -> bool:
@@ -140,6 +171,72 @@ def _check_types(item: Mapping[str, Any], where: str) -> None:
             raise ApiError(422, f"{where}{name} must be {names}", "invalid_type")
 
 
+def _check_shapes(item: Mapping[str, Any], where: str) -> None:
+    # The client checks these too, but words its refusals for Python callers ("must be str,
+    # got str and int"); over HTTP they are said in JSON's terms.
+    headers = item.get("headers")
+    if isinstance(headers, dict):
+        for name, value in headers.items():
+            if not isinstance(value, str):
+                raise ApiError(
+                    422,
+                    f"{where}header {name!r} must be a string, not {_kind(value)}",
+                    "invalid_header",
+                )
+    elif isinstance(headers, list):
+        for i, pair in enumerate(headers):
+            if (
+                isinstance(pair, list)
+                and len(pair) == 2
+                and not all(isinstance(x, str) for x in pair)
+            ):
+                kinds = f"{_kind(pair[0])} and {_kind(pair[1])}"
+                raise ApiError(
+                    422,
+                    f"{where}headers[{i}] must be [name, value], two strings, not {kinds}",
+                    "invalid_header",
+                )
+    for field, code in (("data", "invalid_body"), ("params", "invalid_url")):
+        fields = item.get(field)
+        if isinstance(fields, dict):
+            for name, value in fields.items():
+                _check_field(value, f"{where}{field} {name!r}", code)
+        elif isinstance(fields, list):
+            for i, pair in enumerate(fields):
+                if not (isinstance(pair, list) and len(pair) == 2):
+                    continue  # refused by _pairs
+                if not isinstance(pair[0], str):
+                    raise ApiError(
+                        422,
+                        f"{where}{field}[{i}] name must be a string, not {_kind(pair[0])}",
+                        code,
+                    )
+                _check_field(pair[1], f"{where}{field} {pair[0]!r}", code)
+
+
+def _check_field(value: Any, what: str, code: str) -> None:
+    # A form or query field: a string, number or boolean, or an array of them (repeated).
+    for one in value if isinstance(value, list) else (value,):
+        if isinstance(one, float) and not math.isfinite(one):
+            raise ApiError(422, f"{what} is a number out of range", code)
+        if not isinstance(one, str | int | float):  # bool is an int
+            raise ApiError(
+                422,
+                f"{what} must be a string, number or boolean (or an array of them),"
+                f" not {_kind(one)}",
+                code,
+            )
+
+
+#: ``json=``, ``body=`` ...: the client's keyword arguments, named in its messages.
+_KEYWORD = re.compile(r"\b(body|json|data|params)=(?=[ ,])")
+
+
+def _api_words(exc: Exception) -> str:
+    """The client's message, with its keyword arguments named as the API's fields."""
+    return _KEYWORD.sub(r"\1", str(exc))
+
+
 def _pairs(value: Any, name: str, where: str) -> Any:
     # JSON has no tuples: a list of [name, value] arrays becomes a list of pairs.
     if isinstance(value, list):
@@ -179,6 +276,7 @@ def prepare(
     if not isinstance(item, dict):
         raise ApiError(422, f"{where}a request must be a JSON object", "invalid_type")
     _check_types(item, where)
+    _check_shapes(item, where)
     spec = {k: v for k, v in item.items() if v is not None}
     method = spec.pop("method", "GET")
     url = spec.pop("url", None)
@@ -202,9 +300,9 @@ def prepare(
             "request", method, url, body, headers, timeout_ms, spec
         )
     except PostkeyError as exc:
-        raise ApiError(422, f"{where}{exc}", _code_of(exc)) from None
+        raise ApiError(422, f"{where}{_api_words(exc)}", _code_of(exc)) from None
     except (TypeError, ValueError, RecursionError) as exc:
-        raise ApiError(422, f"{where}{exc}", "invalid") from None
+        raise ApiError(422, f"{where}{_api_words(exc)}", "invalid") from None
     if prepared.key_format not in ("hex", "mychat"):
         raise ApiError(422, f"{where}key_format must be 'hex' or 'mychat'", "invalid")
     ttl = prepared.ttl_ms
