@@ -88,17 +88,18 @@ def test_data_from_a_file_and_stdin(echo: str, tmp_path: Path) -> None:
 MAX_BODY = 16 * 1024 * 1024  # max_request_bytes' default
 
 
-@pytest.mark.parametrize("source", ["@/dev/zero", "@-"])
-def test_an_endless_data_source_is_refused_after_the_maximum_body_size(source: str) -> None:
-    # Read no more than one byte past max_request_bytes: /dev/zero never ends. The address
-    # space is capped so that a command reading it all fails fast rather than filling memory.
+def run_on_zeros(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI with /dev/zero as its stdin, no POSTKEY_ variables, and its address space capped
+    at 2 GiB: a command that reads an endless source whole fails fast rather than filling
+    memory."""
+
     def cap_memory() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("POSTKEY_")}
     with open("/dev/zero", "rb") as zeros:
-        out = subprocess.run(
-            [*CLI, "post", "http://127.0.0.1:9/", "-d", source, "--wait"],
+        return subprocess.run(
+            [*CLI, *args],
             stdin=zeros,
             capture_output=True,
             text=True,
@@ -107,6 +108,12 @@ def test_an_endless_data_source_is_refused_after_the_maximum_body_size(source: s
             env=env,
             preexec_fn=cap_memory,  # only sets a limit
         )
+
+
+@pytest.mark.parametrize("source", ["@/dev/zero", "@-"])
+def test_an_endless_data_source_is_refused_after_the_maximum_body_size(source: str) -> None:
+    # Read no more than one byte past max_request_bytes: /dev/zero never ends.
+    out = run_on_zeros("post", "http://127.0.0.1:9/", "-d", source, "--wait")
     assert out.returncode == 2, out.stderr[-500:]
     shown = "stdin" if source == "@-" else "/dev/zero"
     assert out.stderr == (
@@ -120,21 +127,7 @@ def test_an_endless_data_source_is_refused_after_the_maximum_body_size(source: s
 def test_a_batch_line_without_end_is_refused_not_read_whole(source: str) -> None:
     # A batch file may be large; one line of it (one request) may not: /dev/zero has no
     # newline, and reading it as one line filled memory (MemoryError, exit 1).
-    def cap_memory() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTKEY_")}
-    with open("/dev/zero", "rb") as zeros:
-        out = subprocess.run(
-            [*CLI, "batch", source],
-            stdin=zeros,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            env=env,
-            preexec_fn=cap_memory,  # only sets a limit
-        )
+    out = run_on_zeros("batch", source)
     assert out.returncode == 2, out.stderr[-500:]
     shown = "stdin" if source == "-" else source
     assert out.stderr.strip().startswith(f"postkey: error: {shown} line 1 is over ")

@@ -236,6 +236,8 @@ class WaitHub:
         pubsub = self._pubsub
         next_recheck = time.monotonic() + self._recheck_s
         while not self._stopping:
+            # After a reconnect every subscription is sent again: Redis taking them ends the
+            # outage (with nothing subscribed, nothing waits on the hub to be released).
             if self._send_requests(pubsub):
                 self._up()
             ready: set[str] = set()
@@ -244,7 +246,6 @@ class WaitHub:
                 message = pubsub.get_message()
                 if message is None:
                     break
-                self._up()
                 channel = message.get("channel")
                 if message["type"] in ("ssubscribe", "smessage") and channel is not None:
                     name = channel.decode() if isinstance(channel, bytes) else str(channel)
